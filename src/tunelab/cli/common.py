@@ -1,0 +1,38 @@
+"""What every command shares: one console, and user errors printed plainly instead of tracebacks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import typer
+from rich.console import Console
+
+console = Console(stderr=True)
+out = Console()  # results meant for stdout (JSON, replies)
+
+
+def quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can fix into a red message and exit status 2."""
+    from ..config import ConfigError
+    from ..data.records import DataError
+    from ..models.load import ModelError
+    from ..train.rundir import RunDirError
+
+    try:
+        yield
+    except (ConfigError, DataError, ModelError, RunDirError, FileNotFoundError) as exc:
+        console.print(f"[red bold]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(2) from None

@@ -1,0 +1,29 @@
+"""The `tunelab` command: one thin module per command."""
+
+from __future__ import annotations
+
+import typer
+
+from . import config as config_cli
+from . import data as data_cli
+from .common import quiet_libraries
+from .generate import chat_cmd, generate_cmd
+from .init import init_cmd
+from .quickstart import quickstart_cmd
+from .train import train_cmd
+
+app = typer.Typer(
+    help="Fine-tune language models for your domain: data -> train -> validate -> try it.",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+)
+app.callback()(lambda: quiet_libraries())
+app.command("quickstart")(quickstart_cmd)
+app.command("init")(init_cmd)
+app.add_typer(data_cli.app, name="data")
+app.command("train")(train_cmd)
+app.command("generate")(generate_cmd)
+app.command("chat")(chat_cmd)
+app.add_typer(config_cli.app, name="config")
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,37 @@
+"""`tunelab train CONFIG [key=value ...] [--resume]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, user_errors
+
+
+def train_cmd(
+    config: str = typer.Argument(..., help="YAML config (see `tunelab init`)."),
+    overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. train.learning_rate=1e-4"),
+    resume: bool = typer.Option(False, "--resume", help="Continue this config's run from its last checkpoint."),
+) -> None:
+    """Fine-tune a model as the config says; writes runs/<name>/."""
+    from ..config import load_config
+    from ..recipes import sft
+
+    with user_errors():
+        cfg = load_config(config, overrides or [])
+        if resume:  # the same run: its saved config, with any overrides given now
+            saved = Path(cfg.output_dir) / str(cfg.name) / "config.yaml"
+            if saved.is_file():
+                cfg = load_config(saved, overrides or [])
+        result = sft.run(cfg, resume=resume, console=console)
+    s = result.summary
+    if result.status != "completed":
+        raise typer.Exit(130)
+    console.print(f"\n[green bold]Done[/] in {s.get('train_seconds', 0):.0f} s: {result.run_dir}")
+    for key in ("train_loss", "eval_loss", "base_accuracy", "tuned_accuracy"):
+        if key in s:
+            val = s[key]
+            console.print(f"  {key:<15} {val:.1%}" if "accuracy" in key else f"  {key:<15} {val:.4f}")
+    console.print(f"Try it:  tunelab chat {result.run_dir}\n"
+                  f"         tunelab generate {result.run_dir} \"your prompt\"")

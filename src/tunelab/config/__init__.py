@@ -1,0 +1,4 @@
+from .load import ConfigError, apply_overrides, dump_config, load_config
+from .schema import TunelabConfig
+
+__all__ = ["ConfigError", "TunelabConfig", "apply_overrides", "dump_config", "load_config"]

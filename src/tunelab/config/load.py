@@ -1,0 +1,130 @@
+"""YAML + dotted overrides -> TunelabConfig, with errors that say file:line, key and what to do."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from .schema import TunelabConfig
+
+
+class ConfigError(ValueError):
+    """A config problem a user can fix; the message says where and how."""
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each dotted key path in a YAML document to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                sub = (*path, str(key.value))
+                lines[sub] = key.start_mark.line + 1
+                walk(value, sub)
+
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _section_model(path: tuple[str, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] = TunelabConfig
+    for part in path:
+        field = model.model_fields.get(part)
+        if field is None or not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return model
+
+
+def _field_path(loc: tuple[object, ...]) -> tuple[str, ...]:
+    """Drop pydantic's union-member tags (e.g. 'constrained-int') from an error location."""
+    return tuple(str(p) for p in loc if str(p).isidentifier() or isinstance(p, int))
+
+
+def _explain(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+    grouped: dict[tuple[str, ...], list[str]] = {}
+    values: dict[tuple[str, ...], object] = {}
+    out = []
+    for e in err.errors():
+        loc = _field_path(e["loc"])
+        line = lines.get(loc)
+        where = f"{source}:{line}" if line else source
+        key = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            section = _section_model(loc[:-1])
+            valid = sorted(section.model_fields) if section else []
+            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            hint = f" Did you mean '{'.'.join((*loc[:-1], close[0]))}'?" if close else ""
+            out.append(f"{where}: unknown key '{key}'.{hint} Valid keys here: {', '.join(valid)}")
+        else:
+            grouped.setdefault(loc, []).append(e["msg"])
+            values[loc] = e.get("input")
+    for loc, msgs in grouped.items():
+        line = lines.get(loc)
+        where = f"{source}:{line}" if line else source
+        out.append(f"{where}: {'.'.join(loc)} = {values[loc]!r}: {' or '.join(dict.fromkeys(msgs))}")
+    return "\n".join(out)
+
+
+def _parse_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. train.learning_rate=1e-4)")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"override '{item}': '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = _parse_value(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TunelabConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    text, source, data = "", "<defaults>", {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found (create one with `tunelab init`)")
+        text, source = p.read_text(), str(p)
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{source}:{mark.line + 1}" if mark else source
+            raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the config must be a mapping of keys to values")
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        cfg = TunelabConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_explain(err, source, _key_lines(text))) from None
+    if cfg.name is None:
+        cfg.name = Path(path).stem if path is not None else "run"
+    return cfg
+
+
+def dump_config(cfg: TunelabConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,55 @@
+"""Config reference (markdown) and JSON schema, generated from the field docs."""
+
+from __future__ import annotations
+
+import json
+from typing import get_args
+
+from pydantic import BaseModel
+
+from .schema import TunelabConfig
+
+
+def json_schema() -> str:
+    return json.dumps(TunelabConfig.model_json_schema(), indent=2)
+
+
+def _is_section(annotation: object) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _rows(model: type[BaseModel], prefix: str, out: list[str], sections: list[tuple[str, type[BaseModel]]]) -> None:
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if _is_section(field.annotation):
+            sections.append((key, field.annotation))  # type: ignore[arg-type]
+            continue
+        default = field.get_default(call_default_factory=True)
+        choices = [a for a in get_args(field.annotation) if isinstance(a, str)]
+        doc = (field.description or "").replace("\n", " ")
+        doc = " ".join(doc.split())
+        out.append(f"| `{key}` | `{json.dumps(default)}` | {doc} |")
+        del choices
+
+
+def markdown_reference() -> str:
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from the config schema (`tunelab config reference`); every key, its default and meaning.",
+        "Any key can be overridden on the command line: `tunelab train cfg.yaml train.learning_rate=1e-4`.",
+        "",
+    ]
+    pending: list[tuple[str, type[BaseModel]]] = [("", TunelabConfig)]
+    while pending:
+        key, model = pending.pop(0)
+        title = key or "top level"
+        lines += [f"## {title}", ""]
+        if model.__doc__ and key:
+            lines += [" ".join(model.__doc__.split()), ""]
+        lines += ["| key | default | meaning |", "|---|---|---|"]
+        sub: list[tuple[str, type[BaseModel]]] = []
+        _rows(model, f"{key}." if key else "", lines, sub)
+        lines.append("")
+        pending = sub + pending
+    return "\n".join(lines)

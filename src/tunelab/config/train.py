@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from .base import Section
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class EarlyStoppingConfig(Section):
+    patience: int | None = Field(None, gt=0)
+    """Stop after this many evaluations without improvement in validation loss; empty disables early stopping."""
+
+    min_delta: float = Field(0.0, ge=0.0)
+    """Smallest decrease in validation loss that counts as an improvement."""
+
+
+class TrainConfig(Section):
+    epochs: PositiveInt | Literal["auto"] = "auto"
+    """Passes over the training data; auto picks from the dataset size (fewer passes for more rows)."""
+
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many optimizer steps (overrides epochs)."""
+
+    learning_rate: PositiveFloat | Literal["auto"] = "auto"
+    """Peak learning rate; auto picks by method (LoRA, full, classification head) and model size."""
+
+    batch_size: PositiveInt | Literal["auto"] = "auto"
+    """Examples per optimizer step on one device; auto picks from sequence lengths."""
+
+    grad_accum: int = Field(1, gt=0)
+    """Micro-batches accumulated per optimizer step."""
+
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    """Fraction of steps spent warming up the learning rate."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    """Gradient clipping norm."""
+
+    eval_every: int | None = Field(None, gt=0)
+    """Evaluate on the validation split every N steps; empty means once per epoch."""
+
+    save_every: int | None = Field(None, gt=0)
+    """Save a checkpoint every N steps; empty means at every evaluation."""
+
+    keep_checkpoints: int = Field(2, gt=0)
+    """How many periodic checkpoints to keep (the best one is always kept)."""
+
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    """Early stopping on validation loss."""
+
+    group_by_length: bool = True
+    """Batch rows of similar length together to waste less compute on padding."""
+
+    seed: int = 42
+    """Seed for data order, splits, initialisation and dropout: the same seed gives the same run."""
+
+    threads: int | None = Field(None, gt=0)
+    """CPU threads for torch; empty uses every core."""
+
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    """Extra experiment trackers (installed separately); metrics.jsonl is always written."""
+
+    label_only_logits: bool = True
+    """Compute LM-head logits only where there is a label (same loss, far less memory); off uses the plain path."""
+
+    log_every: int = Field(1, gt=0)
+    """Log training loss every N steps."""

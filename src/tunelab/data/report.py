@@ -1,0 +1,120 @@
+"""Data report: every problem with file:line, then a summary of what training will see."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .load import Loaded, load_records
+from .records import Problem, Record, RowError
+from .templates import Encoded, truncate
+
+
+@dataclass
+class Example:
+    """A record with its tokens (labels is an int class index for classification heads)."""
+
+    record: Record
+    input_ids: list[int]
+    labels: Any
+
+
+@dataclass
+class DataReport:
+    source: str
+    formats: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
+    valid_rows: int = 0
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    duplicates: int = 0
+    truncated: int = 0
+    dropped_too_long: int = 0
+    max_length: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    length_histogram: list[tuple[int, int, int]] = field(default_factory=list)  # (lo, hi, count)
+    labels: dict[str, int] = field(default_factory=dict)
+    est_tokens_per_epoch: int = 0
+    est_seconds_per_epoch: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def histogram(lengths: list[int], bins: int = 8) -> list[tuple[int, int, int]]:
+    if not lengths:
+        return []
+    lo, hi = min(lengths), max(lengths)
+    width = max(1, math.ceil((hi - lo + 1) / bins))
+    counts = Counter((n - lo) // width for n in lengths)
+    return [(lo + i * width, lo + (i + 1) * width - 1, counts.get(i, 0)) for i in range(math.ceil((hi - lo + 1) / width))]
+
+
+def prepare(
+    path: str | Path,
+    encode: Callable[[Record], Encoded] | None,
+    *,
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    system_prompt: str | None = None,
+    max_length: int = 512,
+    too_long: str = "truncate",
+    tokens_per_second: float | None = None,
+) -> tuple[list[Example], DataReport]:
+    """Load, validate and (with an encoder) tokenize a data source; nothing is raised for bad rows."""
+    loaded: Loaded = load_records(path, fmt, columns, system_prompt)
+    rep = DataReport(source=str(path), formats=loaded.formats, rows=loaded.rows, max_length=max_length)
+    rep.errors = list(loaded.errors)
+    seen: dict[str, str] = {}
+    examples: list[Example] = []
+    lengths: list[int] = []
+    for rec in loaded.records:
+        first = seen.setdefault(rec.key(), rec.where)
+        if first != rec.where:
+            rep.duplicates += 1
+            rep.warnings.append(Problem(rec.where, f"exact duplicate of {first}", "warning"))
+        if rec.kind == "classification":
+            rep.labels[rec.label] = rep.labels.get(rec.label, 0) + 1
+        if encode is None:
+            examples.append(Example(rec, [], None))
+            continue
+        try:
+            enc = encode(rec)
+        except RowError as exc:
+            rep.errors.append(Problem(rec.where, str(exc), field=exc.field))
+            continue
+        n = len(enc.input_ids)
+        if n > max_length:
+            if too_long == "drop":
+                rep.dropped_too_long += 1
+                rep.warnings.append(Problem(rec.where, f"{n} tokens > max_length {max_length}: dropped", "warning"))
+                continue
+            enc = truncate(enc, max_length)
+            rep.truncated += 1
+            rep.warnings.append(Problem(rec.where, f"{n} tokens > max_length {max_length}: truncated", "warning"))
+            if isinstance(enc.labels, list) and not enc.trained_tokens:
+                rep.dropped_too_long += 1
+                rep.warnings.append(Problem(rec.where, "nothing left to learn after truncation: dropped", "warning"))
+                continue
+        trained = enc.trained_tokens if isinstance(enc.labels, list) else 0
+        rep.completion_tokens += trained
+        rep.prompt_tokens += len(enc.input_ids) - trained
+        lengths.append(len(enc.input_ids))
+        examples.append(Example(rec, enc.input_ids, enc.labels))
+    rep.valid_rows = len(examples)
+    rep.length_histogram = histogram(lengths)
+    rep.est_tokens_per_epoch = sum(lengths)
+    if tokens_per_second:
+        rep.est_seconds_per_epoch = round(rep.est_tokens_per_epoch / tokens_per_second, 1)
+    return examples, rep

@@ -1,0 +1,141 @@
+"""Read rows from .jsonl/.json/.csv/.parquet files, directories of them, or saved datasets.
+
+Every row carries where it came from ("file:line") so that problems can point at it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+@dataclass
+class RawRow:
+    where: str
+    data: dict[str, Any] | None  # None when the row could not be parsed
+    error: str = ""
+
+
+def _line_of(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def _read_jsonl(path: Path) -> Iterator[RawRow]:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield RawRow(where, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+                continue
+            if not isinstance(obj, dict):
+                yield RawRow(where, None, f"expected a JSON object, got {type(obj).__name__}")
+                continue
+            yield RawRow(where, obj)
+
+
+def _read_json(path: Path) -> Iterator[RawRow]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    dec = json.JSONDecoder()
+    pos = len(text) - len(text.lstrip())
+    if text[pos : pos + 1] != "[":
+        # A single object, or an object holding a list under "data"/"rows"
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield RawRow(f"{path}:{exc.lineno}", None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            return
+        rows = obj.get("data") or obj.get("rows") if isinstance(obj, dict) else None
+        if isinstance(rows, list):
+            for i, r in enumerate(rows):
+                where = f"{path}:row {i + 1}"
+                yield RawRow(where, r) if isinstance(r, dict) else RawRow(where, None, "expected a JSON object")
+        else:
+            yield RawRow(f"{path}:1", None, "expected a JSON array of objects (or JSON Lines in a .jsonl file)")
+        return
+    pos += 1
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n,":
+            pos += 1
+        if pos >= len(text) or text[pos] == "]":
+            return
+        line = _line_of(text, pos)
+        try:
+            obj, pos = dec.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            yield RawRow(f"{path}:{exc.lineno}", None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+            return
+        where = f"{path}:{line}"
+        if isinstance(obj, dict):
+            yield RawRow(where, obj)
+        else:
+            yield RawRow(where, None, f"expected a JSON object, got {type(obj).__name__}")
+
+
+def _read_csv(path: Path) -> Iterator[RawRow]:
+    with path.open(newline="", encoding="utf-8", errors="replace") as f:
+        reader = csv.DictReader(f)
+        prev_end = 1  # the header line
+        for row in reader:
+            where = f"{path}:{prev_end + 1}"
+            prev_end = reader.line_num
+            if None in row:
+                yield RawRow(where, None, f"more fields than the header has ({len(reader.fieldnames or [])})")
+                continue
+            yield RawRow(where, {k: v for k, v in row.items() if k is not None})
+
+
+def _read_parquet(path: Path) -> Iterator[RawRow]:
+    import pyarrow.parquet as pq
+
+    for i, row in enumerate(pq.read_table(path).to_pylist()):
+        yield RawRow(f"{path}:row {i + 1}", row)
+
+
+def _read_saved_dataset(path: Path) -> Iterator[RawRow]:
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    for i, row in enumerate(ds):
+        yield RawRow(f"{path}:row {i + 1}", dict(row))
+
+
+_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+
+
+def is_saved_dataset(path: Path) -> bool:
+    return path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists())
+
+
+def data_files(path: str | Path) -> list[Path]:
+    """The files (or saved dataset directory) that a data path stands for."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{p}: no such file or directory")
+    if is_saved_dataset(p):
+        return [p]
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file())
+        if not files:
+            raise FileNotFoundError(f"{p}: the directory holds no {', '.join(SUFFIXES)} files")
+        return files
+    if p.suffix not in SUFFIXES:
+        raise ValueError(f"{p}: unsupported file type '{p.suffix}'; use one of {', '.join(SUFFIXES)}")
+    return [p]
+
+
+def read_rows(file: Path) -> Iterator[RawRow]:
+    if is_saved_dataset(file):
+        return _read_saved_dataset(file)
+    return _READERS[file.suffix](file)

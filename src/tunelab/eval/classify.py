@@ -1,0 +1,106 @@
+"""Classification accuracy: answers constrained to the label set (generation) or a head's argmax."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data.templates import IGNORE, classification_messages
+
+
+@dataclass
+class Predictions:
+    texts: list[str]
+    gold: list[str]
+    predicted: list[str]
+    seconds: float = 0.0
+    per_label: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    @property
+    def accuracy(self) -> float:
+        return sum(g == p for g, p in zip(self.gold, self.predicted, strict=True)) / max(len(self.gold), 1)
+
+
+def label_token_ids(tokenizer: Any, display: list[str], system_prompt: str | None) -> list[tuple[int, ...]]:
+    """Each label's answer tokens exactly as training saw them (content + end-of-turn)."""
+    from ..data.templates import assistant_spans, _encode_spans
+
+    out = []
+    for label in display:
+        full, spans = assistant_spans(tokenizer, classification_messages("x", label, system_prompt))
+        ids, labels = _encode_spans(tokenizer, full, spans)
+        out.append(tuple(t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE))
+    if len(set(out)) != len(out):
+        raise ValueError("two labels tokenize identically; make the label names distinct")
+    return out
+
+
+def _trie(seqs: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
+    nxt: dict[tuple[int, ...], set[int]] = {}
+    for s in seqs:
+        for i in range(len(s)):
+            nxt.setdefault(s[:i], set()).add(s[i])
+    return {k: sorted(v) for k, v in nxt.items()}
+
+
+@torch.no_grad()
+def predict_generate(
+    model: Any, tokenizer: Any, texts: list[str], labels: list[str], display: list[str],
+    system_prompt: str | None, batch_size: int = 16, bf16: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Greedy answers restricted, token by token, to the label set."""
+    seqs = label_token_ids(tokenizer, display, system_prompt)
+    trie, by_seq = _trie(seqs), {s: lab for s, lab in zip(seqs, labels, strict=True)}
+    pad = tokenizer.pad_token_id
+    eos_stop = sorted({s[-1] for s in seqs})
+    tokenizer.padding_side = "left"
+    preds: list[str] = []
+    dev = next(model.parameters()).device
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i : i + batch_size]
+        prompts = [tokenizer.apply_chat_template(classification_messages(t, None, system_prompt), tokenize=False,
+                                                 add_generation_prompt=True) for t in chunk]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        start = enc["input_ids"].shape[1]
+
+        def allowed(batch_id: int, ids: torch.Tensor, start: int = start) -> list[int]:
+            return trie.get(tuple(ids[start:].tolist()), [pad])
+
+        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else torch.autocast(dev.type, enabled=False)
+        with ctx:
+            out = model.generate(**enc, max_new_tokens=max(map(len, seqs)), do_sample=False,
+                                 prefix_allowed_tokens_fn=allowed, pad_token_id=pad, eos_token_id=eos_stop)
+        for row in out[:, start:].tolist():
+            while row and row[-1] == pad and tuple(row) not in by_seq:
+                row.pop()
+            preds.append(by_seq.get(tuple(row), labels[0]))
+        if progress:
+            progress(len(chunk))
+    tokenizer.padding_side = "right"
+    return preds
+
+
+@torch.no_grad()
+def predict_head(
+    model: Any, tokenizer: Any, texts: list[str], labels: list[str], batch_size: int = 32, bf16: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> list[str]:
+    """Argmax of a sequence-classification head."""
+    eos = tokenizer.eos_token or ""
+    preds: list[str] = []
+    dev = next(model.parameters()).device
+    tokenizer.padding_side = "right"
+    for i in range(0, len(texts), batch_size):
+        chunk = texts[i : i + batch_size]
+        enc = tokenizer([t + eos for t in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else torch.autocast(dev.type, enabled=False)
+        with ctx:
+            logits = model(**enc).logits
+        preds += [labels[j] for j in logits.argmax(-1).tolist()]
+        if progress:
+            progress(len(chunk))
+    return preds

@@ -1,0 +1,78 @@
+"""Replies from a model reference: one-shot (`tunelab generate`) and interactive (`tunelab chat`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from threading import Thread
+from typing import Any
+
+import torch
+
+from .data.templates import DEFAULT_CLASSIFY_PROMPT, Message
+from .models.load import LoadedModel, load
+
+
+def run_system_prompt(lm: LoadedModel) -> str | None:
+    """The system prompt a run was trained with, so replies match training."""
+    run = lm.resolved.run
+    if run is None:
+        return None
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    prompt = (cfg.get("data") or {}).get("system_prompt")
+    if cfg.get("task") == "classification":
+        return prompt or DEFAULT_CLASSIFY_PROMPT
+    return prompt
+
+
+def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: int = 256,
+                 temperature: float = 0.0, top_p: float = 1.0) -> Iterator[str]:
+    """Yield the reply text piece by piece."""
+    from transformers import TextIteratorStreamer
+
+    tok = lm.tokenizer
+    if lm.labels:  # classification head: the reply is the predicted label
+        from .eval.classify import predict_head
+
+        yield predict_head(lm.model, tok, [messages[-1]["content"]], lm.labels)[0]
+        return
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
+    kwargs: dict[str, Any] = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
+                                  pad_token_id=tok.pad_token_id)
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(do_sample=False)
+    thread = Thread(target=lambda: _generate(lm.model, kwargs))
+    thread.start()
+    yield from streamer
+    thread.join()
+
+
+@torch.no_grad()
+def _generate(model: Any, kwargs: dict[str, Any]) -> None:
+    model.generate(**kwargs)
+
+
+def generate(ref: str | LoadedModel | None, prompt: str, *, system: str | None = None,
+             on_text: Callable[[str], None] | None = None, **kwargs: Any) -> str:
+    lm = ref if isinstance(ref, LoadedModel) else load(ref)
+    system = system or run_system_prompt(lm)
+    messages: list[Message] = ([{"role": "system", "content": system}] if system else [])
+    messages.append({"role": "user", "content": prompt})
+    parts = []
+    for piece in stream_reply(lm, messages, **kwargs):
+        parts.append(piece)
+        if on_text:
+            on_text(piece)
+    return "".join(parts).strip()
+
+
+def describe(lm: LoadedModel) -> str:
+    r = lm.resolved
+    what = {"run": "tuned run", "alias": "embedded default", "dir": "local model", "gguf": "GGUF file",
+            "hub": "hub model"}[r.kind]
+    extra = f", adapter {r.adapter}" if r.adapter else ""
+    return f"{what}: {r.run or r.path}{extra}"

@@ -1,0 +1,67 @@
+"""One-time conversion of a GGUF file to a plain safetensors + tokenizer directory.
+
+transformers loads GGUF dequantized but keeps the model flagged as quantized, so Trainer refuses to
+train it and save_pretrained refuses to save it. We rebuild the model from its config without the
+quantization flag, copy the weights, and save once; reloads then take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from .registry import home
+
+COMPLETE = "tunelab-converted.json"  # written last: a directory without it is not a usable cache
+
+
+def _fingerprint(gguf: Path) -> str:
+    st = gguf.stat()
+    return hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def cache_dir_for(gguf: Path) -> Path:
+    return home() / "models" / f"{gguf.stem}-{_fingerprint(gguf)}"
+
+
+def is_complete(d: Path) -> bool:
+    return (d / COMPLETE).is_file()
+
+
+def convert_gguf(gguf: Path, out: Path | None = None, *, quiet: bool = False) -> Path:
+    """Convert (once) and return the HF directory; safe against interruption and concurrent runs."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = out or cache_dir_for(gguf)
+    if is_complete(out):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if is_complete(out):
+            return out
+        if not quiet:
+            print(f"Converting {gguf.name} to safetensors once (about 20 s); cached in {out}")
+        t0 = time.time()
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        src_dir, name = str(gguf.parent), gguf.name
+        tokenizer = AutoTokenizer.from_pretrained(src_dir, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(src_dir, gguf_file=name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(src_dir, gguf_file=name)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict())
+        model.generation_config = loaded.generation_config
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE).write_text(json.dumps({"source": str(gguf), "seconds": round(time.time() - t0, 1)}))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out

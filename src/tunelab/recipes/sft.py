@@ -1,0 +1,264 @@
+"""Supervised fine-tuning (LoRA, DoRA or full) of a causal LM or a classification head.
+
+Reads top to bottom: data -> run directory -> model -> trainer -> adapter -> scores -> summary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..config import TunelabConfig
+from ..data.records import DataError, Problem, RowError
+from ..data.report import DataReport, Example, prepare
+from ..data.split import overlap, split_validation
+from ..data.templates import encode_record, humanize
+from ..eval.classify import predict_generate, predict_head
+from ..models.load import load_tokenizer, resolve
+from ..train import auto, hardware
+from ..train.callbacks import GracefulInterrupt, MetricsLogger, RichProgress, TokenCounter
+from ..train.rundir import RunDir, open_run
+from ..train.setup import training_arguments, wrap_model
+from ..train.trainer import TunelabTrainer
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # completed | interrupted
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Task:
+    """What the rows mean for this run: labels and how a record becomes tokens."""
+
+    labels: list[str] = field(default_factory=list)
+    display: list[str] = field(default_factory=list)
+    head: bool = False
+
+    def label_index(self) -> dict[str, int]:
+        return {lab: i for i, lab in enumerate(self.labels)}
+
+
+def _check(rep: DataReport, cfg: TunelabConfig, what: str) -> None:
+    if rep.errors and cfg.data.on_error == "fail":
+        raise DataError(rep.errors, hint=f"{len(rep.errors)} bad row(s) in the {what} data: fix them, or set "
+                        "data.on_error=skip to train without them (they are listed in the run directory)")
+
+
+def _task(cfg: TunelabConfig, train_path: str) -> Task:
+    if cfg.task != "classification":
+        return Task()
+    from ..data.load import load_records
+
+    labels = cfg.classification.labels
+    if not labels:
+        loaded = load_records(train_path, cfg.data.format, cfg.data.columns)
+        labels = sorted({r.label for r in loaded.records if r.kind == "classification"})
+    if not labels:
+        raise DataError([Problem(train_path, "task is classification but no row has a label; map your "
+                                 "columns with data.columns (e.g. {text: text, label: category})")])
+    display = [humanize(x) for x in labels] if cfg.classification.humanize_labels else list(labels)
+    if len(set(display)) != len(display):
+        display = list(labels)
+    return Task(list(labels), display, head=cfg.classification.mode == "head")
+
+
+def _encoder(cfg: TunelabConfig, task: Task, tokenizer: Any) -> Any:
+    index, shown = task.label_index(), dict(zip(task.labels, task.display, strict=True))
+    eos = tokenizer.eos_token or ""
+
+    def encode(rec: Any) -> Any:
+        from ..data.templates import Encoded
+
+        if rec.kind == "classification" and rec.label not in index:
+            raise RowError(f"label {rec.label!r} is not in classification.labels", field="label")
+        if rec.kind == "classification" and task.head:
+            ids = tokenizer(rec.text + eos, add_special_tokens=False)["input_ids"]
+            return Encoded(list(ids), index[rec.label])
+        return encode_record(rec, tokenizer, train_on=cfg.data.train_on, system_prompt=cfg.data.system_prompt,
+                             label_text=shown.get(rec.label) if rec.kind == "classification" else None)
+
+    return encode
+
+
+def _prepare(cfg: TunelabConfig, path: str, encode: Any) -> tuple[list[Example], DataReport]:
+    return prepare(path, encode, fmt=cfg.data.format, columns=cfg.data.columns,
+                   system_prompt=None if cfg.task == "classification" else cfg.data.system_prompt,
+                   max_length=cfg.model.max_length, too_long=cfg.data.too_long)
+
+
+def _rows(examples: list[Example]) -> list[dict[str, Any]]:
+    return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+
+
+def _accuracy(model: Any, tokenizer: Any, task: Task, val: list[Example], cfg: TunelabConfig, bf16: bool,
+              console: Console, what: str) -> tuple[float, list[str]]:
+    rows = val[: cfg.eval.limit] if cfg.eval.limit else val
+    texts, gold = [e.record.text for e in rows], [e.record.label for e in rows]
+    from rich.progress import Progress
+
+    t0 = time.perf_counter()
+    with Progress(console=console, transient=True) as bar:
+        job = bar.add_task(f"scoring {what} on {len(rows)} validation rows", total=len(rows))
+        step = lambda n: bar.advance(job, n)  # noqa: E731
+        if task.head:
+            preds = predict_head(model, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16, step)
+        else:
+            preds = predict_generate(model, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
+                                     cfg.eval.batch_size, bf16, step)
+    acc = sum(g == p for g, p in zip(gold, preds, strict=True)) / max(len(gold), 1)
+    console.print(f"{what} accuracy: [bold]{acc:.1%}[/] on {len(rows)} rows ({time.perf_counter() - t0:.0f} s)")
+    return acc, preds
+
+
+def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
+        callbacks: list[Any] | None = None) -> RunResult:
+    console = console or Console(stderr=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if not cfg.data.train:
+        raise DataError([Problem("config", "data.train is empty: set it to your training file")])
+    base = resolve(cfg.model.base)
+    tokenizer = load_tokenizer(str(base.run / "tokenizer") if base.run else base.path)
+    task = _task(cfg, cfg.data.train)
+    bf16 = hardware.use_bf16(cfg.model.precision)
+
+    # Data: every problem is found before anything is written.
+    encode = _encoder(cfg, task, tokenizer)
+    train_ex, rep = _prepare(cfg, cfg.data.train, encode)
+    _check(rep, cfg, "training")
+    skipped = list(rep.errors)
+    if cfg.data.validation:
+        val_ex, val_rep = _prepare(cfg, cfg.data.validation, encode)
+        _check(val_rep, cfg, "validation")
+        skipped += val_rep.errors
+    else:
+        train_ex, val_ex = split_validation(train_ex, cfg.data.val_fraction, cfg.train.seed)  # type: ignore[arg-type]
+    if cfg.data.limit and cfg.data.limit < len(train_ex):
+        keep = set(random.Random(cfg.train.seed).sample(range(len(train_ex)), cfg.data.limit))
+        train_ex = [e for i, e in enumerate(train_ex) if i in keep]
+    if not train_ex:
+        raise DataError([Problem(cfg.data.train, "no usable training rows")])
+    n_overlap = overlap([e.record for e in train_ex], [e.record for e in val_ex])
+
+    run = open_run(cfg, resume)
+    report = rep.to_dict() | {"train_rows": len(train_ex), "validation_rows": len(val_ex),
+                              "train_validation_overlap": n_overlap}
+    run.write_json("data_report.json", report)
+    if skipped:
+        with (run.path / "skipped_rows.jsonl").open("w") as f:
+            for p in skipped:
+                f.write(json.dumps(p.to_dict()) + "\n")
+        console.print(f"[yellow]Skipped {len(skipped)} bad row(s); see {run.path / 'skipped_rows.jsonl'}[/]")
+    if n_overlap:
+        console.print(f"[yellow]{n_overlap} validation row(s) also appear in the training data[/]")
+
+    # Model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, set_seed
+
+    set_seed(cfg.train.seed)
+    if task.head:
+        model = AutoModelForSequenceClassification.from_pretrained(base.path, num_labels=len(task.labels))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.config.id2label = dict(enumerate(task.labels))
+        model.config.label2id = task.label_index()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base.path)
+    if base.adapter is not None:  # continue from a tunelab run: merge its adapter into the base first
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(base.adapter)).merge_and_unload()
+    n_params = sum(p.numel() for p in model.parameters())
+
+    scored = len(val_ex[: cfg.eval.limit] if cfg.eval.limit else val_ex) if task.labels else 0
+    summary: dict[str, Any] = {"task": cfg.task, "base_model": cfg.model.base, "train_rows": len(train_ex),
+                               "validation_rows": len(val_ex), "eval_rows": scored,
+                               "precision": "bf16" if bf16 else "fp32"}
+    base_preds: list[str] = []
+    if task.labels and val_ex and cfg.eval.compare_base and not resume and not task.head:
+        summary["base_accuracy"], base_preds = _accuracy(model, tokenizer, task, val_ex, cfg, bf16, console, "base model")
+    elif task.head and cfg.eval.compare_base and not resume:
+        summary["base_accuracy"] = 1 / len(task.labels)  # an untrained head can only guess
+        summary["base_accuracy_note"] = "untrained classification head: chance level"
+
+    model = wrap_model(model, cfg, "SEQ_CLS" if task.head else "CAUSAL_LM")
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    hp = auto.resolve(epochs=cfg.train.epochs, learning_rate=cfg.train.learning_rate,
+                      batch_size=cfg.train.batch_size, grad_accum=cfg.train.grad_accum,
+                      max_steps=cfg.train.max_steps, warmup_ratio=cfg.train.warmup_ratio, method=cfg.peft.method,
+                      n_params=n_params, head=task.head, lengths=[len(e.input_ids) for e in train_ex])
+    run.write_json("resolved.json", hp.to_dict() | {"trainable_params": trainable, "total_params": n_params,
+                                                     "bf16": bf16})
+    console.print(f"[bold]Run[/] {run.path}  rows {len(train_ex)} train / {len(val_ex)} validation  "
+                  f"epochs {hp.epochs}  lr {hp.learning_rate:g}  batch {hp.batch_size}x{cfg.train.grad_accum}  "
+                  f"steps {hp.total_steps}  trainable {trainable / 1e6:.2f}M of {n_params / 1e6:.0f}M  "
+                  f"{'bf16' if bf16 else 'fp32'}")
+
+    # Train
+    from transformers import EarlyStoppingCallback
+
+    from ..train.collate import PadCollator
+
+    counter = TokenCounter()
+    interrupt = GracefulInterrupt(console)
+    cbs: list[Any] = [MetricsLogger(run.metrics, counter), RichProgress(counter, console), interrupt]
+    if cfg.train.early_stopping.patience and val_ex:
+        cbs.append(EarlyStoppingCallback(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta))
+    args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex))
+    trainer = TunelabTrainer(
+        model=model, args=args, train_dataset=_rows(train_ex), eval_dataset=_rows(val_ex) if val_ex else None,
+        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=cbs + list(callbacks or []),
+        bf16=bf16, token_level=not task.head, label_only_logits=cfg.train.label_only_logits, counter=counter,
+    )
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # progress and metrics.jsonl replace its raw dict prints
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
+    if checkpoint is not None:
+        run.trim_metrics(int(checkpoint.name.split("-")[-1]))
+    t0 = time.perf_counter()
+    try:
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    except BaseException as exc:
+        run.status("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+    train_seconds = time.perf_counter() - t0
+    summary.update(steps=trainer.state.global_step, train_loss=out.training_loss, train_seconds=round(train_seconds, 1),
+                   tokens_seen=counter.tokens, tokens_per_s=round(counter.tokens / max(train_seconds, 1e-9), 1))
+    if interrupt.requested:
+        run.status("interrupted", **summary)
+        console.print(f"[yellow]Stopped at step {trainer.state.global_step}; continue with --resume[/]")
+        return RunResult(run.path, "interrupted", run.read_json("summary.json"))
+
+    # Save: the adapter in standard PEFT format (or the full model), the tokenizer, the labels.
+    final = run.path / ("model" if cfg.peft.method == "full" else "adapter")
+    trainer.model.save_pretrained(str(final))
+    tokenizer.save_pretrained(str(run.path / "tokenizer"))
+    if task.head:
+        (run.path / "labels.json").write_text(json.dumps(task.labels))
+    if val_ex:
+        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if trainer.state.best_model_checkpoint:
+        summary["best_checkpoint"] = trainer.state.best_model_checkpoint
+    if task.labels and val_ex:
+        trainer.model.eval()
+        acc, preds = _accuracy(trainer.model, tokenizer, task, val_ex, cfg, bf16, console, "tuned model")
+        summary["tuned_accuracy"] = acc
+        rows = val_ex[: cfg.eval.limit] if cfg.eval.limit else val_ex
+        run.write_json("predictions.json", [
+            {"where": e.record.where, "text": e.record.text, "label": e.record.label, "predicted": p}
+            | ({"base_predicted": base_preds[i]} if base_preds else {})
+            for i, (e, p) in enumerate(zip(rows, preds, strict=True))])
+    run.status("completed", **summary)
+    return RunResult(run.path, "completed", run.read_json("summary.json"))

@@ -1,0 +1,113 @@
+"""Trainer callbacks: metrics.jsonl, live progress, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from transformers import TrainerCallback
+
+
+class TokenCounter:
+    """Real (non-padding) tokens seen in training steps, shared with the trainer."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+
+class MetricsLogger(TrainerCallback):
+    """Appends one JSON line per log event: step, epoch, loss, lr, tokens/s, eval metrics."""
+
+    def __init__(self, path: Path, counter: TokenCounter) -> None:
+        self.path, self.counter = path, counter
+        self._t0 = time.perf_counter()
+        self._tok0 = 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._t0, self._tok0 = time.perf_counter(), self.counter.tokens
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        if not logs:
+            return
+        row: dict[str, Any] = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 4)}
+        for k, v in logs.items():
+            row[k] = float(v) if isinstance(v, int | float) else v
+        elapsed = time.perf_counter() - self._t0
+        if "loss" in logs and elapsed > 0:
+            row["tokens_per_s"] = round((self.counter.tokens - self._tok0) / elapsed, 1)
+            row["tokens_seen"] = self.counter.tokens
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class RichProgress(TrainerCallback):
+    """One progress bar: step, loss, real tokens/s, ETA."""
+
+    def __init__(self, counter: TokenCounter, console: Console | None = None) -> None:
+        self.counter, self.console = counter, console or Console(stderr=True)
+        self.progress: Progress | None = None
+        self.task: Any = None
+        self.loss = float("nan")
+        self.val = float("nan")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("val {task.fields[val]:.4f}"),
+            TextColumn("{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
+                                           loss=self.loss, val=self.val, tps=0.0)
+        self._t0, self._tok0 = time.perf_counter(), self.counter.tokens
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.progress is not None:
+            tps = (self.counter.tokens - self._tok0) / max(time.perf_counter() - self._t0, 1e-9)
+            self.progress.update(self.task, completed=state.global_step, loss=self.loss, val=self.val, tps=tps)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        logs = logs or {}
+        self.loss = float(logs.get("loss", self.loss))
+        self.val = float(logs.get("eval_loss", self.val))
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class GracefulInterrupt(TrainerCallback):
+    """First Ctrl-C: finish the step, save a checkpoint, stop. A second one aborts at once."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.requested = False
+        self.console = console or Console(stderr=True)
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        self.console.print("\n[yellow]Interrupted: saving a checkpoint after this step "
+                           "(press Ctrl-C again to abort without saving)[/]")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        if self.requested:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

@@ -1,0 +1,94 @@
+"""What this machine can do: bf16 support and a measured matmul peak (cached)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import cache
+from pathlib import Path
+
+from ..models.registry import home
+
+
+@cache
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def cpu_has_amx() -> bool:
+    return "amx_bf16" in cpu_flags()
+
+
+def use_bf16(precision: str) -> bool:
+    """precision: auto|bf16|fp32 -> whether to autocast to bf16 here.
+
+    auto: bf16 on GPUs that support it and on CPUs with AMX. On AVX-512-bf16-only CPUs, LoRA training
+    under bf16 autocast measured 1.7x slower than fp32 (bench/precision_cpu.py), so auto stays fp32 there.
+    """
+    import torch
+
+    if precision == "fp32":
+        return False
+    if device() == "cuda":
+        supported = torch.cuda.is_bf16_supported()
+    else:
+        supported = cpu_has_bf16()
+    if precision == "bf16":
+        if not supported:
+            raise ValueError("model.precision=bf16, but this machine has no bf16 support; use auto or fp32")
+        return True
+    return supported and (device() == "cuda" or cpu_has_amx())
+
+
+def matmul_peak_gflops(bf16: bool) -> float:
+    """Dense matmul throughput through torch on this machine, measured once and cached."""
+    import torch
+
+    key = f"{device()}-{'bf16' if bf16 else 'fp32'}-{torch.get_num_threads()}t"
+    cache_file = home() / "hardware.json"
+    try:
+        known = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return float(known[key])
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < 0.5:
+        a @ b
+        reps += 1
+    gflops = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    known[key] = round(gflops, 1)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(known))
+    tmp.replace(cache_file)
+    return gflops
+
+
+def estimate_tokens_per_second(n_params: int, lora: bool = True, bf16: bool | None = None) -> float:
+    """Rough training throughput: ~6N FLOPs per token (4N with frozen weights) at the efficiency
+    tunelab's training loop reaches here (~30% of the matmul peak)."""
+    bf16 = cpu_has_bf16() if bf16 is None else bf16
+    flops_per_token = (4 if lora else 6) * n_params
+    return matmul_peak_gflops(bf16) * 1e9 * 0.3 / flops_per_token

@@ -1,0 +1,70 @@
+"""Config sections -> the objects the trainer needs (peft config, TrainingArguments, callbacks)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..config import TunelabConfig
+from .auto import Resolved
+
+
+def peft_config(cfg: TunelabConfig, task_type: str) -> Any:
+    from peft import LoraConfig
+
+    p = cfg.peft
+    return LoraConfig(r=p.r, lora_alpha=p.alpha, lora_dropout=p.dropout, target_modules=p.target_modules,
+                      use_dora=p.method == "dora", task_type=task_type)
+
+
+def wrap_model(model: Any, cfg: TunelabConfig, task_type: str) -> Any:
+    if cfg.peft.method == "full":
+        model.requires_grad_(True)
+        return model
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(cfg, task_type))
+
+
+def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val: bool) -> Any:
+    import torch
+    from transformers import TrainingArguments
+
+    t = cfg.train
+    every = "steps" if t.eval_every else "epoch"
+    kw: dict[str, Any] = {}
+    if has_val:
+        kw.update(eval_strategy=every, save_strategy=every, load_best_model_at_end=True,
+                  metric_for_best_model="eval_loss", greater_is_better=False)
+        if t.eval_every:
+            kw.update(eval_steps=t.eval_every, save_steps=t.eval_every)
+    else:
+        kw.update(eval_strategy="no", save_strategy="steps" if t.save_every else "epoch")
+        if t.save_every:
+            kw.update(save_steps=t.save_every)
+    return TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=hp.batch_size,
+        per_device_eval_batch_size=hp.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        num_train_epochs=hp.epochs,
+        max_steps=t.max_steps or -1,
+        learning_rate=hp.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=hp.warmup_steps,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        logging_steps=t.log_every,
+        logging_first_step=True,
+        save_total_limit=t.keep_checkpoints,
+        seed=t.seed,
+        data_seed=t.seed,
+        report_to=list(t.report_to) or "none",
+        disable_tqdm=True,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        **kw,
+    )
