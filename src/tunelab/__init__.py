@@ -43,7 +43,7 @@ def check_data(path: str, **kwargs: Any) -> Any:
 
 def generate(ref: str | Any, prompt: str, **kwargs: Any) -> str:
     """One reply from a model reference or a LoadedModel."""
-    from .generate import generate as _generate
+    from .inference import generate as _generate
 
     return _generate(ref, prompt, **kwargs)
 

@@ -33,8 +33,9 @@ def side_by_side(run_dir: Path, console: Console, n: int = 8) -> None:
     for col in ("customer message", "true intent", "base model", "tuned model"):
         t.add_column(col, overflow="fold")
     for p in preds[:n]:
-        ok = lambda x: f"[green]{x}[/]" if x == p["label"] else f"[red]{x}[/]"  # noqa: E731
-        t.add_row(p["text"][:70], p["label"], ok(p.get("base_predicted", "-")), ok(p["predicted"]))
+        base, tuned = p.get("base_predicted", "-"), p["predicted"]
+        shown = [f"[green]{x}[/]" if x == p["label"] else f"[red]{x}[/]" for x in (base, tuned)]
+        t.add_row(p["text"][:70], p["label"], *shown)
     console.print(t)
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
-out = Console()  # results meant for stdout (JSON, replies)
+console = Console(stderr=True, soft_wrap=True)  # long file:line paths stay on one line in logs
+out = Console(soft_wrap=True)  # results meant for stdout (JSON, replies)
 
 
 def quiet_libraries() -> None:
@@ -29,7 +29,7 @@ def user_errors() -> Iterator[None]:
     from ..config import ConfigError
     from ..data.records import DataError
     from ..models.load import ModelError
-    from ..train.rundir import RunDirError
+    from ..training.rundir import RunDirError
 
     try:
         yield

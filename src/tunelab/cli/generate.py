@@ -16,7 +16,7 @@ def generate_cmd(
     temperature: float = typer.Option(0.0, "--temperature", "-t", help="0 is greedy."),
 ) -> None:
     """One reply, streamed to stdout."""
-    from ..generate import generate
+    from ..inference import generate
 
     with user_errors():
         generate(model, prompt, system=system, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -31,7 +31,7 @@ def chat_cmd(
     temperature: float = typer.Option(0.0, "--temperature", "-t"),
 ) -> None:
     """Talk to a model; /reset clears the history, /exit or Ctrl-D leaves."""
-    from ..generate import describe, run_system_prompt, stream_reply
+    from ..inference import describe, run_system_prompt, stream_reply
     from ..models.load import load
 
     with user_errors():

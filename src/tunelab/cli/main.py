@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from ..config.reference import keys_help
 from . import config as config_cli
 from . import data as data_cli
 from .common import quiet_libraries
@@ -20,7 +21,7 @@ app.callback()(lambda: quiet_libraries())
 app.command("quickstart")(quickstart_cmd)
 app.command("init")(init_cmd)
 app.add_typer(data_cli.app, name="data")
-app.command("train")(train_cmd)
+app.command("train", epilog=keys_help())(train_cmd)
 app.command("generate")(generate_cmd)
 app.command("chat")(chat_cmd)
 app.add_typer(config_cli.app, name="config")

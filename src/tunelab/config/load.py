@@ -92,7 +92,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         parts = key.strip().split(".")
         node = data
         for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
+            if node.get(p) is None:  # absent, or a YAML section left empty
+                node[p] = {}
+            nxt = node[p]
             if not isinstance(nxt, dict):
                 raise ConfigError(f"override '{item}': '{p}' is not a section")
             node = nxt

@@ -53,3 +53,24 @@ def markdown_reference() -> str:
         lines.append("")
         pending = sub + pending
     return "\n".join(lines)
+
+
+def flat_fields(model: type[BaseModel] = TunelabConfig, prefix: str = "") -> list[tuple[str, object, str]]:
+    """(dotted key, default, doc) for every leaf field."""
+    rows: list[tuple[str, object, str]] = []
+    for name, field in model.model_fields.items():
+        key = f"{prefix}{name}"
+        if _is_section(field.annotation):
+            rows += flat_fields(field.annotation, f"{key}.")  # type: ignore[arg-type]
+        else:
+            doc = " ".join((field.description or "").split())
+            rows.append((key, field.get_default(call_default_factory=True), doc))
+    return rows
+
+
+def keys_help() -> str:
+    """Config keys for `tunelab train --help`, from the same field docs."""
+    lines = ["Config keys (set in the YAML file or override as key=value):", ""]
+    for key, default, doc in flat_fields():
+        lines.append(f"{key} (default {json.dumps(default)}): {doc.split('. ')[0].rstrip('.')}")
+    return "\n\n".join(lines)

@@ -24,7 +24,7 @@ def check(
     tps = None
     if tokenize:
         from ..models.load import load_tokenizer, resolve
-        from ..train.hardware import estimate_tokens_per_second
+        from ..training.hardware import estimate_tokens_per_second
 
         res = resolve(model)
         tokenizer = load_tokenizer(str(res.run / "tokenizer") if res.run else res.path)
@@ -36,8 +36,8 @@ def check(
         from pathlib import Path
 
         cfg = json.loads((Path(res.path) / "config.json").read_text())
-        h, n_layers, vocab = cfg.get("hidden_size", 0), cfg.get("num_hidden_layers", 0), cfg.get("vocab_size", 0)
-        n_params = 12 * n_layers * h * h + vocab * h  # standard transformer estimate
+        h, n_layers = cfg.get("hidden_size", 0), cfg.get("num_hidden_layers", 0)
+        n_params = 12 * n_layers * h * h  # non-embedding parameters, the standard estimate
         tps = estimate_tokens_per_second(n_params) if n_params else None
     _, rep = prepare(path, encode, fmt=fmt, columns=columns, max_length=max_length, too_long=too_long,
                      tokens_per_second=tps)

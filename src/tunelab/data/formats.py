@@ -22,12 +22,9 @@ def apply_columns(data: dict[str, Any], columns: dict[str, str]) -> dict[str, An
     """Rename the user's columns to tunelab's names ({tunelab_name: user_column})."""
     if not columns:
         return data
-    out = dict(data)
-    for ours, theirs in columns.items():
-        if theirs in data:
-            out[ours] = data[theirs]
-            if theirs != ours:
-                out.pop(theirs, None)
+    mapped = {ours: data[theirs] for ours, theirs in columns.items() if theirs in data}
+    out = {k: v for k, v in data.items() if k not in columns.values()}  # read from data: swaps work
+    out.update(mapped)
     return out
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .formats import FORMATS, apply_columns, detect_format, explain_unknown, to_record
-from .records import Problem, Record
+from .records import DataError, Problem, Record
 from .sources import data_files, read_rows
 
 
@@ -30,7 +30,8 @@ def load_records(
 ) -> Loaded:
     """Read and convert every row; bad rows become Problems, never exceptions."""
     if fmt != "auto" and fmt not in FORMATS:
-        raise ValueError(f"unknown format {fmt!r}; expected auto or one of {', '.join(FORMATS)}")
+        raise DataError([Problem(str(path), f"unknown format {fmt!r}; "
+                                            f"expected auto or one of {', '.join(FORMATS)}")])
     out = Loaded()
     for file in data_files(path):
         file_fmt = None if fmt == "auto" else fmt
@@ -42,9 +43,9 @@ def load_records(
             data = apply_columns(raw.data, columns or {})
             if file_fmt is None:
                 file_fmt = detect_format(set(data))
-                if file_fmt is None:
+                if file_fmt is None:  # keep looking: every row still gets checked
                     out.problems.append(Problem(raw.where, explain_unknown(set(data))))
-                    break
+                    continue
                 out.formats[str(file)] = file_fmt
             rec, problems = to_record(raw.where, data, file_fmt, system_prompt)
             out.problems.extend(problems)

@@ -58,7 +58,8 @@ def histogram(lengths: list[int], bins: int = 8) -> list[tuple[int, int, int]]:
     lo, hi = min(lengths), max(lengths)
     width = max(1, math.ceil((hi - lo + 1) / bins))
     counts = Counter((n - lo) // width for n in lengths)
-    return [(lo + i * width, lo + (i + 1) * width - 1, counts.get(i, 0)) for i in range(math.ceil((hi - lo + 1) / width))]
+    n_bins = math.ceil((hi - lo + 1) / width)
+    return [(lo + i * width, lo + (i + 1) * width - 1, counts.get(i, 0)) for i in range(n_bins)]
 
 
 def prepare(
@@ -113,6 +114,9 @@ def prepare(
         lengths.append(len(enc.input_ids))
         examples.append(Example(rec, enc.input_ids, enc.labels))
     rep.valid_rows = len(examples)
+    if not examples and not rep.errors:
+        rep.errors.append(Problem(str(path), "no usable rows: the data is empty, or nothing is left to learn "
+                                  "after truncation (raise model.max_length)"))
     rep.length_histogram = histogram(lengths)
     rep.est_tokens_per_epoch = sum(lengths)
     if tokens_per_second:

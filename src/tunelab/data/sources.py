@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .records import DataError, Problem
+
 SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
@@ -27,7 +29,7 @@ def _line_of(text: str, pos: int) -> int:
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -44,7 +46,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8-sig", errors="replace")
     dec = json.JSONDecoder()
     pos = len(text) - len(text.lstrip())
     if text[pos : pos + 1] != "[":
@@ -82,16 +84,19 @@ def _read_json(path: Path) -> Iterator[RawRow]:
 
 
 def _read_csv(path: Path) -> Iterator[RawRow]:
-    with path.open(newline="", encoding="utf-8", errors="replace") as f:
-        reader = csv.DictReader(f)
-        prev_end = 1  # the header line
-        for row in reader:
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f)
+        header = next(reader, None) or []
+        prev_end = reader.line_num  # the header's last line
+        for values in reader:
             where = f"{path}:{prev_end + 1}"
             prev_end = reader.line_num
-            if None in row:
-                yield RawRow(where, None, f"more fields than the header has ({len(reader.fieldnames or [])})")
+            if not values:  # a blank line: skipped, but counted so later rows keep their line numbers
                 continue
-            yield RawRow(where, {k: v for k, v in row.items() if k is not None})
+            if len(values) > len(header):
+                yield RawRow(where, None, f"more fields than the header has ({len(header)})")
+                continue
+            yield RawRow(where, dict(zip(header, values + [None] * (len(header) - len(values)), strict=True)))
 
 
 def _read_parquet(path: Path) -> Iterator[RawRow]:
@@ -131,7 +136,8 @@ def data_files(path: str | Path) -> list[Path]:
             raise FileNotFoundError(f"{p}: the directory holds no {', '.join(SUFFIXES)} files")
         return files
     if p.suffix not in SUFFIXES:
-        raise ValueError(f"{p}: unsupported file type '{p.suffix}'; use one of {', '.join(SUFFIXES)}")
+        raise DataError([Problem(str(p), f"unsupported file type '{p.suffix}'; "
+                                         f"use one of {', '.join(SUFFIXES)}")])
     return [p]
 
 

@@ -26,7 +26,7 @@ class Predictions:
 
 def label_token_ids(tokenizer: Any, display: list[str], system_prompt: str | None) -> list[tuple[int, ...]]:
     """Each label's answer tokens exactly as training saw them (content + end-of-turn)."""
-    from ..data.templates import assistant_spans, _encode_spans
+    from ..data.templates import _encode_spans, assistant_spans
 
     out = []
     for label in display:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,12 +37,23 @@ def is_run_dir(p: Path) -> bool:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers on 443 within `timeout` seconds in all. Socket timeouts don't cover name
+    resolution (a resolver that never answers blocks for its own timeouts, tens of seconds), so the
+    probe runs in a daemon thread that is abandoned when it takes too long."""
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    answer: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, 443), timeout=timeout):
+                answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=probe, name="tunelab-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(answer and answer[0])
 
 
 def _run_base(run: Path) -> str:

@@ -22,11 +22,11 @@ from ..data.split import overlap, split_validation
 from ..data.templates import encode_record, humanize
 from ..eval.classify import predict_generate, predict_head
 from ..models.load import load_tokenizer, resolve
-from ..train import auto, hardware
-from ..train.callbacks import GracefulInterrupt, MetricsLogger, RichProgress, TokenCounter
-from ..train.rundir import RunDir, open_run
-from ..train.setup import training_arguments, wrap_model
-from ..train.trainer import TunelabTrainer
+from ..training import auto, hardware
+from ..training.callbacks import GracefulInterrupt, MetricsLogger, RichProgress, TokenCounter
+from ..training.rundir import open_run
+from ..training.setup import training_arguments, wrap_model
+from ..training.trainer import TunelabTrainer
 
 
 @dataclass
@@ -185,7 +185,8 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
                                "precision": "bf16" if bf16 else "fp32"}
     base_preds: list[str] = []
     if task.labels and val_ex and cfg.eval.compare_base and not resume and not task.head:
-        summary["base_accuracy"], base_preds = _accuracy(model, tokenizer, task, val_ex, cfg, bf16, console, "base model")
+        summary["base_accuracy"], base_preds = _accuracy(model, tokenizer, task, val_ex, cfg, bf16, console,
+                                                         "base model")
     elif task.head and cfg.eval.compare_base and not resume:
         summary["base_accuracy"] = 1 / len(task.labels)  # an untrained head can only guess
         summary["base_accuracy_note"] = "untrained classification head: chance level"
@@ -206,7 +207,7 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     # Train
     from transformers import EarlyStoppingCallback
 
-    from ..train.collate import PadCollator
+    from ..training.collate import PadCollator
 
     counter = TokenCounter()
     interrupt = GracefulInterrupt(console)
@@ -247,8 +248,9 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     tokenizer.save_pretrained(str(run.path / "tokenizer"))
     if task.head:
         (run.path / "labels.json").write_text(json.dumps(task.labels))
-    if val_ex:
-        summary["eval_loss"] = trainer.evaluate()["eval_loss"]
+    if val_ex:  # the best checkpoint's validation loss is the final model's (load_best_model_at_end)
+        best = trainer.state.best_metric
+        summary["eval_loss"] = best if best is not None else trainer.evaluate()["eval_loss"]
     if trainer.state.best_model_checkpoint:
         summary["best_checkpoint"] = trainer.state.best_model_checkpoint
     if task.labels and val_ex:

@@ -76,6 +76,8 @@ class RichProgress(TrainerCallback):
         logs = logs or {}
         self.loss = float(logs.get("loss", self.loss))
         self.val = float(logs.get("eval_loss", self.val))
+        if self.progress is not None:
+            self.progress.update(self.task, loss=self.loss, val=self.val)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.progress is not None:

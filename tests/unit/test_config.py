@@ -1,0 +1,276 @@
+"""Config: YAML + overrides -> TunelabConfig, errors with file:line and suggestions, generated docs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+from tunelab.config import ConfigError, TunelabConfig, apply_overrides, dump_config, load_config
+from tunelab.config.reference import json_schema, markdown_reference
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTERS = sorted(Path(str(resources.files("tunelab.config").joinpath("starters"))).glob("*.yaml"))
+REPO_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "configs").rglob("*.yml"))
+NO_REPO_CONFIGS = pytest.param(None, marks=pytest.mark.skip(reason="configs/ holds no YAML files"))
+SECTIONS = ("model", "data", "peft", "train", "eval", "classification")
+
+
+def write(tmp_path: Path, text: str, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def config_error(path: Path | None, overrides: list[str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides)
+    return str(info.value)
+
+
+# --- defaults and loading -------------------------------------------------------------------------
+
+
+def test_defaults_without_a_file() -> None:
+    cfg = load_config()
+    assert isinstance(cfg, TunelabConfig)
+    assert cfg.name == "run"
+    assert cfg.task == "chat"
+    assert cfg.train.epochs == "auto"
+    assert cfg.train.learning_rate == "auto"
+    assert cfg.data.format == "auto"
+    assert cfg.peft.method == "lora"
+
+
+def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "task: completion\n", "support-bot.yaml"))
+    assert cfg.name == "support-bot"
+    assert cfg.task == "completion"
+    assert load_config(write(tmp_path, "name: given\n", "other.yaml")).name == "given"
+
+
+def test_empty_file_is_all_defaults(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, "# nothing here\n"))
+    assert cfg.train.seed == 42 and cfg.model.max_length == 512
+
+
+def test_values_from_yaml_are_typed(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, (
+        "train:\n"
+        "  epochs: 3\n"
+        "  learning_rate: 2e-4\n"   # PyYAML reads this as a string; it must still become a float
+        "  early_stopping:\n"
+        "    patience: 2\n"
+        "peft:\n"
+        "  target_modules: [q_proj, v_proj]\n"
+    )))
+    assert cfg.train.epochs == 3
+    assert cfg.train.learning_rate == pytest.approx(2e-4)
+    assert cfg.train.early_stopping.patience == 2
+    assert cfg.peft.target_modules == ["q_proj", "v_proj"]
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+
+def test_misspelled_key_names_key_line_and_suggestion(tmp_path: Path) -> None:
+    p = write(tmp_path, (
+        "name: demo\n"
+        "train:\n"
+        "  epochs: 2\n"
+        "  learning_rat: 1e-4\n"
+    ))
+    msg = config_error(p)
+    assert f"{p}:4" in msg
+    assert "train.learning_rat" in msg
+    assert "Did you mean 'train.learning_rate'?" in msg
+
+
+def test_misspelled_nested_and_top_level_keys_all_reported(tmp_path: Path) -> None:
+    p = write(tmp_path, (
+        "modle:\n"
+        "  base: x\n"
+        "train:\n"
+        "  early_stopping:\n"
+        "    patiense: 3\n"
+    ))
+    msg = config_error(p)
+    lines = msg.splitlines()
+    assert any(f"{p}:1" in line and "'modle'" in line and "'model'" in line for line in lines), msg
+    assert any(f"{p}:5" in line and "train.early_stopping.patiense" in line
+               and "train.early_stopping.patience" in line for line in lines), msg
+
+
+def test_bad_value_names_key_value_and_line(tmp_path: Path) -> None:
+    p = write(tmp_path, (
+        "train:\n"
+        "  batch_size: 4\n"
+        "  epochs: -3\n"
+    ))
+    msg = config_error(p)
+    assert f"{p}:3" in msg
+    assert "train.epochs" in msg
+    assert "-3" in msg
+    assert "greater than 0" in msg
+
+
+def test_every_bad_value_is_reported_at_once(tmp_path: Path) -> None:
+    p = write(tmp_path, (
+        "task: chatt\n"
+        "peft:\n"
+        "  r: 0\n"
+        "data:\n"
+        "  val_fraction: 1.5\n"
+    ))
+    msg = config_error(p)
+    assert f"{p}:1: task = 'chatt'" in msg
+    assert f"{p}:3: peft.r = 0" in msg
+    assert f"{p}:5: data.val_fraction = 1.5" in msg
+
+
+def test_union_tags_are_not_part_of_the_key(tmp_path: Path) -> None:
+    msg = config_error(write(tmp_path, "train:\n  learning_rate: fast\n"))
+    assert "train.learning_rate = 'fast'" in msg
+    assert "constrained" not in msg and "literal[" not in msg
+
+
+def test_invalid_yaml_gives_its_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "train:\n  epochs: 3\n   bad: [1, 2\n")
+    msg = config_error(p)
+    assert msg.startswith(f"{p}:")
+    assert "not valid YAML" in msg
+
+
+def test_non_mapping_config_and_missing_file(tmp_path: Path) -> None:
+    assert "must be a mapping" in config_error(write(tmp_path, "- a\n- b\n"))
+    msg = config_error(tmp_path / "nope.yaml")
+    assert "not found" in msg and "tunelab init" in msg
+
+
+# --- overrides ------------------------------------------------------------------------------------
+
+
+def test_dotted_overrides_apply(tmp_path: Path) -> None:
+    p = write(tmp_path, "train:\n  learning_rate: 3e-4\n  epochs: 1\n")
+    cfg = load_config(p, ["train.learning_rate=1e-4", "train.epochs=5", "model.max_length=128",
+                          "train.early_stopping.patience=4", "peft.method=dora"])
+    assert cfg.train.learning_rate == pytest.approx(1e-4)
+    assert cfg.train.epochs == 5
+    assert cfg.model.max_length == 128
+    assert cfg.train.early_stopping.patience == 4
+    assert cfg.peft.method == "dora"
+
+
+def test_override_with_nested_dict_value() -> None:
+    cfg = load_config(None, ["data.columns={text: text, label: category}", "task=classification"])
+    assert cfg.data.columns == {"text": "text", "label": "category"}
+    assert cfg.task == "classification"
+
+
+def test_override_list_and_null_values() -> None:
+    cfg = load_config(None, ["peft.target_modules=[q_proj, k_proj]", "data.validation=null",
+                             "name=my run"])
+    assert cfg.peft.target_modules == ["q_proj", "k_proj"]
+    assert cfg.data.validation is None
+    assert cfg.name == "my run"
+
+
+def test_override_value_may_contain_equals() -> None:
+    cfg = load_config(None, ["data.system_prompt=answer with a=b"])
+    assert cfg.data.system_prompt == "answer with a=b"
+
+
+def test_override_errors() -> None:
+    assert "not key=value" in config_error(None, ["train.learning_rate"])
+    msg = config_error(None, ["train.learning_rat=1e-4"])
+    assert "train.learning_rat" in msg and "Did you mean 'train.learning_rate'?" in msg
+    msg = config_error(None, ["train.epochs=-3"])
+    assert "train.epochs = -3" in msg
+    assert "is not a section" in config_error(None, ["name=x", "name.sub=1"])
+
+
+def test_apply_overrides_is_plain_nested_dict_update() -> None:
+    data = {"train": {"epochs": 1}}
+    assert apply_overrides(data, ["train.seed=7", "a.b.c=x"]) == {
+        "train": {"epochs": 1, "seed": 7}, "a": {"b": {"c": "x"}}}
+
+
+def test_dump_config_round_trips(tmp_path: Path) -> None:
+    cfg = load_config(None, ["train.learning_rate=1e-4", "data.columns={text: t, label: l}", "name=rt"])
+    again = load_config(write(tmp_path, dump_config(cfg)))
+    assert again == cfg
+
+
+# --- starters and shipped configs -----------------------------------------------------------------
+
+
+def test_starters_are_shipped() -> None:
+    assert {p.stem for p in STARTERS} >= {"chat", "classification", "completion"}
+
+
+@pytest.mark.parametrize("path", STARTERS, ids=lambda p: p.name)
+def test_starter_config_parses(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.task == path.stem
+    assert cfg.data.train
+
+
+def test_classification_starter_maps_banking77_columns() -> None:
+    cfg = load_config(next(p for p in STARTERS if p.stem == "classification"))
+    assert cfg.data.columns == {"text": "text", "label": "category"}
+
+
+@pytest.mark.parametrize("path", REPO_CONFIGS or [NO_REPO_CONFIGS],
+                         ids=lambda p: str(p.relative_to(ROOT)) if p else "none")
+def test_repository_config_parses(path: Path) -> None:
+    assert isinstance(load_config(path), TunelabConfig)
+
+
+# --- generated reference and schema ---------------------------------------------------------------
+
+
+def test_every_field_is_documented() -> None:
+    ref = markdown_reference()
+    rows = [line for line in ref.splitlines() if line.startswith("| `")]
+    assert rows
+    for row in rows:
+        meaning = row.rsplit("|", 2)[-2].strip()
+        assert meaning, f"undocumented key: {row}"
+    for key in ("train.learning_rate", "train.early_stopping.patience", "data.columns", "peft.r",
+                "classification.mode", "eval.compare_base", "model.max_length", "name"):
+        assert f"| `{key}` |" in ref
+    for section in SECTIONS:
+        assert f"## {section}" in ref
+
+
+def test_config_reference_command_matches_generator() -> None:
+    done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "config", "reference"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    generated = markdown_reference()
+    assert done.stdout.rstrip("\n") == generated.rstrip("\n")
+
+
+def test_docs_config_md_is_up_to_date() -> None:
+    docs = ROOT / "docs" / "config.md"
+    if not docs.is_file():
+        pytest.skip("docs/config.md is absent; `tunelab config reference` is checked against "
+                    "markdown_reference() in test_config_reference_command_matches_generator")
+    generated = markdown_reference()
+    assert docs.read_text().rstrip("\n") == generated.rstrip("\n"), (
+        "docs/config.md is stale: regenerate it with `tunelab config reference > docs/config.md`")
+
+
+def test_json_schema_is_valid_json_with_sections() -> None:
+    schema = json.loads(json_schema())
+    assert schema["type"] == "object"
+    assert set(SECTIONS) <= set(schema["properties"])
+    assert schema.get("additionalProperties") is False
+    defs = schema["$defs"]
+    assert "learning_rate" in defs["TrainConfig"]["properties"]
+    assert defs["TrainConfig"].get("additionalProperties") is False
+    assert defs["DataConfig"]["properties"]["format"]["description"]
