@@ -196,6 +196,7 @@ def test_unknown_format_is_reported_on_every_row(tmp_path: Path) -> None:
     loaded = load_records(p)
     assert not loaded.records
     assert [e.where for e in loaded.errors] == [f"{p}:1", f"{p}:2", f"{p}:3"]
+    assert "preference" in loaded.errors[0].message
 
 
 def test_rows_after_an_unrecognisable_first_row_are_still_checked(tmp_path: Path) -> None:
@@ -203,7 +204,6 @@ def test_rows_after_an_unrecognisable_first_row_are_still_checked(tmp_path: Path
     loaded = load_records(p)
     assert [e.where for e in loaded.errors] == [f"{p}:1", f"{p}:2"]
     assert "no assistant message" in loaded.errors[1].message
-    assert "preference" in loaded.errors[0].message
 
 
 def test_explicit_format_overrides_detection(tmp_path: Path) -> None:
