@@ -22,7 +22,7 @@ from tunelab.training.trainer import causal_lm_loss
 def measure(weights: torch.dtype, autocast: bool, batch: int, seq: int, steps: int) -> float:
     model = AutoModelForCausalLM.from_pretrained(resolve(None).path, dtype=weights)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                                             lora_dropout=0.05, task_type="CAUSAL_LM"))
+                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
     torch.manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (batch, seq))
     labels = ids.clone()
