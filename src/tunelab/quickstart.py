@@ -17,13 +17,14 @@ def banking77_csv() -> Path:
     return Path(str(resources.files("tunelab").joinpath("examples", "banking77", "train.csv")))
 
 
-def quickstart_config(rows: int, output_dir: str, name: str = "quickstart-banking77") -> TunelabConfig:
+def quickstart_config(rows: int, output_dir: str, eval_rows: int = 300,
+                      name: str = "quickstart-banking77") -> TunelabConfig:
     return load_config(None, [
         f"name={name}", f"output_dir={output_dir}", "task=classification",
         f"data.train={banking77_csv()}", "data.columns={text: text, label: category}",
         "data.val_fraction=0.05", f"data.limit={rows}",
         "data.system_prompt=Classify the banking customer's message.",
-        "train.epochs=1", "train.batch_size=16", "eval.limit=300",
+        "train.epochs=1", "train.batch_size=16", f"eval.limit={eval_rows}",
     ])
 
 
@@ -32,16 +33,17 @@ def side_by_side(run_dir: Path, console: Console, n: int = 8) -> None:
     t = Table(title="Validation examples: base vs tuned", show_lines=False)
     for col in ("customer message", "true intent", "base model", "tuned model"):
         t.add_column(col, overflow="fold")
-    for p in preds[:n]:
+    for p in preds[:: max(1, len(preds) // n)][:n]:  # spread over the (label-sorted) file
         base, tuned = p.get("base_predicted", "-"), p["predicted"]
         shown = [f"[green]{x}[/]" if x == p["label"] else f"[red]{x}[/]" for x in (base, tuned)]
         t.add_row(p["text"][:70], p["label"], *shown)
     console.print(t)
 
 
-def quickstart(rows: int = 2000, output_dir: str = "runs", console: Console | None = None) -> RunResult:
+def quickstart(rows: int = 3000, output_dir: str = "runs", console: Console | None = None,
+               eval_rows: int = 300) -> RunResult:
     console = console or Console(stderr=True)
-    cfg = quickstart_config(rows, output_dir)
+    cfg = quickstart_config(rows, output_dir, eval_rows)
     console.rule("[bold]tunelab quickstart: customer-support intents (banking77, 77 intents)")
     console.print(f"Base model: {cfg.model.base} (embedded). Training on {rows} messages; scoring on "
                   f"held-out messages before and after.\nData: PolyAI banking77, CC-BY-4.0 "

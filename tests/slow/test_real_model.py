@@ -89,3 +89,15 @@ def test_data_check_on_shipped_banking77_with_real_tokenizer() -> None:
     rep = json.loads(proc.stdout)
     assert rep["rows"] == 10003 and len(rep["labels"]) == 77
     assert rep["est_seconds_per_epoch"] > 0 and rep["completion_tokens"] > 0
+
+
+def test_quickstart_small(tmp_path: Path) -> None:
+    """The quickstart end to end through the CLI, shrunk: base and tuned accuracy land in summary.json."""
+    proc = subprocess.run([*CLI, "quickstart", "--rows", "48", "--eval-rows", "16", "--output-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "quickstart-banking77" / "summary.json").read_text())
+    for key in ("base_accuracy", "tuned_accuracy", "train_rows", "eval_rows", "train_seconds"):
+        assert key in summary, key
+    assert summary["train_rows"] == 48 and summary["eval_rows"] == 16
+    assert "base" in proc.stderr and "tuned" in proc.stderr and "tunelab chat" in proc.stderr

@@ -74,7 +74,21 @@ def prepare(
     tokens_per_second: float | None = None,
 ) -> tuple[list[Example], DataReport]:
     """Load, validate and (with an encoder) tokenize a data source; nothing is raised for bad rows."""
-    loaded: Loaded = load_records(path, fmt, columns, system_prompt)
+    loaded = load_records(path, fmt, columns, system_prompt)
+    return encode_loaded(loaded, path, encode, max_length=max_length, too_long=too_long,
+                         tokens_per_second=tokens_per_second)
+
+
+def encode_loaded(
+    loaded: Loaded,
+    path: str | Path,
+    encode: Callable[[Record], Encoded] | None,
+    *,
+    max_length: int = 512,
+    too_long: str = "truncate",
+    tokens_per_second: float | None = None,
+) -> tuple[list[Example], DataReport]:
+    """Validate and tokenize rows already loaded: duplicates, over-length rows, token counts."""
     rep = DataReport(source=str(path), formats=loaded.formats, rows=loaded.rows, max_length=max_length)
     rep.errors = list(loaded.errors)
     seen: dict[str, str] = {}

@@ -16,8 +16,9 @@ import torch
 from rich.console import Console
 
 from ..config import TunelabConfig
+from ..data.load import Loaded, load_records
 from ..data.records import DataError, Problem, RowError
-from ..data.report import DataReport, Example, prepare
+from ..data.report import DataReport, Example, encode_loaded
 from ..data.split import overlap, split_validation
 from ..data.templates import encode_record, humanize
 from ..eval.classify import predict_generate, predict_head
@@ -54,17 +55,12 @@ def _check(rep: DataReport, cfg: TunelabConfig, what: str) -> None:
                         "data.on_error=skip to train without them (they are listed in the run directory)")
 
 
-def _task(cfg: TunelabConfig, train_path: str) -> Task:
+def _task(cfg: TunelabConfig, loaded: Loaded) -> Task:
     if cfg.task != "classification":
         return Task()
-    from ..data.load import load_records
-
-    labels = cfg.classification.labels
+    labels = cfg.classification.labels or sorted({r.label for r in loaded.records if r.kind == "classification"})
     if not labels:
-        loaded = load_records(train_path, cfg.data.format, cfg.data.columns)
-        labels = sorted({r.label for r in loaded.records if r.kind == "classification"})
-    if not labels:
-        raise DataError([Problem(train_path, "task is classification but no row has a label; map your "
+        raise DataError([Problem(cfg.data.train, "task is classification but no row has a label; map your "
                                  "columns with data.columns (e.g. {text: text, label: category})")])
     display = [humanize(x) for x in labels] if cfg.classification.humanize_labels else list(labels)
     if len(set(display)) != len(display):
@@ -90,10 +86,13 @@ def _encoder(cfg: TunelabConfig, task: Task, tokenizer: Any) -> Any:
     return encode
 
 
-def _prepare(cfg: TunelabConfig, path: str, encode: Any) -> tuple[list[Example], DataReport]:
-    return prepare(path, encode, fmt=cfg.data.format, columns=cfg.data.columns,
-                   system_prompt=None if cfg.task == "classification" else cfg.data.system_prompt,
-                   max_length=cfg.model.max_length, too_long=cfg.data.too_long)
+def _load(cfg: TunelabConfig, path: str) -> Loaded:
+    prompt = None if cfg.task == "classification" else cfg.data.system_prompt
+    return load_records(path, cfg.data.format, cfg.data.columns, prompt)
+
+
+def _prepare(cfg: TunelabConfig, path: str, loaded: Loaded, encode: Any) -> tuple[list[Example], DataReport]:
+    return encode_loaded(loaded, path, encode, max_length=cfg.model.max_length, too_long=cfg.data.too_long)
 
 
 def _rows(examples: list[Example]) -> list[dict[str, Any]]:
@@ -129,16 +128,17 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
         raise DataError([Problem("config", "data.train is empty: set it to your training file")])
     base = resolve(cfg.model.base)
     tokenizer = load_tokenizer(str(base.run / "tokenizer") if base.run else base.path)
-    task = _task(cfg, cfg.data.train)
     bf16 = hardware.use_bf16(cfg.model.precision)
 
     # Data: every problem is found before anything is written.
+    loaded = _load(cfg, cfg.data.train)
+    task = _task(cfg, loaded)
     encode = _encoder(cfg, task, tokenizer)
-    train_ex, rep = _prepare(cfg, cfg.data.train, encode)
+    train_ex, rep = _prepare(cfg, cfg.data.train, loaded, encode)
     _check(rep, cfg, "training")
     skipped = list(rep.errors)
     if cfg.data.validation:
-        val_ex, val_rep = _prepare(cfg, cfg.data.validation, encode)
+        val_ex, val_rep = _prepare(cfg, cfg.data.validation, _load(cfg, cfg.data.validation), encode)
         _check(val_rep, cfg, "validation")
         skipped += val_rep.errors
     else:
