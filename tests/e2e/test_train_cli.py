@@ -29,11 +29,12 @@ CHATS = [
 ]
 
 
-def tunelab_cli(*args: str | Path, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+def tunelab_cli(*args: str | Path, cwd: Path, timeout: float = 180,
+                input: str | None = None) -> subprocess.CompletedProcess[str]:
     env = os.environ | {"COLUMNS": "400", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
                         "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, input=input)
 
 
 def chat_line(user: str, reply: str) -> str:
