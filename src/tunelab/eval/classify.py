@@ -3,25 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..data.templates import IGNORE, classification_messages
-
-
-@dataclass
-class Predictions:
-    texts: list[str]
-    gold: list[str]
-    predicted: list[str]
-    seconds: float = 0.0
-    per_label: dict[str, dict[str, int]] = field(default_factory=dict)
-
-    @property
-    def accuracy(self) -> float:
-        return sum(g == p for g, p in zip(self.gold, self.predicted, strict=True)) / max(len(self.gold), 1)
 
 
 def label_token_ids(tokenizer: Any, display: list[str], system_prompt: str | None) -> list[tuple[int, ...]]:

@@ -184,12 +184,10 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
                                "validation_rows": len(val_ex), "eval_rows": scored,
                                "precision": "bf16" if bf16 else "fp32"}
     base_preds: list[str] = []
-    if task.labels and val_ex and cfg.eval.compare_base and not resume and not task.head:
+    # A head starts untrained: its base score is what a fresh head does, measured like the rest.
+    if task.labels and val_ex and cfg.eval.compare_base and not resume:
         summary["base_accuracy"], base_preds = _accuracy(model, tokenizer, task, val_ex, cfg, bf16, console,
                                                          "base model")
-    elif task.head and cfg.eval.compare_base and not resume:
-        summary["base_accuracy"] = 1 / len(task.labels)  # an untrained head can only guess
-        summary["base_accuracy_note"] = "untrained classification head: chance level"
 
     model = wrap_model(model, cfg, "SEQ_CLS" if task.head else "CAUSAL_LM")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
