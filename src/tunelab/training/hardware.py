@@ -70,11 +70,14 @@ def matmul_peak_gflops(bf16: bool) -> float:
     n = 1024
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    reps, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < 0.5:
-        a @ b
-        reps += 1
-    gflops = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+    best = 0.0
+    for _ in range(5):  # best of five short windows: the peak, not whatever else the machine was doing
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 0.2:
+            a @ b
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    gflops = best
     known[key] = round(gflops, 1)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
