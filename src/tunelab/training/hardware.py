@@ -40,7 +40,7 @@ def use_bf16(precision: str) -> bool:
     """precision: auto|bf16|fp32 -> whether to autocast to bf16 here.
 
     auto: bf16 on GPUs that support it and on CPUs with AMX. On AVX-512-bf16-only CPUs, LoRA training
-    under bf16 autocast measured 1.7x slower than fp32 (bench/precision_cpu.py), so auto stays fp32 there.
+    under bf16 autocast measured ~1.6x slower than fp32 (bench/precision_cpu.py), so auto stays fp32 there.
     """
     import torch
 
