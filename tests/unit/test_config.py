@@ -274,3 +274,16 @@ def test_json_schema_is_valid_json_with_sections() -> None:
     assert "learning_rate" in defs["TrainConfig"]["properties"]
     assert defs["TrainConfig"].get("additionalProperties") is False
     assert defs["DataConfig"]["properties"]["format"]["description"]
+
+
+def test_bad_override_names_the_override_not_the_file(tmp_path) -> None:  # noqa: ANN001
+    import pytest
+
+    from tunelab.config import ConfigError, load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(cfg, ["train.learning_rat=1e-4"])
+    assert "command-line override 'train.learning_rat=1e-4'" in str(exc.value)
+    assert "Did you mean 'train.learning_rate'?" in str(exc.value)

@@ -51,14 +51,23 @@ def _field_path(loc: tuple[object, ...]) -> tuple[str, ...]:
     return tuple(str(p) for p in loc if str(p).isidentifier() or isinstance(p, int))
 
 
-def _explain(err: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+def _where(loc: tuple[str, ...], source: str, lines: dict[tuple[str, ...], int],
+           from_cli: dict[tuple[str, ...], str]) -> str:
+    """The override that set a key (the last word), else the key's line in the file."""
+    if loc in from_cli:
+        return f"command-line override '{from_cli[loc]}'"
+    line = lines.get(loc)
+    return f"{source}:{line}" if line else source
+
+
+def _explain(err: ValidationError, source: str, lines: dict[tuple[str, ...], int],
+             from_cli: dict[tuple[str, ...], str] | None = None) -> str:
     grouped: dict[tuple[str, ...], list[str]] = {}
     values: dict[tuple[str, ...], object] = {}
     out = []
     for e in err.errors():
         loc = _field_path(e["loc"])
-        line = lines.get(loc)
-        where = f"{source}:{line}" if line else source
+        where = _where(loc, source, lines, from_cli or {})
         key = ".".join(loc)
         if e["type"] == "extra_forbidden":
             section = _section_model(loc[:-1])
@@ -70,8 +79,7 @@ def _explain(err: ValidationError, source: str, lines: dict[tuple[str, ...], int
             grouped.setdefault(loc, []).append(e["msg"])
             values[loc] = e.get("input")
     for loc, msgs in grouped.items():
-        line = lines.get(loc)
-        where = f"{source}:{line}" if line else source
+        where = _where(loc, source, lines, from_cli or {})
         out.append(f"{where}: {'.'.join(loc)} = {values[loc]!r}: {' or '.join(dict.fromkeys(msgs))}")
     return "\n".join(out)
 
@@ -122,7 +130,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         cfg = TunelabConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(_explain(err, source, _key_lines(text))) from None
+        from_cli = {tuple(o.split("=", 1)[0].strip().split(".")): o for o in overrides or []}
+        raise ConfigError(_explain(err, source, _key_lines(text), from_cli)) from None
     if cfg.name is None:
         cfg.name = Path(path).stem if path is not None else "run"
     return cfg

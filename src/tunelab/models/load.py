@@ -95,9 +95,9 @@ def resolve(ref: str | None) -> Resolved:
             return Resolved("hub", snapshot_download(ref, local_files_only=True))
         except Exception:
             raise ModelError(
-                f"'{ref}' looks like a Hugging Face Hub id, but the hub can't be reached from here and it "
-                f"is not in the local hub cache. Use a local model directory, a .gguf file, or the alias "
-                f"'{DEFAULT_MODEL}'.") from None
+                f"'{ref}' is not a local path, and as a Hugging Face Hub id it can't be fetched: the hub "
+                f"can't be reached from here and it is not in the local hub cache. Use a local model "
+                f"directory, a .gguf file, a run directory, or the alias '{DEFAULT_MODEL}'.") from None
     return Resolved("hub", ref)
 
 
