@@ -16,7 +16,6 @@ from tunelab.config.reference import json_schema, markdown_reference
 ROOT = Path(__file__).resolve().parents[2]
 STARTERS = sorted(Path(str(resources.files("tunelab.config").joinpath("starters"))).glob("*.yaml"))
 REPO_CONFIGS = sorted((ROOT / "configs").rglob("*.yaml")) + sorted((ROOT / "configs").rglob("*.yml"))
-NO_REPO_CONFIGS = pytest.param(None, marks=pytest.mark.skip(reason="configs/ holds no YAML files"))
 SECTIONS = ("model", "data", "peft", "train", "eval", "classification")
 
 
@@ -224,10 +223,15 @@ def test_classification_starter_maps_banking77_columns() -> None:
     assert cfg.data.columns == {"text": "text", "label": "category"}
 
 
-@pytest.mark.parametrize("path", REPO_CONFIGS or [NO_REPO_CONFIGS],
-                         ids=lambda p: str(p.relative_to(ROOT)) if p else "none")
+def test_repository_configs_are_shipped() -> None:
+    assert REPO_CONFIGS, "configs/ should hold the shipped recipes"
+
+
+@pytest.mark.parametrize("path", REPO_CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_repository_config_parses(path: Path) -> None:
-    assert isinstance(load_config(path), TunelabConfig)
+    cfg = load_config(path)
+    assert isinstance(cfg, TunelabConfig)
+    assert (ROOT / cfg.data.train).exists(), f"{path}: data.train {cfg.data.train} is not in the repository"
 
 
 # --- generated reference and schema ---------------------------------------------------------------
@@ -257,9 +261,7 @@ def test_config_reference_command_matches_generator() -> None:
 
 def test_docs_config_md_is_up_to_date() -> None:
     docs = ROOT / "docs" / "config.md"
-    if not docs.is_file():
-        pytest.skip("docs/config.md is absent; `tunelab config reference` is checked against "
-                    "markdown_reference() in test_config_reference_command_matches_generator")
+    assert docs.is_file(), "docs/config.md is missing: `tunelab config reference > docs/config.md`"
     generated = markdown_reference()
     assert docs.read_text().rstrip("\n") == generated.rstrip("\n"), (
         "docs/config.md is stale: regenerate it with `tunelab config reference > docs/config.md`")
