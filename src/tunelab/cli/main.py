@@ -8,6 +8,7 @@ from ..config.reference import keys_help
 from . import config as config_cli
 from . import data as data_cli
 from .common import quiet_libraries
+from .eval import eval_cmd
 from .generate import chat_cmd, generate_cmd
 from .init import init_cmd
 from .quickstart import quickstart_cmd
@@ -24,6 +25,7 @@ app.add_typer(data_cli.app, name="data")
 app.command("train", epilog=keys_help())(train_cmd)
 app.command("generate")(generate_cmd)
 app.command("chat")(chat_cmd)
+app.command("eval")(eval_cmd)
 app.add_typer(config_cli.app, name="config")
 
 if __name__ == "__main__":

@@ -183,6 +183,8 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     summary: dict[str, Any] = {"task": cfg.task, "base_model": cfg.model.base, "train_rows": len(train_ex),
                                "validation_rows": len(val_ex), "eval_rows": scored,
                                "precision": "bf16" if bf16 else "fp32"}
+    if task.labels:
+        summary["labels"] = task.labels
     base_preds: list[str] = []
     # A head starts untrained: its base score is what a fresh head does, measured like the rest.
     if task.labels and val_ex and cfg.eval.compare_base and not resume:

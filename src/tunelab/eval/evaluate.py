@@ -1,0 +1,181 @@
+"""`tunelab eval`: task metrics of a run or model on any data file, optionally against the base model."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..data.load import load_records
+from ..data.records import DataError, Problem, Record
+from ..data.templates import DEFAULT_CLASSIFY_PROMPT, IGNORE, encode_record, humanize, truncate
+from ..inference import run_system_prompt
+from ..models.load import LoadedModel, ModelError, load
+from ..training.collate import PadCollator
+from ..training.trainer import causal_lm_loss
+from .classify import predict_generate, predict_head
+from .metrics import bootstrap_diff, classification_metrics, generation_metrics, per_example_generation
+
+N_EXAMPLES = 12
+
+
+@dataclass
+class Task:
+    kind: str  # classification | generation | text
+    records: list[Record]
+    labels: list[str] = field(default_factory=list)
+    system_prompt: str | None = None
+
+
+def _run_summary(lm: LoadedModel) -> dict[str, Any]:
+    run = lm.resolved.run
+    return json.loads((run / "summary.json").read_text()) if run else {}
+
+
+def _task(lm: LoadedModel, records: list[Record]) -> Task:
+    kinds = {r.kind for r in records}
+    if kinds == {"classification"}:
+        labels = lm.labels or _run_summary(lm).get("labels") or sorted({r.label for r in records})
+        unknown = sorted({r.label for r in records} - set(labels))
+        if unknown:
+            raise DataError([Problem(records[0].where, f"labels {unknown} are not among the model's labels "
+                                     f"{labels[:10]}{'...' if len(labels) > 10 else ''}")])
+        return Task("classification", records, list(labels), run_system_prompt(lm) or DEFAULT_CLASSIFY_PROMPT)
+    if kinds <= {"chat", "completion"}:
+        return Task("generation", records)
+    return Task("text", records)
+
+
+def _prompt_and_reference(rec: Record) -> tuple[Any, str]:
+    if rec.kind == "completion":
+        return rec.prompt, rec.completion
+    last = max(i for i, m in enumerate(rec.messages) if m["role"] == "assistant")
+    return rec.messages[:last], rec.messages[last]["content"]
+
+
+@torch.no_grad()
+def reference_loss(lm: LoadedModel, task: Task, max_length: int, batch_size: int) -> float:
+    """Mean token loss of the reference answers (labels for classification)."""
+    tok, model = lm.tokenizer, lm.model
+    if task.kind == "classification" and lm.labels:  # a head: cross-entropy over the label set
+        index = {lab: i for i, lab in enumerate(lm.labels)}
+        total = 0.0
+        for i in range(0, len(task.records), batch_size):
+            chunk = task.records[i : i + batch_size]
+            enc = tok([r.text + (tok.eos_token or "") for r in chunk], return_tensors="pt", padding=True,
+                      add_special_tokens=False)
+            logits = model(**enc).logits.float()
+            gold = torch.tensor([index[r.label] for r in chunk])
+            total += float(torch.nn.functional.cross_entropy(logits, gold, reduction="sum"))
+        return total / max(len(task.records), 1)
+    rows = []
+    for r in task.records:
+        label = humanize(r.label) if task.kind == "classification" else None
+        enc = truncate(encode_record(r, tok, system_prompt=task.system_prompt, label_text=label), max_length)
+        rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    collate = PadCollator(tok.pad_token_id)
+    loss_sum, count = 0.0, 0
+    for i in range(0, len(rows), batch_size):
+        batch = collate(rows[i : i + batch_size])
+        n = int((batch["labels"][:, 1:] != IGNORE).sum())
+        loss_sum += float(causal_lm_loss(model, batch, n, label_only=True)) * n
+        count += n
+    return loss_sum / max(count, 1)
+
+
+@torch.no_grad()
+def generate_answers(lm: LoadedModel, prompts: list[Any], max_new_tokens: int, batch_size: int) -> list[str]:
+    tok, model = lm.tokenizer, lm.model
+    tok.padding_side = "left"
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = prompts[i : i + batch_size]
+        texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in chunk]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        out += [t.strip() for t in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+    tok.padding_side = "right"
+    return out
+
+
+def score(lm: LoadedModel, task: Task, *, max_new_tokens: int, max_length: int, batch_size: int
+          ) -> tuple[dict[str, Any], list[str], list[float]]:
+    """(metrics, predictions, per-example task score) for one model."""
+    loss = reference_loss(lm, task, max_length, batch_size)
+    metrics: dict[str, Any] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0))}
+    if task.kind == "classification":
+        texts, gold = [r.text for r in task.records], [r.label for r in task.records]
+        if lm.labels:
+            preds = predict_head(lm.model, lm.tokenizer, texts, lm.labels, batch_size)
+        else:
+            preds = predict_generate(lm.model, lm.tokenizer, texts, task.labels, [humanize(x) for x in task.labels],
+                                     task.system_prompt, batch_size)
+        metrics |= classification_metrics(gold, preds, task.labels)
+        return metrics, preds, [float(g == p) for g, p in zip(gold, preds, strict=True)]
+    if task.kind == "generation":
+        prompts, refs = zip(*(_prompt_and_reference(r) for r in task.records), strict=True)
+        preds = generate_answers(lm, list(prompts), max_new_tokens, batch_size)
+        metrics |= generation_metrics(list(refs), preds)
+        key = "numeric_correct" if "numeric_accuracy" in metrics else "token_f1"
+        return metrics, preds, [per_example_generation(r, p)[key] for r, p in zip(refs, preds, strict=True)]
+    return metrics, [], []
+
+
+def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] | None = None,
+             compare_base: bool = False, limit: int | None = None, max_new_tokens: int = 128,
+             max_length: int = 1024, batch_size: int = 16, console: Console | None = None) -> dict[str, Any]:
+    console = console or Console(stderr=True)
+    lm = load(ref)
+    loaded = load_records(data, fmt, columns)
+    for p in loaded.errors[:50]:
+        console.print(f"[yellow]{p.where}[/]: skipped: {p.message}", highlight=False)
+    records = loaded.records[:limit] if limit else loaded.records
+    if not records:
+        raise DataError(loaded.errors or [Problem(str(data), "no usable rows to evaluate")])
+    task = _task(lm, records)
+    console.print(f"Scoring {len(records)} rows ({task.kind}) with {ref}")
+    metrics, preds, per_ex = score(lm, task, max_new_tokens=max_new_tokens, max_length=max_length,
+                                   batch_size=batch_size)
+    result: dict[str, Any] = {"task": task.kind, "data": str(data), "rows": len(records),
+                              "skipped_rows": [p.to_dict() for p in loaded.errors], "model": metrics}
+    if "confusion" in metrics:
+        result["confusion"] = metrics.pop("confusion")
+    base_preds: list[str] = []
+    if compare_base:
+        if lm.resolved.run is None or lm.resolved.adapter is None:
+            raise ModelError("--compare-base needs a tunelab run directory trained with an adapter: "
+                             "it compares the run with its own base model")
+        with lm.model.disable_adapter():
+            base_lm = LoadedModel(lm.model, lm.tokenizer, lm.resolved, lm.labels)
+            console.print("Scoring the base model on the same rows")
+            base_metrics, base_preds, base_per_ex = score(base_lm, task, max_new_tokens=max_new_tokens,
+                                                          max_length=max_length, batch_size=batch_size)
+        base_metrics.pop("confusion", None)
+        result["base"] = base_metrics
+        if per_ex:
+            diff, lo, hi = bootstrap_diff(per_ex, base_per_ex)
+            name = "accuracy" if task.kind == "classification" else (
+                "numeric_accuracy" if "numeric_accuracy" in metrics else "token_f1")
+            result["comparison"] = {
+                "metric": name, "tuned": sum(per_ex) / len(per_ex), "base": sum(base_per_ex) / len(base_per_ex),
+                "diff": diff, "ci95": [lo, hi],
+                "wins": sum(t > b for t, b in zip(per_ex, base_per_ex, strict=True)),
+                "losses": sum(t < b for t, b in zip(per_ex, base_per_ex, strict=True)),
+                "ties": sum(t == b for t, b in zip(per_ex, base_per_ex, strict=True))}
+    examples = []
+    for i, rec in enumerate(records[: min(N_EXAMPLES, len(preds))]):
+        inp, reference = (rec.text, rec.label) if task.kind == "classification" else _prompt_and_reference(rec)
+        if not isinstance(inp, str):
+            inp = inp[-1]["content"] if inp else ""
+        examples.append({"input": inp, "reference": reference, "tuned": preds[i]}
+                        | ({"base": base_preds[i]} if base_preds else {}))
+    result["examples"] = examples
+    if lm.resolved.run is not None:
+        (Path(lm.resolved.run) / "eval.json").write_text(json.dumps(result, indent=2))
+    return result

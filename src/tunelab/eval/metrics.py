@@ -1,0 +1,96 @@
+"""Task metrics, computed with maintained libraries (scikit-learn, sacrebleu, rouge-score)."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Any
+
+NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
+
+
+def classification_metrics(gold: list[str], pred: list[str], labels: list[str]) -> dict[str, Any]:
+    """Accuracy, macro-F1, per-class precision/recall/F1 and the confusion matrix (rows: true)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+
+    p, r, f, s = precision_recall_fscore_support(gold, pred, labels=labels, zero_division=0)
+    return {
+        "accuracy": float(accuracy_score(gold, pred)),
+        "macro_f1": float(f1_score(gold, pred, labels=labels, average="macro", zero_division=0)),
+        "per_class": {lab: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
+                            "support": int(s[i])} for i, lab in enumerate(labels)},
+        "confusion": {"labels": labels, "matrix": confusion_matrix(gold, pred, labels=labels).tolist()},
+    }
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, articles or extra whitespace."""
+    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return " ".join(text.split())
+
+
+def token_f1(reference: str, prediction: str) -> float:
+    ref, hyp = normalize_answer(reference).split(), normalize_answer(prediction).split()
+    if not ref or not hyp:
+        return float(ref == hyp)
+    common = sum((Counter(ref) & Counter(hyp)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(hyp), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def final_number(text: str) -> float | None:
+    """The answer of a GSM8K-style text: the number after '####', else the last number."""
+    tail = text.split("####")[-1] if "####" in text else text
+    found = NUMBER.findall(tail)
+    if not found:
+        return None
+    try:
+        return float(found[-1 if "####" not in text else 0].replace(",", "").rstrip("."))
+    except ValueError:
+        return None
+
+
+def per_example_generation(reference: str, prediction: str) -> dict[str, float]:
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    out = {"exact_match": float(normalize_answer(reference) == normalize_answer(prediction)),
+           "token_f1": token_f1(reference, prediction),
+           "rouge_l": scorer.score(reference, prediction)["rougeL"].fmeasure}
+    ref_num = final_number(reference) if "####" in reference else None
+    if ref_num is not None:
+        out["numeric_correct"] = float(final_number(prediction) == ref_num)
+    return out
+
+
+def generation_metrics(references: list[str], predictions: list[str]) -> dict[str, Any]:
+    """Exact match, token F1, ROUGE-L (means over examples), corpus chrF and BLEU, numeric accuracy."""
+    import sacrebleu
+
+    rows = [per_example_generation(r, p) for r, p in zip(references, predictions, strict=True)]
+    n = max(len(rows), 1)
+    out: dict[str, Any] = {k: sum(r[k] for r in rows) / n for k in ("exact_match", "token_f1", "rouge_l")}
+    numeric = [r["numeric_correct"] for r in rows if "numeric_correct" in r]
+    if numeric:
+        out["numeric_accuracy"] = sum(numeric) / len(numeric)
+    out["chrf"] = sacrebleu.corpus_chrf(predictions, [references]).score
+    out["bleu"] = sacrebleu.corpus_bleu(predictions, [references]).score
+    return out
+
+
+def bootstrap_diff(tuned: list[float], base: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Mean paired difference (tuned - base) with a 95% bootstrap confidence interval."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    diffs = np.asarray(tuned, dtype=float) - np.asarray(base, dtype=float)
+    mean = float(diffs.mean()) if len(diffs) else 0.0
+    if len(diffs) < 2 or np.all(diffs == diffs[0]):
+        return mean, mean, mean
+    res = bootstrap((diffs,), np.mean, confidence_level=0.95, n_resamples=2000, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
