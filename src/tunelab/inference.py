@@ -12,14 +12,18 @@ from .data.templates import DEFAULT_CLASSIFY_PROMPT, Message
 from .models.load import LoadedModel, load
 
 
-def run_system_prompt(lm: LoadedModel) -> str | None:
-    """The system prompt a run was trained with, so replies match training."""
+def run_config(lm: LoadedModel) -> dict[str, Any]:
     run = lm.resolved.run
     if run is None:
-        return None
+        return {}
     import yaml
 
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    return yaml.safe_load((run / "config.yaml").read_text()) or {}
+
+
+def run_system_prompt(lm: LoadedModel) -> str | None:
+    """The system prompt a run was trained with, so replies match training."""
+    cfg = run_config(lm)
     prompt = (cfg.get("data") or {}).get("system_prompt")
     if cfg.get("task") == "classification":
         return prompt or DEFAULT_CLASSIFY_PROMPT
@@ -37,7 +41,11 @@ def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: in
 
         yield predict_head(lm.model, tok, [messages[-1]["content"]], lm.labels)[0]
         return
-    enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    if run_config(lm).get("task") == "completion":  # trained on raw text: no chat template
+        enc = tok(messages[-1]["content"], return_tensors="pt", add_special_tokens=False)
+    else:
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    enc = enc.to(next(lm.model.parameters()).device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs: dict[str, Any] = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer,
                                   pad_token_id=tok.pad_token_id)
@@ -45,15 +53,22 @@ def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: in
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
         kwargs.update(do_sample=False)
-    thread = Thread(target=lambda: _generate(lm.model, kwargs))
+    failure: list[BaseException] = []
+    thread = Thread(target=_generate, args=(lm.model, kwargs, streamer, failure))
     thread.start()
     yield from streamer
     thread.join()
+    if failure:
+        raise failure[0]
 
 
 @torch.no_grad()
-def _generate(model: Any, kwargs: dict[str, Any]) -> None:
-    model.generate(**kwargs)
+def _generate(model: Any, kwargs: dict[str, Any], streamer: Any, failure: list[BaseException]) -> None:
+    try:
+        model.generate(**kwargs)
+    except BaseException as exc:  # surfaces in the caller; the streamer must end or the caller waits forever
+        failure.append(exc)
+        streamer.end()
 
 
 def generate(ref: str | LoadedModel | None, prompt: str, *, system: str | None = None,

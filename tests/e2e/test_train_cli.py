@@ -279,7 +279,7 @@ def test_full_finetune_changes_base_weights(tiny_model: Path, tmp_path: Path) ->
     assert len(changed) >= len(base) // 2, changed
 
     lm = tunelab.load(str(run))
-    assert lm.resolved.full_model and lm.resolved.adapter is None
+    assert lm.resolved.path == str(run / "model") and lm.resolved.adapter is None
     w = "model.layers.0.mlp.down_proj.weight"
     assert torch.equal(lm.model.state_dict()[w], tuned[w])
 

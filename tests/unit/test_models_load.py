@@ -59,8 +59,7 @@ def test_run_directory_is_base_plus_adapter(run_dir: Path, tiny_model: Path, as_
 
     lm = tunelab.load(run_dir if as_path else str(run_dir))  # type: ignore[arg-type]
     r = lm.resolved
-    assert (r.kind, r.path, r.run, r.adapter, r.full_model) == ("run", str(tiny_model), run_dir,
-                                                                 run_dir / "adapter", False)
+    assert (r.kind, r.path, r.run, r.adapter) == ("run", str(tiny_model), run_dir, run_dir / "adapter")
     assert isinstance(lm.model, PeftModel) and not lm.model.training
     assert lm.tokenizer.name_or_path == str(run_dir / "tokenizer")
 

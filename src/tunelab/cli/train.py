@@ -21,7 +21,9 @@ def train_cmd(
     with user_errors():
         cfg = load_config(config, overrides or [])
         if resume:  # the same run: its saved config, with any overrides given now
-            saved = Path(cfg.output_dir) / str(cfg.name) / "config.yaml"
+            from ..training.rundir import resumable
+
+            saved = Path(cfg.output_dir) / resumable(cfg.output_dir, str(cfg.name)) / "config.yaml"
             if saved.is_file():
                 cfg = load_config(saved, overrides or [])
         result = sft.run(cfg, resume=resume, console=console)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import get_args
 
 from pydantic import BaseModel
 
@@ -25,11 +24,9 @@ def _rows(model: type[BaseModel], prefix: str, out: list[str], sections: list[tu
             sections.append((key, field.annotation))  # type: ignore[arg-type]
             continue
         default = field.get_default(call_default_factory=True)
-        choices = [a for a in get_args(field.annotation) if isinstance(a, str)]
         doc = (field.description or "").replace("\n", " ")
         doc = " ".join(doc.split())
         out.append(f"| `{key}` | `{json.dumps(default)}` | {doc} |")
-        del choices
 
 
 def markdown_reference() -> str:

@@ -32,11 +32,10 @@ def check(
         def encode(rec: Record) -> Any:
             return encode_record(rec, tokenizer, label_text=humanize(rec.label) if rec.label else None)
 
-        import json
-        from pathlib import Path
+        from transformers import AutoConfig
 
-        cfg = json.loads((Path(res.path) / "config.json").read_text())
-        h, n_layers = cfg.get("hidden_size", 0), cfg.get("num_hidden_layers", 0)
+        cfg = AutoConfig.from_pretrained(res.path)
+        h, n_layers = getattr(cfg, "hidden_size", 0), getattr(cfg, "num_hidden_layers", 0)
         n_params = 12 * n_layers * h * h  # non-embedding parameters, the standard estimate
         tps = estimate_tokens_per_second(n_params) if n_params else None
     _, rep = prepare(path, encode, fmt=fmt, columns=columns, max_length=max_length, too_long=too_long,

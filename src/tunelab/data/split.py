@@ -16,7 +16,7 @@ def split_validation(records: list[Record], fraction: float, seed: int) -> tuple
     n_val = max(1, round(len(records) * fraction))
     val_idx = set(order[:n_val])
     train = [r for i, r in enumerate(records) if i not in val_idx]
-    val = [r for i, r in enumerate(records) if i in val_idx]
+    val = [records[i] for i in order[:n_val]]  # shuffled: any first-N subset is a fair sample of a sorted file
     return train, val
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .records import Message, Record
+from .records import Message, Record, RowError
 
 IGNORE = -100
 DEFAULT_CLASSIFY_PROMPT = "Classify the customer's message. Answer with the category name only."
@@ -41,7 +41,10 @@ def classification_messages(text: str, label: str | None, system_prompt: str | N
 
 
 def _render(tokenizer: Any, messages: list[Message], gen: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+    except Exception as exc:  # jinja errors such as "roles must alternate", or no template at all
+        raise RowError(f"the model's chat template rejects this conversation: {exc}", field="messages") from None
 
 
 def assistant_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
@@ -57,8 +60,13 @@ def assistant_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list[
         after = _render(tokenizer, messages[: i + 1])
         if i and full.startswith(after) and after.startswith(before):
             start, end = len(before), len(after)
-        else:  # template does not render prefixes consistently: locate the content itself
-            start = full.index(m["content"], cursor)
+        else:  # template does not render prefixes consistently: locate the content after what precedes it
+            prefix = _render(tokenizer, messages[:i]) if i else ""
+            from_pos = max(cursor, len(prefix) if full.startswith(prefix) else cursor)
+            start = full.find(m["content"], from_pos)
+            if start < 0:
+                raise RowError(f"messages[{i}]: the chat template changes this assistant reply, so its tokens "
+                               "can't be found; use a template that renders replies verbatim", field="messages")
             end = start + len(m["content"])
             eos = tokenizer.eos_token or ""
             if eos and full.startswith(eos, end):

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from ..data.templates import IGNORE, classification_messages
+
+
+@contextlib.contextmanager
+def left_padding(tokenizer: Any) -> Iterator[None]:
+    """Batched generation pads on the left; the tokenizer gets its own setting back afterwards."""
+    saved, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = saved
 
 
 def label_token_ids(tokenizer: Any, display: list[str], system_prompt: str | None) -> list[tuple[int, ...]]:
@@ -20,7 +31,9 @@ def label_token_ids(tokenizer: Any, display: list[str], system_prompt: str | Non
         ids, labels = _encode_spans(tokenizer, full, spans)
         out.append(tuple(t for t, lab in zip(ids, labels, strict=True) if lab != IGNORE))
     if len(set(out)) != len(out):
-        raise ValueError("two labels tokenize identically; make the label names distinct")
+        from ..data.records import DataError, Problem
+
+        raise DataError([Problem("labels", "two labels tokenize identically; make the label names distinct")])
     return out
 
 
@@ -43,30 +56,29 @@ def predict_generate(
     trie, by_seq = _trie(seqs), {s: lab for s, lab in zip(seqs, labels, strict=True)}
     pad = tokenizer.pad_token_id
     eos_stop = sorted({s[-1] for s in seqs})
-    tokenizer.padding_side = "left"
-    preds: list[str] = []
-    dev = next(model.parameters()).device
-    for i in range(0, len(texts), batch_size):
-        chunk = texts[i : i + batch_size]
-        prompts = [tokenizer.apply_chat_template(classification_messages(t, None, system_prompt), tokenize=False,
-                                                 add_generation_prompt=True) for t in chunk]
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-        start = enc["input_ids"].shape[1]
+    with left_padding(tokenizer):
+        preds: list[str] = []
+        dev = next(model.parameters()).device
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i : i + batch_size]
+            prompts = [tokenizer.apply_chat_template(classification_messages(t, None, system_prompt), tokenize=False,
+                                                     add_generation_prompt=True) for t in chunk]
+            enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
+            start = enc["input_ids"].shape[1]
 
-        def allowed(batch_id: int, ids: torch.Tensor, start: int = start) -> list[int]:
-            return trie.get(tuple(ids[start:].tolist()), [pad])
+            def allowed(batch_id: int, ids: torch.Tensor, start: int = start) -> list[int]:
+                return trie.get(tuple(ids[start:].tolist()), [pad])
 
-        ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else torch.autocast(dev.type, enabled=False)
-        with ctx:
-            out = model.generate(**enc, max_new_tokens=max(map(len, seqs)), do_sample=False,
-                                 prefix_allowed_tokens_fn=allowed, pad_token_id=pad, eos_token_id=eos_stop)
-        for row in out[:, start:].tolist():
-            while row and row[-1] == pad and tuple(row) not in by_seq:
-                row.pop()
-            preds.append(by_seq.get(tuple(row), labels[0]))
-        if progress:
-            progress(len(chunk))
-    tokenizer.padding_side = "right"
+            ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else torch.autocast(dev.type, enabled=False)
+            with ctx:
+                out = model.generate(**enc, max_new_tokens=max(map(len, seqs)), do_sample=False,
+                                     prefix_allowed_tokens_fn=allowed, pad_token_id=pad, eos_token_id=eos_stop)
+            for row in out[:, start:].tolist():
+                while row and row[-1] == pad and tuple(row) not in by_seq:
+                    row.pop()
+                preds.append(by_seq.get(tuple(row), labels[0]))
+            if progress:
+                progress(len(chunk))
     return preds
 
 
@@ -79,7 +91,6 @@ def predict_head(
     eos = tokenizer.eos_token or ""
     preds: list[str] = []
     dev = next(model.parameters()).device
-    tokenizer.padding_side = "right"
     for i in range(0, len(texts), batch_size):
         chunk = texts[i : i + batch_size]
         enc = tokenizer([t + eos for t in chunk], return_tensors="pt", padding=True, add_special_tokens=False).to(dev)

@@ -18,7 +18,7 @@ from ..inference import run_system_prompt
 from ..models.load import LoadedModel, ModelError, load
 from ..training.collate import PadCollator
 from ..training.trainer import causal_lm_loss
-from .classify import predict_generate, predict_head
+from .classify import left_padding, predict_generate, predict_head
 from .metrics import bootstrap_diff, classification_metrics, generation_metrics, per_example_generation
 
 N_EXAMPLES = 12
@@ -91,16 +91,15 @@ def reference_loss(lm: LoadedModel, task: Task, max_length: int, batch_size: int
 @torch.no_grad()
 def generate_answers(lm: LoadedModel, prompts: list[Any], max_new_tokens: int, batch_size: int) -> list[str]:
     tok, model = lm.tokenizer, lm.model
-    tok.padding_side = "left"
-    out: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i : i + batch_size]
-        texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                 for p in chunk]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out += [t.strip() for t in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
-    tok.padding_side = "right"
+    with left_padding(tok):
+        out: list[str] = []
+        for i in range(0, len(prompts), batch_size):
+            chunk = prompts[i : i + batch_size]
+            texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                     for p in chunk]
+            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+            out += [t.strip() for t in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
     return out
 
 

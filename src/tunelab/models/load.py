@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -27,9 +27,13 @@ class ModelError(ValueError):
 class Resolved:
     kind: str  # alias | dir | gguf | run | hub
     path: str  # HF directory or hub id of the base weights
-    adapter: Path | None = None  # run directories: the trained adapter
+    adapters: list[Path] = field(default_factory=list)  # run directories: adapters to apply in order
     run: Path | None = None
-    full_model: bool = False  # run directories from full fine-tuning
+
+    @property
+    def adapter(self) -> Path | None:
+        """The run's own adapter (the last one); earlier ones come from the runs it started from."""
+        return self.adapters[-1] if self.adapters else None
 
 
 def is_run_dir(p: Path) -> bool:
@@ -78,9 +82,9 @@ def resolve(ref: str | None) -> Resolved:
                 raise ModelError(f"{p}: this run did not finish (status {summary.get('status')!r}); "
                                  f"continue it with `tunelab train {p / 'config.yaml'} --resume`")
             if (p / "model").is_dir():
-                return Resolved("run", str(p / "model"), run=p, full_model=True)
+                return Resolved("run", str(p / "model"), run=p)
             base = resolve(_run_base(p))
-            return Resolved("run", base.path, adapter=p / "adapter", run=p)
+            return Resolved("run", base.path, adapters=[*base.adapters, p / "adapter"], run=p)
         if p.is_dir() and (p / "config.json").is_file():
             return Resolved("dir", str(p))
         raise ModelError(f"{p}: not a model: expected an HF model directory (config.json), a tunelab run "
@@ -118,17 +122,23 @@ def load_tokenizer(path: str) -> Any:
     return tok
 
 
-def load(ref: str | None = None, *, num_labels: int | None = None, dtype: Any = None) -> LoadedModel:
-    """Load a model reference for inference or as a training base.
+def merge_adapters(model: Any, adapters: list[Path]) -> Any:
+    """Fold adapters into the weights, in order (a run trained on top of another run)."""
+    from peft import PeftModel
 
-    num_labels builds a sequence-classification model (a new head) instead of a causal LM.
-    """
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    return model
+
+
+def load(ref: str | None = None, *, dtype: Any = None) -> LoadedModel:
+    """Load a model reference for inference: base weights, earlier runs merged, the run's adapter on top."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     res = resolve(ref)
     dtype = dtype or torch.float32
-    labels = None
+    labels, num_labels = None, None
     head_labels = res.run / "labels.json" if res.run else None
     if head_labels is not None and head_labels.is_file():
         labels = json.loads(head_labels.read_text())
@@ -139,9 +149,13 @@ def load(ref: str | None = None, *, num_labels: int | None = None, dtype: Any = 
         model.config.pad_token_id = tok.pad_token_id
     else:
         model = AutoModelForCausalLM.from_pretrained(res.path, dtype=dtype)
+    model = merge_adapters(model, res.adapters[:-1])
     if res.adapter is not None:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(res.adapter))
+    from ..training.hardware import device
+
+    model.to(device())
     model.eval()
     return LoadedModel(model, tok, res, labels)

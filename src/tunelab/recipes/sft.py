@@ -22,10 +22,10 @@ from ..data.report import DataReport, Example, encode_loaded
 from ..data.split import overlap, split_validation
 from ..data.templates import encode_record, humanize
 from ..eval.classify import predict_generate, predict_head
-from ..models.load import load_tokenizer, resolve
+from ..models.load import load_tokenizer, merge_adapters, resolve
 from ..training import auto, hardware
 from ..training.callbacks import GracefulInterrupt, MetricsLogger, RichProgress, TokenCounter
-from ..training.rundir import open_run
+from ..training.rundir import RunDir, open_run
 from ..training.setup import training_arguments, wrap_model
 from ..training.trainer import TunelabTrainer
 
@@ -57,6 +57,9 @@ def _check(rep: DataReport, cfg: TunelabConfig, what: str) -> None:
 
 def _task(cfg: TunelabConfig, loaded: Loaded) -> Task:
     if cfg.task != "classification":
+        if loaded.records and all(r.kind == "classification" for r in loaded.records):
+            raise DataError([Problem(cfg.data.train, f"rows are text + label, but task is {cfg.task!r}: "
+                                     "set task: classification")])
         return Task()
     labels = cfg.classification.labels or sorted({r.label for r in loaded.records if r.kind == "classification"})
     if not labels:
@@ -76,7 +79,8 @@ def _encoder(cfg: TunelabConfig, task: Task, tokenizer: Any) -> Any:
         from ..data.templates import Encoded
 
         if rec.kind == "classification" and rec.label not in index:
-            raise RowError(f"label {rec.label!r} is not in classification.labels", field="label")
+            where = "classification.labels" if cfg.classification.labels else f"the labels of {cfg.data.train}"
+            raise RowError(f"label {rec.label!r} is not among {where}", field="label")
         if rec.kind == "classification" and task.head:
             ids = tokenizer(rec.text + eos, add_special_tokens=False)["input_ids"]
             return Encoded(list(ids), index[rec.label])
@@ -151,6 +155,18 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     n_overlap = overlap([e.record for e in train_ex], [e.record for e in val_ex])
 
     run = open_run(cfg, resume)
+    try:
+        return _train(run, cfg, resume=resume, console=console, callbacks=callbacks, base=base, tokenizer=tokenizer,
+                      task=task, bf16=bf16, rep=rep, train_ex=train_ex, val_ex=val_ex, skipped=skipped,
+                      n_overlap=n_overlap)
+    except BaseException as exc:  # whatever happens after the run directory exists, it says so
+        run.status("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, callbacks: list[Any] | None,
+           base: Any, tokenizer: Any, task: Task, bf16: bool, rep: DataReport, train_ex: list[Example],
+           val_ex: list[Example], skipped: list[Problem], n_overlap: int) -> RunResult:
     report = rep.to_dict() | {"train_rows": len(train_ex), "validation_rows": len(val_ex),
                               "train_validation_overlap": n_overlap}
     run.write_json("data_report.json", report)
@@ -167,16 +183,15 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
 
     set_seed(cfg.train.seed)
     if task.head:
-        model = AutoModelForSequenceClassification.from_pretrained(base.path, num_labels=len(task.labels))
+        model = AutoModelForSequenceClassification.from_pretrained(base.path, num_labels=len(task.labels),
+                                                                   dtype=torch.float32)
         model.config.pad_token_id = tokenizer.pad_token_id
         model.config.id2label = dict(enumerate(task.labels))
         model.config.label2id = task.label_index()
     else:
-        model = AutoModelForCausalLM.from_pretrained(base.path)
-    if base.adapter is not None:  # continue from a tunelab run: merge its adapter into the base first
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(base.adapter)).merge_and_unload()
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)  # autocast does the rest
+    model = merge_adapters(model, base.adapters)  # continuing from a tunelab run: start from what it trained
+    model.to(hardware.device())
     n_params = sum(p.numel() for p in model.parameters())
 
     scored = len(val_ex[: cfg.eval.limit] if cfg.eval.limit else val_ex) if task.labels else 0
@@ -226,14 +241,9 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None:
         console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
-    if checkpoint is not None:
-        run.trim_metrics(int(checkpoint.name.split("-")[-1]))
+    run.trim_metrics(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
     t0 = time.perf_counter()
-    try:
-        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    except BaseException as exc:
-        run.status("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+    out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - t0
     summary.update(steps=trainer.state.global_step, train_loss=out.training_loss, train_seconds=round(train_seconds, 1),
                    tokens_seen=counter.tokens, tokens_per_s=round(counter.tokens / max(train_seconds, 1e-9), 1))

@@ -109,6 +109,11 @@ class GracefulInterrupt(TrainerCallback):
             control.should_training_stop = True
         return control
 
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        if self.requested:  # the checkpoint is saved at the step; no extra evaluation on the way out
+            control.should_evaluate = False
+        return control
+
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)

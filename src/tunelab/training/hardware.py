@@ -49,7 +49,9 @@ def use_bf16(precision: str) -> bool:
     supported = torch.cuda.is_bf16_supported() if device() == "cuda" else cpu_has_bf16()
     if precision == "bf16":
         if not supported:
-            raise ValueError("model.precision=bf16, but this machine has no bf16 support; use auto or fp32")
+            from ..config import ConfigError
+
+            raise ConfigError("model.precision=bf16, but this machine has no bf16 support; use auto or fp32")
         return True
     return supported and (device() == "cuda" or cpu_has_amx())
 

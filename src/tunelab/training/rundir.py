@@ -46,6 +46,8 @@ class RunDir:
         if (self.path / "summary.json").exists():
             current = self.read_json("summary.json")
         current.update(extra, status=status, updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        if status != "failed":
+            current.pop("error", None)
         self.write_json("summary.json", current)
 
     def last_checkpoint(self) -> Path | None:
@@ -60,9 +62,25 @@ class RunDir:
         """Drop metric lines past a checkpoint so a resumed run logs each step once."""
         if not self.metrics.exists():
             return
-        keep = [ln for ln in self.metrics.read_text().splitlines() if ln.strip()
-                and json.loads(ln).get("step", 0) <= upto_step]
+        keep = []
+        for ln in self.metrics.read_text().splitlines():
+            try:
+                if json.loads(ln).get("step", 0) <= upto_step:
+                    keep.append(ln)
+            except ValueError:  # a line cut short when the process was killed
+                continue
         self.metrics.write_text("".join(ln + "\n" for ln in keep))
+
+
+def resumable(output_dir: str, name: str) -> str:
+    """The run to resume for a config name: the newest unfinished one among name, name-2, name-3..."""
+    base = Path(output_dir)
+    candidates = [base / name] + sorted(base.glob(f"{name}-*"), key=lambda p: p.stat().st_mtime)
+    unfinished = [p for p in candidates if (p / "summary.json").is_file()
+                  and json.loads((p / "summary.json").read_text()).get("status") != "completed"]
+    if not unfinished:
+        return name
+    return max(unfinished, key=lambda p: (p / "summary.json").stat().st_mtime).name
 
 
 def open_run(cfg: TunelabConfig, resume: bool) -> RunDir:
@@ -71,7 +89,11 @@ def open_run(cfg: TunelabConfig, resume: bool) -> RunDir:
     if resume:
         if not (path / "summary.json").exists():
             raise RunDirError(f"{path}: nothing to resume (no such run); start it without --resume")
-        return RunDir(path)
+        run = RunDir(path)
+        if run.read_json("summary.json").get("status") == "completed":
+            raise RunDirError(f"{path} already completed: there is nothing to resume")
+        run.status("running")
+        return run
     if path.exists() and any(path.iterdir()):
         summary = path / "summary.json"
         status = json.loads(summary.read_text()).get("status") if summary.exists() else "unknown"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import TunelabConfig
+from ..config import ConfigError, TunelabConfig
 from .auto import Resolved
 
 
@@ -37,7 +37,13 @@ def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_
         kw.update(eval_strategy=every, save_strategy=every, load_best_model_at_end=True,
                   metric_for_best_model="eval_loss", greater_is_better=False)
         if t.eval_every:
-            kw.update(eval_steps=t.eval_every, save_steps=t.eval_every)
+            kw.update(eval_steps=t.eval_every, save_steps=t.save_every or t.eval_every)
+            if t.save_every and t.save_every % t.eval_every:
+                raise ConfigError(f"train.save_every={t.save_every} must be a multiple of train.eval_every="
+                                  f"{t.eval_every}: the best checkpoint is chosen at evaluations")
+        elif t.save_every:
+            raise ConfigError("train.save_every needs train.eval_every when there is validation data "
+                              "(checkpoints are saved at evaluations, to keep the best one)")
     else:
         kw.update(eval_strategy="no", save_strategy="steps" if t.save_every else "epoch")
         if t.save_every:
