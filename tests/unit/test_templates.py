@@ -263,3 +263,22 @@ def test_histogram_counts_every_length(lengths: list[int]) -> None:
     for lo, hi, c in bins:
         assert c == sum(lo <= n <= hi for n in lengths)
     assert histogram([]) == []
+
+
+def test_fallback_mask_finds_the_reply_after_the_prompt(tiny_tokenizer) -> None:  # noqa: ANN001
+    """A template whose generation prompt differs from how it renders replies takes the fallback path;
+    the reply text also appears in the user turn, and only the reply itself must be trained."""
+    import copy
+
+    from tunelab.data.records import Record
+    from tunelab.data.templates import IGNORE, encode_record
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    tok.chat_template = (
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+        "{% endfor %}{% if add_generation_prompt %}{{ 'assistant says:' }}{% endif %}")
+    rec = Record("x:1", "chat", messages=[{"role": "user", "content": "I am not positive"},
+                                          {"role": "assistant", "content": "positive"}])
+    enc = encode_record(rec, tok)
+    trained = tok.decode([t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE])
+    assert trained == "positive<|im_end|>"
