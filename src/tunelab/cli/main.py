@@ -12,6 +12,7 @@ from .eval import eval_cmd
 from .generate import chat_cmd, generate_cmd
 from .init import init_cmd
 from .quickstart import quickstart_cmd
+from .report import report_cmd
 from .train import train_cmd
 
 app = typer.Typer(
@@ -25,6 +26,7 @@ app.add_typer(data_cli.app, name="data")
 app.command("train", epilog=keys_help())(train_cmd)
 app.command("generate")(generate_cmd)
 app.command("chat")(chat_cmd)
+app.command("report")(report_cmd)
 app.command("eval")(eval_cmd)
 app.add_typer(config_cli.app, name="config")
 

@@ -1,0 +1,33 @@
+"""`tunelab report RUN [--open]`: a self-contained HTML report of a run (and report.json beside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .common import console, out, user_errors
+
+
+def report_cmd(
+    run: str = typer.Argument(..., help="Run directory, e.g. runs/my-run (or a run name under ./runs)."),
+    open_: bool = typer.Option(False, "--open/--no-open", help="Open the report in a web browser."),
+) -> None:
+    """Write report.html and report.json into the run directory and print the HTML file's path."""
+    from ..eval.report import write_report
+
+    path = Path(run)
+    if not path.exists() and not path.is_absolute() and (Path("runs") / run).is_dir():
+        path = Path("runs") / run
+    with user_errors():
+        html_path, json_path = write_report(path)
+    import json
+
+    verdict = json.loads(json_path.read_text()).get("verdict", {}).get("text")
+    if verdict:
+        console.print(verdict, highlight=False, markup=False)
+    out.print(str(html_path), highlight=False, markup=False)
+    if open_:
+        import webbrowser
+
+        webbrowser.open(html_path.resolve().as_uri())
