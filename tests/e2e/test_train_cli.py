@@ -328,3 +328,10 @@ def test_classification(tiny_model: Path, tmp_path: Path, mode: str) -> None:
     else:
         assert not (result.run_dir / "labels.json").exists() and lm.labels is None
         assert isinstance(reply, str)
+
+
+def test_training_writes_the_report(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_chat(tmp_path / "chat.jsonl")
+    result = tunelab.train(config(tiny_model, tmp_path, "with-report", data, "train.max_steps=2"))
+    html = (result.run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and (result.run_dir / "report.json").is_file()

@@ -156,12 +156,18 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
 
     run = open_run(cfg, resume)
     try:
-        return _train(run, cfg, resume=resume, console=console, callbacks=callbacks, base=base, tokenizer=tokenizer,
-                      task=task, bf16=bf16, rep=rep, train_ex=train_ex, val_ex=val_ex, skipped=skipped,
-                      n_overlap=n_overlap)
+        result = _train(run, cfg, resume=resume, console=console, callbacks=callbacks, base=base,
+                        tokenizer=tokenizer, task=task, bf16=bf16, rep=rep, train_ex=train_ex, val_ex=val_ex,
+                        skipped=skipped, n_overlap=n_overlap)
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         run.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    if result.status == "completed":
+        from ..eval.report import write_report
+
+        html, _ = write_report(result.run_dir)
+        console.print(f"Report: {html}")
+    return result
 
 
 def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, callbacks: list[Any] | None,
