@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..training.rundir import RunDirError
+from .metrics import bootstrap_diff, classification_metrics
 
 RUN_FILES = ("summary.json", "config.yaml", "metrics.jsonl", "resolved.json", "data_report.json")
 LOWER_IS_BETTER = {"loss", "perplexity", "eval_loss"}
@@ -148,16 +149,10 @@ def _digits(*vals: float | None) -> int:
     return 1 if any(0 < abs(a - b) < 0.02 for a in xs for b in xs) else 0
 
 
-def paired_bootstrap(tuned: list[bool], base: list[bool], n: int = 2000, seed: int = 0) -> tuple[float, float]:
+def paired_bootstrap(tuned: list[bool], base: list[bool]) -> tuple[float, float]:
     """95% interval of accuracy(tuned) - accuracy(base) over resampled rows (the same rows for both)."""
-    import numpy as np
-
-    t, b = np.asarray(tuned, dtype=float), np.asarray(base, dtype=float)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(t), size=(n, len(t)))
-    diffs = t[idx].mean(axis=1) - b[idx].mean(axis=1)
-    lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return float(lo), float(hi)
+    _, lo, hi = bootstrap_diff([float(x) for x in tuned], [float(x) for x in base])
+    return lo, hi
 
 
 # --- facts -----------------------------------------------------------------------------------------
@@ -174,22 +169,15 @@ def _primary(run: Run, model: dict[str, Any]) -> str | None:
 
 def _prediction_scores(preds: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Accuracy, macro F1 and per-class scores of the tuned (and base) predictions."""
-    from sklearn.metrics import f1_score, precision_recall_fscore_support
-
     gold = [str(p.get("label")) for p in preds]
     labels = sorted(set(gold))
     out: dict[str, dict[str, Any]] = {}
     for who, key in (("tuned", "predicted"), ("base", "base_predicted")):
         if not preds or not all(key in p for p in preds):
             continue
-        guess = [str(p[key]) for p in preds]
-        prec, rec, f1, sup = precision_recall_fscore_support(gold, guess, labels=labels, zero_division=0)
-        out[who] = {
-            "accuracy": sum(g == p for g, p in zip(gold, guess, strict=True)) / len(gold),
-            "macro_f1": float(f1_score(gold, guess, labels=labels, average="macro", zero_division=0)),
-            "per_class": {lab: {"precision": float(prec[i]), "recall": float(rec[i]), "f1": float(f1[i]),
-                                "support": int(sup[i])} for i, lab in enumerate(labels)},
-        }
+        scores = classification_metrics(gold, [str(p[key]) for p in preds], labels)
+        scores.pop("confusion")
+        out[who] = scores
     return out
 
 
