@@ -52,3 +52,14 @@ def test_bootstrap_interval_contains_the_paired_difference() -> None:
     assert diff == pytest.approx(0.5)
     assert lo <= diff <= hi and lo > 0
     assert bootstrap_diff([1, 1], [1, 1]) == (0.0, 0.0, 0.0)
+
+
+def test_generation_sanity_rates_by_hand() -> None:
+    from tunelab.eval.metrics import repetition, sanity_metrics
+
+    assert repetition("a b c a b c a b c") == pytest.approx(1 - 3 / 7)
+    assert repetition("one two three four") == 0.0
+    m = sanity_metrics(["", "the cat sat", "go go go go go go"])
+    assert m["empty_rate"] == pytest.approx(1 / 3)
+    assert m["repetition_rate"] == pytest.approx(1 / 3)
+    assert m["avg_words"] == pytest.approx((0 + 3 + 6) / 3)

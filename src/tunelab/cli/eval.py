@@ -11,7 +11,7 @@ from .common import console, out, user_errors
 from .data import parse_columns
 
 SHOWN = ("loss", "perplexity", "accuracy", "macro_f1", "exact_match", "token_f1", "rouge_l", "chrf", "bleu",
-         "numeric_accuracy")
+         "numeric_accuracy", "empty_rate", "repetition_rate", "avg_words")
 
 
 def eval_cmd(

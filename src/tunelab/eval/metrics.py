@@ -67,8 +67,24 @@ def per_example_generation(reference: str, prediction: str) -> dict[str, float]:
     return out
 
 
+def repetition(text: str, n: int = 3) -> float:
+    """Share of a text's word n-grams that repeat an earlier one (0: none, near 1: a loop)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def sanity_metrics(predictions: list[str]) -> dict[str, float]:
+    """Generation sanity: empty answers, answers that loop, average length in words."""
+    n = max(len(predictions), 1)
+    return {"empty_rate": sum(not p.strip() for p in predictions) / n,
+            "repetition_rate": sum(repetition(p) > 0.3 for p in predictions) / n,
+            "avg_words": sum(len(p.split()) for p in predictions) / n}
+
+
 def generation_metrics(references: list[str], predictions: list[str]) -> dict[str, Any]:
-    """Exact match, token F1, ROUGE-L (means over examples), corpus chrF and BLEU, numeric accuracy."""
+    """Exact match, token F1, ROUGE-L (means over examples), corpus chrF and BLEU, numeric accuracy,
+    and the sanity rates (empty, repeating, length)."""
     import sacrebleu
 
     rows = [per_example_generation(r, p) for r, p in zip(references, predictions, strict=True)]
@@ -79,7 +95,7 @@ def generation_metrics(references: list[str], predictions: list[str]) -> dict[st
         out["numeric_accuracy"] = sum(numeric) / len(numeric)
     out["chrf"] = sacrebleu.corpus_chrf(predictions, [references]).score
     out["bleu"] = sacrebleu.corpus_bleu(predictions, [references]).score
-    return out
+    return out | sanity_metrics(predictions)
 
 
 def bootstrap_diff(tuned: list[float], base: list[float], seed: int = 0) -> tuple[float, float, float]:
