@@ -46,3 +46,25 @@ def test_chat_answers_and_exits(tiny_model: Path, tmp_path: Path) -> None:
                        input="hello there\n/reset\nwhere is my card\n/exit\n")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("model") == 2  # one reply per question, none for /reset or /exit
+
+
+def test_accuracy_is_logged_at_each_evaluation_and_can_pick_the_best(tiny_model: Path, tmp_path: Path) -> None:
+    import csv
+
+    from tests.e2e.test_train_cli import LABELED
+
+    data = tmp_path / "tickets.csv"
+    with data.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "category"])
+        w.writerows(LABELED)
+    cfg = config(tiny_model, tmp_path, "monitor", data, "task=classification",
+                 "data.columns={text: text, label: category}", "data.val_fraction=0.25", "train.max_steps=4",
+                 "train.batch_size=4", "train.eval_every=2", "train.monitor=accuracy")
+    result = sft.run(cfg)
+    evals = [m for m in metrics(result.run_dir) if "eval_loss" in m]
+    assert [m["step"] for m in evals] == [2, 4]
+    assert all(0.0 <= m["eval_accuracy"] <= 1.0 for m in evals)
+    best = max(evals, key=lambda m: m["eval_accuracy"])  # ties: the first one is kept
+    assert result.summary["best_checkpoint"].endswith(f"checkpoint-{best['step']}")
+    assert result.summary["eval_loss"] == best["eval_loss"]

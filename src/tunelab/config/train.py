@@ -12,10 +12,10 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 
 class EarlyStoppingConfig(Section):
     patience: int | None = Field(None, gt=0)
-    """Stop after this many evaluations without improvement in validation loss; empty disables early stopping."""
+    """Stop after this many evaluations without improvement in train.monitor; empty disables early stopping."""
 
     min_delta: float = Field(0.0, ge=0.0)
-    """Smallest decrease in validation loss that counts as an improvement."""
+    """Smallest change in train.monitor that counts as an improvement."""
 
 
 class TrainConfig(Section):
@@ -54,6 +54,10 @@ class TrainConfig(Section):
 
     keep_checkpoints: int = Field(2, gt=0)
     """How many periodic checkpoints to keep (the best one is always kept)."""
+
+    monitor: Literal["loss", "accuracy"] = "loss"
+    """What picks the best checkpoint and drives early stopping: validation loss, or validation accuracy
+    (classification)."""
 
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     """Early stopping on validation loss."""

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from rich.console import Console
 
-from ..config import TunelabConfig
+from ..config import ConfigError, TunelabConfig
 from ..data.load import Loaded, load_records
 from ..data.records import DataError, Problem, RowError
 from ..data.report import DataReport, Example, encode_loaded
@@ -103,24 +103,39 @@ def _rows(examples: list[Example]) -> list[dict[str, Any]]:
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
 
 
+def _predict(model: Any, tokenizer: Any, task: Task, rows: list[Example], cfg: TunelabConfig, bf16: bool,
+             step: Any = None) -> list[str]:
+    texts = [e.record.text for e in rows]
+    if task.head:
+        return predict_head(model, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16, step)
+    return predict_generate(model, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
+                            cfg.eval.batch_size, bf16, step)
+
+
 def _accuracy(model: Any, tokenizer: Any, task: Task, val: list[Example], cfg: TunelabConfig, bf16: bool,
               console: Console, what: str) -> tuple[float, list[str]]:
     rows = val[: cfg.eval.limit] if cfg.eval.limit else val
-    texts, gold = [e.record.text for e in rows], [e.record.label for e in rows]
+    gold = [e.record.label for e in rows]
     from rich.progress import Progress
 
     t0 = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         job = bar.add_task(f"scoring {what} on {len(rows)} validation rows", total=len(rows))
-        step = lambda n: bar.advance(job, n)  # noqa: E731
-        if task.head:
-            preds = predict_head(model, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16, step)
-        else:
-            preds = predict_generate(model, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
-                                     cfg.eval.batch_size, bf16, step)
+        preds = _predict(model, tokenizer, task, rows, cfg, bf16, lambda n: bar.advance(job, n))
     acc = sum(g == p for g, p in zip(gold, preds, strict=True)) / max(len(gold), 1)
     console.print(f"{what} accuracy: [bold]{acc:.1%}[/] on {len(rows)} rows ({time.perf_counter() - t0:.0f} s)")
     return acc, preds
+
+
+def _task_metric(tokenizer: Any, task: Task, val: list[Example], cfg: TunelabConfig, bf16: bool) -> Any:
+    """Validation accuracy at every evaluation (no progress bar: the training bar is live)."""
+    rows = val[: cfg.eval.limit] if cfg.eval.limit else val
+
+    def metric(model: Any) -> dict[str, float]:
+        preds = _predict(model, tokenizer, task, rows, cfg, bf16)
+        return {"accuracy": sum(e.record.label == p for e, p in zip(rows, preds, strict=True)) / len(rows)}
+
+    return metric
 
 
 def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
@@ -154,6 +169,8 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
         raise DataError([Problem(cfg.data.train, "no usable training rows")])
     n_overlap = overlap([e.record for e in train_ex], [e.record for e in val_ex])
 
+    if cfg.train.monitor == "accuracy" and not (task.labels and val_ex):
+        raise ConfigError("train.monitor=accuracy needs task: classification and validation data")
     run = open_run(cfg, resume)
     try:
         result = _train(run, cfg, resume=resume, console=console, callbacks=callbacks, base=base,
@@ -236,10 +253,12 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     if cfg.train.early_stopping.patience and val_ex:
         cbs.append(EarlyStoppingCallback(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta))
     args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex))
+    during = task.labels and val_ex and (cfg.eval.during_training or cfg.train.monitor == "accuracy")
     trainer = TunelabTrainer(
         model=model, args=args, train_dataset=_rows(train_ex), eval_dataset=_rows(val_ex) if val_ex else None,
         data_collator=PadCollator(tokenizer.pad_token_id), callbacks=cbs + list(callbacks or []),
         bf16=bf16, token_level=not task.head, label_only_logits=cfg.train.label_only_logits, counter=counter,
+        task_metric=_task_metric(tokenizer, task, val_ex, cfg, bf16) if during else None,
     )
     from transformers.trainer_callback import PrinterCallback
 
@@ -264,9 +283,12 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     tokenizer.save_pretrained(str(run.path / "tokenizer"))
     if task.head:
         (run.path / "labels.json").write_text(json.dumps(task.labels))
-    if val_ex:  # the best checkpoint's validation loss is the final model's (load_best_model_at_end)
-        best = trainer.state.best_metric
-        summary["eval_loss"] = best if best is not None else trainer.evaluate()["eval_loss"]
+    if val_ex:  # the best checkpoint's evaluation is the final model's (load_best_model_at_end)
+        best_ckpt = trainer.state.best_model_checkpoint
+        best_step = int(best_ckpt.rsplit("-", 1)[-1]) if best_ckpt else None
+        evals = [e for e in trainer.state.log_history if "eval_loss" in e]
+        best_eval = next((e for e in evals if e.get("step") == best_step), evals[-1] if evals else None)
+        summary["eval_loss"] = best_eval["eval_loss"] if best_eval else trainer.evaluate()["eval_loss"]
     if trainer.state.best_model_checkpoint:
         summary["best_checkpoint"] = trainer.state.best_model_checkpoint
     if task.labels and val_ex:

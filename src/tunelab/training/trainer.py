@@ -4,6 +4,7 @@ logits only at positions that carry a label (never the whole [tokens x vocab] te
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -45,12 +46,14 @@ def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any, 
 
 class TunelabTrainer(Trainer):
     def __init__(self, *args: Any, bf16: bool, token_level: bool, label_only_logits: bool,
-                 counter: TokenCounter, **kwargs: Any) -> None:
+                 counter: TokenCounter, task_metric: Callable[[Any], dict[str, float]] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bf16_autocast = bf16
         self.token_level = token_level
         self.label_only = label_only_logits and token_level and supports_label_only_logits(self.model)
         self.counter = counter
+        self.task_metric = task_metric
         # Our loss is already normalised by the accumulated batch's label count.
         self.model_accepts_loss_kwargs = token_level
 
@@ -58,6 +61,16 @@ class TunelabTrainer(Trainer):
         if not self.bf16_autocast:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.args.device.type, dtype=torch.bfloat16)
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any) -> Any:
+        """The validation loss, plus the task metric (e.g. eval_accuracy) where the task has one, so that
+        it is logged, and best-checkpoint selection and early stopping can monitor it."""
+        out = super().evaluation_loop(*args, **kwargs)
+        if self.task_metric is not None:
+            prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            for key, value in self.task_metric(self.model).items():
+                out.metrics[f"{prefix}_{key}"] = value
+        return out
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
