@@ -223,3 +223,28 @@ def test_unknown_format_is_a_user_error(tmp_path: Path) -> None:
     p.write_text('{"text": "a"}\n')
     with pytest.raises(DataError, match="unknown format 'markdown'"):
         load_records(p, fmt="markdown")
+
+
+def test_json_lines_in_a_json_file_are_read_as_json_lines(tmp_path: Path) -> None:
+    from tunelab.data.sources import read_rows
+
+    p = tmp_path / "rows.json"
+    p.write_text('{"text": "a"}\n{"text": "b"}\n{oops\n')
+    rows = list(read_rows(p))
+    assert [r.data for r in rows[:2]] == [{"text": "a"}, {"text": "b"}]
+    assert rows[2].where == f"{p}:3" and rows[2].error.startswith("invalid JSON")
+
+
+def test_bytes_that_are_not_utf8_are_reported_with_their_line(tmp_path: Path) -> None:
+    from tunelab.data.sources import read_rows
+
+    jl = tmp_path / "latin1.jsonl"
+    jl.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n{"text": "fine"}\n')
+    rows = list(read_rows(jl))
+    assert [r.data for r in rows if r.data] == [{"text": "ok"}, {"text": "fine"}]
+    assert rows[1].where == f"{jl}:2" and "not valid UTF-8" in rows[1].error
+
+    cs = tmp_path / "latin1.csv"
+    cs.write_bytes(b"text,label\nok,a\ncaf\xe9,b\n")
+    rows = list(read_rows(cs))
+    assert len(rows) == 1 and rows[0].where == f"{cs}:3" and "not valid UTF-8" in rows[0].error

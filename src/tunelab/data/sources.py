@@ -6,6 +6,7 @@ Every row carries where it came from ("file:line") so that problems can point at
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,12 +29,33 @@ def _line_of(text: str, pos: int) -> int:
     return text.count("\n", 0, pos) + 1
 
 
+class _NotUtf8(ValueError):
+    def __init__(self, path: Path, data: bytes, exc: UnicodeDecodeError) -> None:
+        line = data.count(b"\n", 0, exc.start) + 1
+        super().__init__(f"{path}:{line}")
+        self.row = RawRow(f"{path}:{line}", None, f"not valid UTF-8 (byte {exc.start}): save the file as UTF-8")
+
+
+def _read_text(path: Path) -> str:
+    """The whole file as text; bytes that are not UTF-8 are reported, never silently replaced."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _NotUtf8(path, data, exc) from None
+
+
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    with path.open(encoding="utf-8-sig", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for n, raw in enumerate(f, start=1):
+            where = f"{path}:{n}"
+            try:
+                line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield RawRow(where, None, f"not valid UTF-8 (column {exc.start + 1}): save the file as UTF-8")
+                continue
             if not line.strip():
                 continue
-            where = f"{path}:{n}"
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -46,7 +68,11 @@ def _read_jsonl(path: Path) -> Iterator[RawRow]:
 
 
 def _read_json(path: Path) -> Iterator[RawRow]:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
+    try:
+        text = _read_text(path)
+    except _NotUtf8 as exc:
+        yield exc.row
+        return
     dec = json.JSONDecoder()
     pos = len(text) - len(text.lstrip())
     if text[pos : pos + 1] != "[":
@@ -54,6 +80,9 @@ def _read_json(path: Path) -> Iterator[RawRow]:
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as exc:
+            if exc.msg == "Extra data":  # JSON Lines saved as .json: read it as such
+                yield from _read_jsonl(path)
+                return
             yield RawRow(f"{path}:{exc.lineno}", None, f"invalid JSON: {exc.msg} (column {exc.colno})")
             return
         rows = obj.get("data") or obj.get("rows") if isinstance(obj, dict) else None
@@ -84,7 +113,12 @@ def _read_json(path: Path) -> Iterator[RawRow]:
 
 
 def _read_csv(path: Path) -> Iterator[RawRow]:
-    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+    try:
+        text = _read_text(path)
+    except _NotUtf8 as exc:
+        yield exc.row
+        return
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None) or []
         prev_end = reader.line_num  # the header's last line

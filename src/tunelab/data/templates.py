@@ -106,14 +106,14 @@ def encode_record(
             rec.text, label_text if label_text is not None else rec.label, system_prompt)
         full, spans = assistant_spans(tokenizer, messages)
         ids, labels = _encode_spans(tokenizer, full, spans if train_on == "assistant" else None)
-    elif rec.kind == "completion":
-        prompt_ids = tokenizer(rec.prompt, add_special_tokens=False)["input_ids"] if rec.prompt else []
-        comp_ids = tokenizer(rec.completion + eos, add_special_tokens=False)["input_ids"]
+    elif rec.kind == "completion":  # raw text: the tokenizer adds its BOS where the model expects one
+        prompt_ids = tokenizer(rec.prompt)["input_ids"] if rec.prompt else []
+        comp_ids = tokenizer(rec.completion + eos, add_special_tokens=not prompt_ids)["input_ids"]
         ids = list(prompt_ids) + list(comp_ids)
         masked = prompt_ids if train_on == "assistant" else []
         labels = [IGNORE] * len(masked) + ids[len(masked):]
     else:  # raw text: every token is trained
-        ids = list(tokenizer(rec.text + eos, add_special_tokens=False)["input_ids"])
+        ids = list(tokenizer(rec.text + eos)["input_ids"])
         labels = list(ids)
     return Encoded(ids, labels)
 
