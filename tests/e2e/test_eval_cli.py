@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
 import tunelab
-from tests.e2e.test_train_cli import LABELED, config, tunelab_cli, write_chat
+from tests.e2e.test_train_cli import LABELED, config, tunelab_cli, write_chat, write_labeled
 
 
 def _classification_run(tiny_model: Path, tmp_path: Path) -> tuple[Path, Path]:
-    data = tmp_path / "tickets.csv"
-    with data.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "category"])
-        w.writerows(LABELED)
+    data = write_labeled(tmp_path / "tickets.csv")
     cfg = config(tiny_model, tmp_path, "cls", data, "task=classification", "data.columns={text: text, label: category}",
                  "data.val_fraction=0.25", "train.max_steps=3", "train.batch_size=4")
     return tunelab.train(cfg).run_dir, data

@@ -298,13 +298,18 @@ LABELED = [
 ]
 
 
-@pytest.mark.parametrize("mode", ["generate", "head"])
-def test_classification(tiny_model: Path, tmp_path: Path, mode: str) -> None:
-    data = tmp_path / "tickets.csv"
-    with data.open("w", newline="") as f:
+def write_labeled(path: Path) -> Path:
+    """LABELED as a banking77-style CSV (text, category)."""
+    with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "category"])
         w.writerows(LABELED)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["generate", "head"])
+def test_classification(tiny_model: Path, tmp_path: Path, mode: str) -> None:
+    data = write_labeled(tmp_path / "tickets.csv")
     labels = sorted({lab for _, lab in LABELED})
     cfg = config(tiny_model, tmp_path, f"cls-{mode}", data, "task=classification",
                  f"classification.mode={mode}", "data.columns={text: text, label: category}",

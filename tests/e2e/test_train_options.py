@@ -49,15 +49,10 @@ def test_chat_answers_and_exits(tiny_model: Path, tmp_path: Path) -> None:
 
 
 def test_accuracy_is_logged_at_each_evaluation_and_can_pick_the_best(tiny_model: Path, tmp_path: Path) -> None:
-    import csv
 
-    from tests.e2e.test_train_cli import LABELED
+    from tests.e2e.test_train_cli import write_labeled
 
-    data = tmp_path / "tickets.csv"
-    with data.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "category"])
-        w.writerows(LABELED)
+    data = write_labeled(tmp_path / "tickets.csv")
     cfg = config(tiny_model, tmp_path, "monitor", data, "task=classification",
                  "data.columns={text: text, label: category}", "data.val_fraction=0.25", "train.max_steps=4",
                  "train.batch_size=4", "train.eval_every=2", "train.monitor=accuracy")

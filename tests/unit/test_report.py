@@ -4,7 +4,6 @@ exit codes, and one report of a real tiny training run."""
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import re
 import struct
@@ -319,13 +318,9 @@ def test_cli_not_a_run_exits_2(tmp_path: Path, where: str) -> None:
 def test_report_of_a_real_tiny_run(tiny_model: Path, tmp_path: Path) -> None:
     import tunelab
 
-    from ..e2e.test_train_cli import LABELED
+    from ..e2e.test_train_cli import write_labeled
 
-    data = tmp_path / "tickets.csv"
-    with data.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "category"])
-        w.writerows(LABELED)
+    data = write_labeled(tmp_path / "tickets.csv")
     cfg = tunelab.load_config(None, [
         "name=cls", f"output_dir={tmp_path / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
         "train.threads=1", "task=classification", "data.columns={text: text, label: category}",

@@ -20,7 +20,7 @@ from ..data.load import Loaded, load_records
 from ..data.records import DataError, Problem, RowError
 from ..data.report import DataReport, Example, encode_loaded
 from ..data.split import overlap, split_validation
-from ..data.templates import encode_record, humanize
+from ..data.templates import Encoded, encode_record, humanize
 from ..eval.classify import predict_generate, predict_head
 from ..models.load import load_tokenizer, merge_adapters, resolve
 from ..training import auto, hardware
@@ -76,8 +76,6 @@ def _encoder(cfg: TunelabConfig, task: Task, tokenizer: Any) -> Any:
     eos = tokenizer.eos_token or ""
 
     def encode(rec: Any) -> Any:
-        from ..data.templates import Encoded
-
         if rec.kind == "classification" and rec.label not in index:
             where = "classification.labels" if cfg.classification.labels else f"the labels of {cfg.data.train}"
             raise RowError(f"label {rec.label!r} is not among {where}", field="label")
