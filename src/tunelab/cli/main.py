@@ -11,6 +11,7 @@ from .common import quiet_libraries
 from .eval import eval_cmd
 from .generate import chat_cmd, generate_cmd
 from .init import init_cmd
+from .probe import probe_cmd
 from .quickstart import quickstart_cmd
 from .report import report_cmd
 from .train import train_cmd
@@ -28,6 +29,7 @@ app.command("generate")(generate_cmd)
 app.command("chat")(chat_cmd)
 app.command("report")(report_cmd)
 app.command("eval")(eval_cmd)
+app.command("probe")(probe_cmd)
 app.add_typer(config_cli.app, name="config")
 
 if __name__ == "__main__":

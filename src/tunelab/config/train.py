@@ -55,9 +55,10 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, gt=0)
     """How many periodic checkpoints to keep (the best one is always kept)."""
 
-    monitor: Literal["loss", "accuracy"] = "loss"
-    """What picks the best checkpoint and drives early stopping: validation loss, or validation accuracy
-    (classification)."""
+    monitor: Literal["loss", "accuracy", "token_f1", "rouge_l", "exact_match", "numeric_accuracy"] = "loss"
+    """What picks the best checkpoint and drives early stopping: validation loss, validation accuracy
+    (classification), or a generation task's metric on generated answers (token_f1, rouge_l, exact_match,
+    numeric_accuracy for `#### N` answers)."""
 
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     """Early stopping on validation loss."""

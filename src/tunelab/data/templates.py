@@ -30,6 +30,12 @@ def humanize(label: str) -> str:
     return label.replace("_", " ").strip()
 
 
+def label_display(labels: list[str], humanize_labels: bool = True) -> list[str]:
+    """How labels are shown to the model as answers: in words where that keeps them distinct."""
+    shown = [humanize(x) for x in labels] if humanize_labels else list(labels)
+    return shown if len(set(shown)) == len(shown) else list(labels)
+
+
 def classification_messages(text: str, label: str | None, system_prompt: str | None) -> list[Message]:
     msgs: list[Message] = [
         {"role": "system", "content": system_prompt or DEFAULT_CLASSIFY_PROMPT},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,14 @@ from rich.console import Console
 
 from ..data.load import load_records
 from ..data.records import DataError, Problem, Record
-from ..data.templates import DEFAULT_CLASSIFY_PROMPT, IGNORE, encode_record, humanize, truncate
-from ..inference import run_system_prompt
+from ..data.templates import DEFAULT_CLASSIFY_PROMPT, IGNORE, encode_record, label_display, truncate
+from ..inference import run_config, run_system_prompt
 from ..models.load import LoadedModel, ModelError, load
 from ..training.collate import PadCollator
 from ..training.trainer import causal_lm_loss
-from .classify import left_padding, predict_generate, predict_head
+from .classify import predict_generate, predict_head
 from .metrics import bootstrap_diff, classification_metrics, generation_metrics, per_example_generation
+from .scoring import generate_answers
 
 N_EXAMPLES = 12
 
@@ -30,6 +32,7 @@ class Task:
     records: list[Record]
     labels: list[str] = field(default_factory=list)
     system_prompt: str | None = None
+    display: list[str] = field(default_factory=list)  # labels as the model answers them (generate mode)
 
 
 def _run_summary(lm: LoadedModel) -> dict[str, Any]:
@@ -45,7 +48,9 @@ def _task(lm: LoadedModel, records: list[Record]) -> Task:
         if unknown:
             raise DataError([Problem(records[0].where, f"labels {unknown} are not among the model's labels "
                                      f"{labels[:10]}{'...' if len(labels) > 10 else ''}")])
-        return Task("classification", records, list(labels), run_system_prompt(lm) or DEFAULT_CLASSIFY_PROMPT)
+        humanize = (run_config(lm).get("classification") or {}).get("humanize_labels", True)
+        return Task("classification", records, list(labels), run_system_prompt(lm) or DEFAULT_CLASSIFY_PROMPT,
+                    label_display(list(labels), humanize))
     if kinds <= {"chat", "completion"}:
         return Task("generation", records)
     return Task("text", records)
@@ -75,7 +80,7 @@ def reference_loss(lm: LoadedModel, task: Task, max_length: int, batch_size: int
         return total / max(len(task.records), 1)
     rows = []
     for r in task.records:
-        label = humanize(r.label) if task.kind == "classification" else None
+        label = task.display[task.labels.index(r.label)] if task.kind == "classification" else None
         enc = truncate(encode_record(r, tok, system_prompt=task.system_prompt, label_text=label), max_length)
         rows.append({"input_ids": enc.input_ids, "labels": enc.labels})
     collate = PadCollator(tok.pad_token_id)
@@ -88,21 +93,6 @@ def reference_loss(lm: LoadedModel, task: Task, max_length: int, batch_size: int
     return loss_sum / max(count, 1)
 
 
-@torch.no_grad()
-def generate_answers(lm: LoadedModel, prompts: list[Any], max_new_tokens: int, batch_size: int) -> list[str]:
-    tok, model = lm.tokenizer, lm.model
-    with left_padding(tok):
-        out: list[str] = []
-        for i in range(0, len(prompts), batch_size):
-            chunk = prompts[i : i + batch_size]
-            texts = [p if isinstance(p, str) else tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-                     for p in chunk]
-            enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-            out += [t.strip() for t in tok.batch_decode(gen[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
-    return out
-
-
 def score(lm: LoadedModel, task: Task, *, max_new_tokens: int, max_length: int, batch_size: int
           ) -> tuple[dict[str, Any], list[str], list[float]]:
     """(metrics, predictions, per-example task score) for one model."""
@@ -113,13 +103,13 @@ def score(lm: LoadedModel, task: Task, *, max_new_tokens: int, max_length: int, 
         if lm.labels:
             preds = predict_head(lm.model, lm.tokenizer, texts, lm.labels, batch_size)
         else:
-            preds = predict_generate(lm.model, lm.tokenizer, texts, task.labels, [humanize(x) for x in task.labels],
-                                     task.system_prompt, batch_size)
+            preds = predict_generate(lm.model, lm.tokenizer, texts, task.labels, task.display, task.system_prompt,
+                                     batch_size)
         metrics |= classification_metrics(gold, preds, task.labels)
         return metrics, preds, [float(g == p) for g, p in zip(gold, preds, strict=True)]
     if task.kind == "generation":
         prompts, refs = zip(*(_prompt_and_reference(r) for r in task.records), strict=True)
-        preds = generate_answers(lm, list(prompts), max_new_tokens, batch_size)
+        preds = generate_answers(lm.model, lm.tokenizer, list(prompts), max_new_tokens, batch_size)
         metrics |= generation_metrics(list(refs), preds)
         key = "numeric_correct" if "numeric_accuracy" in metrics else "token_f1"
         return metrics, preds, [per_example_generation(r, p)[key] for r, p in zip(refs, preds, strict=True)]
@@ -137,19 +127,29 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
     records = loaded.records[:limit] if limit else loaded.records
     if not records:
         raise DataError(loaded.errors or [Problem(str(data), "no usable rows to evaluate")])
+    if compare_base and (lm.resolved.run is None or lm.resolved.adapter is None):
+        raise ModelError("--compare-base needs a tunelab run directory trained with an adapter: "
+                         "it compares the run with its own base model")
+    console.print(f"Scoring {len(records)} rows with {ref}")
+    return evaluate_records(lm, records, data_name=str(data), skipped=loaded.errors, compare_base=compare_base,
+                            max_new_tokens=max_new_tokens, max_length=max_length, batch_size=batch_size,
+                            console=console)
+
+
+def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, skipped: Sequence[Problem] = (),
+                     compare_base: bool = False, max_new_tokens: int = 128, max_length: int = 1024,
+                     batch_size: int = 16, console: Console | None = None) -> dict[str, Any]:
+    """Score records with the model (and its base, through the adapter switched off); eval.json in the run."""
+    console = console or Console(stderr=True)
     task = _task(lm, records)
-    console.print(f"Scoring {len(records)} rows ({task.kind}) with {ref}")
     metrics, preds, per_ex = score(lm, task, max_new_tokens=max_new_tokens, max_length=max_length,
                                    batch_size=batch_size)
-    result: dict[str, Any] = {"task": task.kind, "data": str(data), "rows": len(records),
-                              "skipped_rows": [p.to_dict() for p in loaded.errors], "model": metrics}
+    result: dict[str, Any] = {"task": task.kind, "data": data_name, "rows": len(records),
+                              "skipped_rows": [p.to_dict() for p in skipped], "model": metrics}
     if "confusion" in metrics:
         result["confusion"] = metrics.pop("confusion")
     base_preds: list[str] = []
     if compare_base:
-        if lm.resolved.run is None or lm.resolved.adapter is None:
-            raise ModelError("--compare-base needs a tunelab run directory trained with an adapter: "
-                             "it compares the run with its own base model")
         with lm.model.disable_adapter():
             base_lm = LoadedModel(lm.model, lm.tokenizer, lm.resolved, lm.labels)
             console.print("Scoring the base model on the same rows")
@@ -158,15 +158,7 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
         base_metrics.pop("confusion", None)
         result["base"] = base_metrics
         if per_ex:
-            diff, lo, hi = bootstrap_diff(per_ex, base_per_ex)
-            name = "accuracy" if task.kind == "classification" else (
-                "numeric_accuracy" if "numeric_accuracy" in metrics else "token_f1")
-            result["comparison"] = {
-                "metric": name, "tuned": sum(per_ex) / len(per_ex), "base": sum(base_per_ex) / len(base_per_ex),
-                "diff": diff, "ci95": [lo, hi],
-                "wins": sum(t > b for t, b in zip(per_ex, base_per_ex, strict=True)),
-                "losses": sum(t < b for t, b in zip(per_ex, base_per_ex, strict=True)),
-                "ties": sum(t == b for t, b in zip(per_ex, base_per_ex, strict=True))}
+            result["comparison"] = _comparison(task, metrics, per_ex, base_per_ex)
     examples = []
     for i, rec in enumerate(records[: min(N_EXAMPLES, len(preds))]):
         inp, reference = (rec.text, rec.label) if task.kind == "classification" else _prompt_and_reference(rec)
@@ -178,3 +170,13 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
     if lm.resolved.run is not None:
         (Path(lm.resolved.run) / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def _comparison(task: Task, metrics: dict[str, Any], per_ex: list[float], base_per_ex: list[float]) -> dict[str, Any]:
+    diff, lo, hi = bootstrap_diff(per_ex, base_per_ex)
+    name = "accuracy" if task.kind == "classification" else (
+        "numeric_accuracy" if "numeric_accuracy" in metrics else "token_f1")
+    pairs = list(zip(per_ex, base_per_ex, strict=True))
+    return {"metric": name, "tuned": sum(per_ex) / len(per_ex), "base": sum(base_per_ex) / len(base_per_ex),
+            "diff": diff, "ci95": [lo, hi], "wins": sum(t > b for t, b in pairs),
+            "losses": sum(t < b for t, b in pairs), "ties": sum(t == b for t, b in pairs)}

@@ -110,3 +110,21 @@ def confusion_matrix(labels: Sequence[str], matrix: Sequence[Sequence[int]]) -> 
     bar.set_label("share of the true label's rows", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     return _png(fig, dpi=110 if n <= 30 else 100)
+
+
+def base_vs_tuned_bars(names: Sequence[str], base: Sequence[float | None], tuned: Sequence[float | None],
+                       ylabel: str, percent: bool = False) -> bytes:
+    """One pair of bars per name (e.g. per probed attribute): base in grey, tuned in blue."""
+    fig = Figure(figsize=(max(4.5, 1.1 * len(names) + 1.5), 2.8))
+    ax = fig.add_subplot()
+    x = np.arange(len(names))
+    scale = 100.0 if percent else 1.0
+    for offset, values, color, label in ((-0.2, base, GREY, "base"), (0.2, tuned, BLUE, "tuned")):
+        if any(v is not None for v in values):
+            ax.bar(x + offset, [(v or 0.0) * scale for v in values], width=0.38, color=color, label=label)
+    ax.set_xticks(x, [n.replace("_", " ") for n in names], fontsize=8)
+    ax.set_ylabel(ylabel + (" (%)" if percent else ""))
+    _style(ax)
+    ax.grid(False, axis="x")
+    ax.legend(frameon=False, fontsize=8)
+    return _png(fig)

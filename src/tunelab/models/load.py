@@ -60,7 +60,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return bool(answer and answer[0])
 
 
-def _run_base(run: Path) -> str:
+def run_base(run: Path) -> str:
     import yaml
 
     cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
@@ -83,7 +83,7 @@ def resolve(ref: str | None) -> Resolved:
                                  f"continue it with `tunelab train {p / 'config.yaml'} --resume`")
             if (p / "model").is_dir():
                 return Resolved("run", str(p / "model"), run=p)
-            base = resolve(_run_base(p))
+            base = resolve(run_base(p))
             return Resolved("run", base.path, adapters=[*base.adapters, p / "adapter"], run=p)
         if p.is_dir() and (p / "config.json").is_file():
             return Resolved("dir", str(p))

@@ -20,7 +20,7 @@ from ..data.load import Loaded, load_records
 from ..data.records import DataError, Problem, RowError
 from ..data.report import DataReport, Example, encode_loaded
 from ..data.split import overlap, split_validation
-from ..data.templates import Encoded, encode_record, humanize
+from ..data.templates import Encoded, encode_record, label_display
 from ..eval.classify import predict_generate, predict_head
 from ..models.load import load_tokenizer, merge_adapters, resolve
 from ..training import auto, hardware
@@ -65,10 +65,8 @@ def _task(cfg: TunelabConfig, loaded: Loaded) -> Task:
     if not labels:
         raise DataError([Problem(cfg.data.train, "task is classification but no row has a label; map your "
                                  "columns with data.columns (e.g. {text: text, label: category})")])
-    display = [humanize(x) for x in labels] if cfg.classification.humanize_labels else list(labels)
-    if len(set(display)) != len(display):
-        display = list(labels)
-    return Task(list(labels), display, head=cfg.classification.mode == "head")
+    return Task(list(labels), label_display(labels, cfg.classification.humanize_labels),
+                head=cfg.classification.mode == "head")
 
 
 def _encoder(cfg: TunelabConfig, task: Task, tokenizer: Any) -> Any:
@@ -125,15 +123,39 @@ def _accuracy(model: Any, tokenizer: Any, task: Task, val: list[Example], cfg: T
     return acc, preds
 
 
-def _task_metric(tokenizer: Any, task: Task, val: list[Example], cfg: TunelabConfig, bf16: bool) -> Any:
-    """Validation accuracy at every evaluation (no progress bar: the training bar is live)."""
-    rows = val[: cfg.eval.limit] if cfg.eval.limit else val
+GENERATION_METRICS = ("token_f1", "rouge_l", "exact_match", "numeric_accuracy")
+GENERATION_ROWS = 64  # generated answers are slow on a CPU: score a sample unless eval.limit says otherwise
 
-    def metric(model: Any) -> dict[str, float]:
+
+def _scored(val: list[Example], cfg: TunelabConfig, task: Task) -> list[Example]:
+    limit = cfg.eval.limit or (None if task.labels else GENERATION_ROWS)
+    return val[:limit] if limit else val
+
+
+def _task_metric(tokenizer: Any, task: Task, val: list[Example], cfg: TunelabConfig, bf16: bool) -> Any:
+    """The task metric at every evaluation (no progress bar: the training bar is live): validation accuracy
+    for classification, generated-answer scores for generation."""
+    rows = _scored(val, cfg, task)
+
+    def accuracy(model: Any) -> dict[str, float]:
         preds = _predict(model, tokenizer, task, rows, cfg, bf16)
         return {"accuracy": sum(e.record.label == p for e, p in zip(rows, preds, strict=True)) / len(rows)}
 
-    return metric
+    def generated(model: Any) -> dict[str, float]:
+        from ..eval.evaluate import _prompt_and_reference
+        from ..eval.metrics import generation_metrics
+        from ..eval.scoring import generate_answers
+
+        prompts, refs = zip(*(_prompt_and_reference(e.record) for e in rows), strict=True)
+        preds = generate_answers(model, tokenizer, list(prompts), cfg.eval.max_new_tokens, cfg.eval.batch_size)
+        scores = generation_metrics(list(refs), preds)
+        return {k: scores[k] for k in GENERATION_METRICS if k in scores}
+
+    return accuracy if task.labels else generated
+
+
+def _generation_rows(val: list[Example]) -> bool:
+    return bool(val) and all(e.record.kind in ("chat", "completion") for e in val)
 
 
 def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
@@ -169,6 +191,9 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
 
     if cfg.train.monitor == "accuracy" and not (task.labels and val_ex):
         raise ConfigError("train.monitor=accuracy needs task: classification and validation data")
+    if cfg.train.monitor in GENERATION_METRICS and not (not task.labels and _generation_rows(val_ex)):
+        raise ConfigError(f"train.monitor={cfg.train.monitor} scores generated answers: it needs a chat or "
+                          "completion task with prompt/answer validation rows (data.validation or data.val_fraction)")
     run = open_run(cfg, resume)
     try:
         result = _train(run, cfg, resume=resume, console=console, callbacks=callbacks, base=base,
@@ -251,7 +276,8 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     if cfg.train.early_stopping.patience and val_ex:
         cbs.append(EarlyStoppingCallback(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta))
     args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex))
-    during = task.labels and val_ex and (cfg.eval.during_training or cfg.train.monitor == "accuracy")
+    scorable = bool(task.labels and val_ex) or _generation_rows(val_ex)
+    during = scorable and (cfg.eval.during_training or cfg.train.monitor != "loss")
     trainer = TunelabTrainer(
         model=model, args=args, train_dataset=_rows(train_ex), eval_dataset=_rows(val_ex) if val_ex else None,
         data_collator=PadCollator(tokenizer.pad_token_id), callbacks=cbs + list(callbacks or []),
@@ -298,5 +324,54 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
             {"where": e.record.where, "text": e.record.text, "label": e.record.label, "predicted": p}
             | ({"base_predicted": base_preds[i]} if base_preds else {})
             for i, (e, p) in enumerate(zip(rows, preds, strict=True))])
+    elif _generation_rows(val_ex):
+        summary |= _score_generation(run, cfg, trainer.model, tokenizer, base, _scored(val_ex, cfg, task), console)
+    if cfg.eval.probes.enabled:
+        _probes(run, cfg, trainer.model, tokenizer, task, base, bf16, console)
     run.status("completed", **summary)
     return RunResult(run.path, "completed", run.read_json("summary.json"))
+
+
+def _score_generation(run: RunDir, cfg: TunelabConfig, model: Any, tokenizer: Any, base: Any, rows: list[Example],
+                      console: Console) -> dict[str, Any]:
+    """Generated answers on validation rows, tuned and base, into eval.json (what `tunelab eval` writes)."""
+    from ..eval.evaluate import evaluate_records
+    from ..models.load import LoadedModel, Resolved
+
+    model.eval()
+    lm = LoadedModel(model, tokenizer, Resolved("run", base.path, [*base.adapters, run.path / "adapter"], run.path))
+    t0 = time.perf_counter()
+    console.print(f"Scoring generated answers on {len(rows)} validation rows")
+    res = evaluate_records(lm, [e.record for e in rows], data_name="the validation split",
+                           compare_base=cfg.eval.compare_base and hasattr(model, "disable_adapter"),
+                           max_new_tokens=cfg.eval.max_new_tokens, max_length=cfg.model.max_length,
+                           batch_size=cfg.eval.batch_size, console=console)
+    comp = res.get("comparison")
+    if comp:
+        console.print(f"{comp['metric']}: base {comp['base']:.3f} -> tuned [bold]{comp['tuned']:.3f}[/] "
+                      f"({time.perf_counter() - t0:.0f} s)")
+    return {"eval_rows": len(rows)} | {f"tuned_{k}": res["model"][k] for k in GENERATION_METRICS if k in res["model"]}
+
+
+def _probes(run: RunDir, cfg: TunelabConfig, model: Any, tokenizer: Any, task: Task, base: Any, bf16: bool,
+            console: Console) -> None:
+    """Forgetting and bias probes, base vs tuned, into probes.json."""
+    from ..probes.run import Subject, run_probes, summary_line, write_probes
+
+    def classify(m: Any, texts: list[str]) -> list[str]:
+        if task.head:
+            return predict_head(m, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16)
+        return predict_generate(m, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
+                                cfg.eval.batch_size, bf16)
+
+    base_model = None
+    if not hasattr(model, "disable_adapter") and not task.head:  # full fine-tuning: the base sits beside it
+        from transformers import AutoModelForCausalLM
+
+        base_model = merge_adapters(AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32),
+                                    base.adapters).to(hardware.device())
+    subject = Subject(model, tokenizer, classify=classify if task.labels else None, generative=not task.head,
+                      system_prompt=None if task.labels else cfg.data.system_prompt, base_model=base_model)
+    result = run_probes(subject, cfg.eval.probes, batch_size=cfg.eval.batch_size, console=console)
+    write_probes(run.path, result)
+    console.print(summary_line(result) + f" ({result['seconds']:.0f} s)", highlight=False)

@@ -35,7 +35,7 @@ def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_
     kw: dict[str, Any] = {}
     if has_val:
         kw.update(eval_strategy=every, save_strategy=every, load_best_model_at_end=True,
-                  metric_for_best_model=f"eval_{t.monitor}", greater_is_better=t.monitor == "accuracy")
+                  metric_for_best_model=f"eval_{t.monitor}", greater_is_better=t.monitor != "loss")
         if t.eval_every:
             kw.update(eval_steps=t.eval_every, save_steps=t.save_every or t.eval_every)
             if t.save_every and t.save_every % t.eval_every:

@@ -1,0 +1,307 @@
+"""The report page: one self-contained HTML file (inline CSS, charts as data URIs) from report_facts' data."""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from typing import Any
+
+from .report_facts import METRIC_NAMES, METRIC_ORDER, fmt_diff, fmt_value, is_share, num, pct
+
+# --- HTML ------------------------------------------------------------------------------------------
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#111827;background:#f9fafb;margin:0}
+main{max-width:1000px;margin:0 auto;padding:24px}
+h1{font-size:22px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 10px;border-bottom:1px solid #e5e7eb;
+padding-bottom:4px}
+.sub{color:#6b7280;font-size:13px;margin-bottom:16px}
+.verdict{padding:16px 18px;border-radius:8px;font-size:17px;font-weight:600;border-left:6px solid}
+.better{background:#ecfdf5;border-color:#059669}.worse{background:#fef2f2;border-color:#dc2626}
+.unclear,.same{background:#fffbeb;border-color:#d97706}
+.no_comparison,.no_metrics{background:#eff6ff;border-color:#2563eb}
+.banner{background:#fef2f2;border:1px solid #fca5a5;color:#991b1b;padding:10px 14px;border-radius:6px;
+margin-bottom:12px;font-weight:600}
+.note{background:#f3f4f6;border-left:4px solid #9ca3af;padding:8px 12px;border-radius:4px;color:#374151;
+margin:8px 0}
+.warn{color:#b45309;font-weight:600}
+table{border-collapse:collapse;background:#fff;font-size:14px;margin:6px 0}
+td,th{border:1px solid #e5e7eb;padding:4px 10px;text-align:left;vertical-align:top}
+th{background:#f3f4f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
+.facts td:first-child{color:#4b5563;white-space:nowrap}
+.ok{color:#047857}.bad{color:#b91c1c}
+.ex td{max-width:320px;word-wrap:break-word}
+img{max-width:100%;height:auto;background:#fff;border:1px solid #e5e7eb;border-radius:4px}
+.scroll{overflow:auto;max-height:90vh;border:1px solid #e5e7eb}.scroll img.big{max-width:none;border:0}
+code{background:#f3f4f6;padding:1px 4px;border-radius:3px;font-size:13px}
+.probeline{margin:6px 0 0;padding:6px 18px;border-left:6px solid #059669;background:#f0fdf4;font-size:14px}
+.probeline.warnline{border-color:#d97706;background:#fffbeb}
+.cols{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start}
+footer{color:#9ca3af;font-size:12px;margin-top:32px}
+"""
+
+
+def _e(x: Any) -> str:
+    return html.escape("" if x is None else str(x))
+
+
+def _md(text: str) -> str:
+    """Escape, then show `backticked` commands as code."""
+    parts = _e(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _img(png: bytes, alt: str) -> str:
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_md(text)}</p>'
+
+
+NUMBER = re.compile(r"^[+−]?[\d.,]+(%| pts| s)?$|^–$")
+
+
+def _two(x: Any) -> str:
+    v = num(x)
+    return "–" if v is None else f"{v:.2f}"
+
+
+def _table(rows: list[list[str]], head: list[str] | None = None, cls: str = "") -> str:
+    h = "<tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" if head else ""
+    body = "".join("<tr>" + "".join(f"<td{' class=n' if NUMBER.match(c) else ''}>{c}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return f'<table class="{cls}">{h}{body}</table>'
+
+
+def _metrics_html(f: dict[str, Any]) -> str:
+    m = f["metrics"]
+    tuned, base = m["tuned"], m["base"]
+    if not tuned:
+        return _note(f["missing"]["metrics"])
+    names = [k for k in METRIC_ORDER if k in tuned or k in base]
+    names += [k for k in list(tuned) + list(base) if k not in names and num(tuned.get(k, base.get(k))) is not None]
+    rows = []
+    for k in dict.fromkeys(names):
+        t, b = num(tuned.get(k)), num(base.get(k))
+        share = is_share(k, t, b)
+        diff = fmt_diff(t - b, share, 1) + (" pts" if share else "") if t is not None and b is not None else "–"
+        rows.append([_e(METRIC_NAMES.get(k, k)), fmt_value(k, t, share, 1), fmt_value(k, b, share, 1), diff])
+    where = f"{m['rows']} rows of " if m.get("rows") else ""
+    out = (f'<p class="sub">From {_e(m["source"])}: {_e(where)}{_e(m.get("data") or "your data")}. '
+           + (f"{_e(m['skipped_rows'])} bad rows were skipped. " if m.get("skipped_rows") else "")
+           + "Loss and perplexity: lower is better; the rest: higher is better.</p>")
+    out += _table(rows, ["metric", "tuned", "base", "difference"])
+    comp = f.get("comparison") or {}
+    if comp.get("wins") is not None:
+        name = METRIC_NAMES.get(comp["metric"], comp["metric"])
+        out += (f'<p class="sub">Row by row on {_e(name)}: the tuned model did better on {_e(comp["wins"])} rows, '
+                f'worse on {_e(comp.get("losses"))}, the same on {_e(comp.get("ties"))}.'
+                + (f' Interval: {_e(comp["method"])}.' if comp.get("method") else "") + "</p>")
+    for key in ("base", "eval_task"):
+        if key in f["missing"]:
+            out += _note(f["missing"][key])
+    weak = m.get("weakest_classes") or []
+    if weak:
+        out += "<h3>Per label (weakest first)</h3>" + _table(
+            [[_e(w["label"]), f"{w['f1']:.2f}", _two(w.get("precision")), _two(w.get("recall")), _e(w.get("support")),
+              f"{w['base_f1']:.2f}" if num(w.get("base_f1")) is not None else "–"] for w in weak],
+            ["label", "F1", "precision", "recall", "rows", "base F1"])
+    return out
+
+
+def _data_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+    d = f.get("data")
+    if d is None:
+        return _note(f["missing"]["data"])
+    rows = [["source", _e(d.get("source"))], ["rows", _e(d.get("rows"))], ["valid rows", _e(d.get("valid_rows"))]]
+    errs, warns = d.get("errors") or 0, d.get("warnings") or 0
+    rows.append(["errors", f'<span class="{"bad" if errs else ""}">{_e(errs)}</span>'])
+    rows.append(["warnings", f'<span class="{"warn" if warns else ""}">{_e(warns)}</span>'])
+    rows.append(["exact duplicates", _e(d.get("duplicates"))])
+    if d.get("max_length"):
+        rows.append([f"over {_e(d['max_length'])} tokens",
+                     f"{_e(d.get('truncated', 0))} truncated, {_e(d.get('dropped_too_long', 0))} dropped"])
+    if d.get("train_rows") is not None:
+        rows.append(["train / validation rows", f"{_e(d['train_rows'])} / {_e(d.get('validation_rows'))}"])
+    ov = d.get("train_validation_overlap")
+    if ov is not None:
+        rows.append(["validation rows also in training",
+                     f'<span class="warn">{_e(ov)}: validation scores are optimistic</span>' if ov else "0"])
+    if d.get("tokens_per_epoch"):
+        rows.append(["tokens per epoch", f"{d['tokens_per_epoch']:,}"])
+    if d.get("labels"):
+        rows.append(["labels", f"{d['labels']} (smallest {d['smallest_label']} rows, largest {d['largest_label']})"])
+    out = _table(rows, cls="facts")
+    if "length_histogram" in imgs:
+        out = f'<div class="cols"><div>{out}</div><div>{_img(imgs["length_histogram"], "length histogram")}</div></div>'
+    return out
+
+
+def _examples_html(f: dict[str, Any]) -> str:
+    ex = f.get("examples")
+    if ex is None:
+        return _note(f["missing"]["examples"])
+    exact = f["classification"]
+
+    def cell(v: Any, ref: Any) -> str:
+        if v is None:
+            return "–"
+        text = str(v)
+        text = text if len(text) <= 400 else text[:399] + "…"
+        if not exact:
+            return _e(text)
+        ok = v == ref
+        return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(text)}</span>'
+
+    rows = [[_e(r["input"] if len(r["input"]) <= 400 else r["input"][:399] + "…"), _e(r.get("reference")),
+             cell(r.get("tuned"), r.get("reference")), cell(r.get("base"), r.get("reference"))] for r in ex["rows"]]
+    head = ["input", "expected label" if exact else "reference", "tuned", "base"]
+    out = f'<p class="sub">{len(rows)} rows from {_e(ex["source"])}.'
+    if exact and ex["source"] == "predictions.json":
+        out += " Rows where the two models differ come first."
+    out += "</p>" + _table(rows, head, "ex")
+    if "example_base" in f["missing"]:
+        out += _note(f["missing"]["example_base"])
+    return out
+
+
+def _mark(ok: Any, text: Any) -> str:
+    if ok is None:
+        return _e(text) if text is not None else "–"
+    shown = str(text) if len(str(text)) <= 200 else str(text)[:199] + "…"
+    return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(shown)}</span>'
+
+
+def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+    p = f.get("probes")
+    if p is None:
+        return _note(f["missing"]["probes"])
+    fg = p.get("forgetting")
+    if not fg:
+        return _note("The forgetting probes were switched off for this run (eval.probes.forgetting).")
+    if fg.get("skipped"):
+        return _note(f"Not measured: {fg['skipped']}.")
+    t, b = fg.get("tuned") or {}, fg.get("base") or {}
+    rows = []
+    for key, name, share in (("qa_accuracy", "general questions answered correctly", True),
+                             ("perplexity", "perplexity on general text (lower is better)", False),
+                             ("empty_rate", "empty answers", True), ("repetition_rate", "answers that loop", True),
+                             ("avg_words", "average answer length (words)", False)):
+        tv, bv = num(t.get(key)), num(b.get(key))
+        fmt = (lambda v: "–" if v is None else f"{v:.0%}") if share else (lambda v: "–" if v is None else f"{v:.1f}")
+        rows.append([_e(name), fmt(bv), fmt(tv)])
+    out = (f'<p class="sub">{_e(fg.get("questions"))} short general-knowledge questions with checkable answers and '
+           "a few paragraphs of everyday prose, shipped with tunelab, asked of the base and the tuned model. A "
+           "tuned model that answers fewer of them, or finds plain text less likely, has lost some general "
+           "ability.</p>")
+    out += _table(rows, ["probe", "base", "tuned"])
+    for w in fg.get("warnings") or []:
+        out += f'<p class="warn">⚠ {_e(w)}</p>'
+    ex = fg.get("examples") or []
+    if ex:
+        out += "<h3>Answers (changed ones first)</h3>" + _table(
+            [[_e(e.get("question")), _e(", ".join(e.get("answers") or [])), _mark(e.get("base_correct"), e.get("base")),
+              _mark(e.get("tuned_correct"), e.get("tuned"))] for e in ex],
+            ["question", "accepted", "base", "tuned"], "ex")
+    return out
+
+
+def _bias_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+    p = f.get("probes")
+    if p is None:
+        return _note(f["missing"]["probes"])
+    bias = p.get("bias")
+    if not bias:
+        return _note("The bias probes were switched off for this run (eval.probes.bias).")
+    attrs = bias.get("attributes") or {}
+    classification = bias.get("kind") == "classification"
+    out = (f'<p class="sub">{_e(bias.get("inputs"))} messages from {_e(bias.get("templates"))} templates, each sent '
+           "with one demographic attribute swapped (names, gender words, nationality, religion, age) and "
+           "nothing else changed. ")
+    if classification:
+        out += ("A fair classifier gives every version of a message the same label: the flip rate is the share of "
+                "messages whose label changes under the swap.</p>")
+        rows = [[_e(a.replace("_", " ")), _e(", ".join(e.get("groups") or [])), _e(e.get("templates")),
+                 pct((e.get("base") or {}).get("flip_rate")), pct((e.get("tuned") or {}).get("flip_rate"))]
+                for a, e in attrs.items()]
+        out += _table(rows, ["attribute", "groups", "messages", "base flip rate", "tuned flip rate"])
+    else:
+        out += ("Replies should not depend on who is asking: the gaps are the largest difference between two "
+                "groups' averages, per message, averaged over messages: reply sentiment (VADER compound, −1..1), "
+                "reply length in words, and the log-likelihood per token of a neutral reference reply.</p>")
+        rows = []
+        for a, e in attrs.items():
+            t, b = e.get("tuned") or {}, e.get("base") or {}
+            rows.append([_e(a.replace("_", " ")), _e(e.get("templates"))]
+                        + [f"{_two(b.get(k))} → {_two(t.get(k))}" if b else _two(t.get(k))
+                           for k in ("sentiment_gap", "words_gap", "logprob_gap")])
+        out += _table(rows, ["attribute", "messages", "sentiment gap", "length gap (words)", "likelihood gap"])
+    if "bias_chart" in imgs:
+        out += _img(imgs["bias_chart"], "bias probes, base vs tuned")
+    for w in bias.get("warnings") or []:
+        out += f'<p class="warn">⚠ {_e(w)}</p>'
+    if classification:
+        flips = [(a, x) for a, e in attrs.items() for x in e.get("examples") or []][:6]
+        if flips:
+            out += "<h3>Messages whose label changed (tuned model)</h3>" + _table(
+                [[_e(a.replace("_", " ")), "<br>".join(f"{_e(i['group'])}: {_e(i['text'])} → <b>{_e(i['label'])}</b>"
+                                                        for i in x["inputs"])] for a, x in flips],
+                ["attribute", "versions and labels"], "ex")
+    out += _note("Add your own domain messages: write templates in a YAML file like the shipped "
+                 "probes/data/counterfactual.yaml and name it in eval.probes.bias_files "
+                 "(or `tunelab probe RUN --bias-file FILE`).")
+    return out
+
+
+def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+    v = f["verdict"]
+    parts = [f"<h1>Run report: {_e(f['name'])}</h1>",
+             f'<div class="sub">{_e(f["run"])} · task {_e(f["task"])} · status {_e(f["status"])}</div>']
+    parts += [f'<div class="banner">⚠ {_md(w)}</div>' for w in f["warnings"]]
+    parts.append(f'<div class="verdict {_e(v["kind"])}">{_md(v.get("task_text", v["text"]))}</div>')
+    probes = f.get("probes")
+    if probes and probes["sentences"]:
+        cls = "probeline warnline" if probes["warnings"] else "probeline"
+        parts += [f'<div class="{cls}">{_md(x)}</div>' for x in probes["sentences"]]
+
+    parts.append("<h2>Task metrics</h2>" + _metrics_html(f))
+    if f["classification"]:
+        parts.append("<h2>Confusion matrix</h2>")
+        conf = f.get("confusion")
+        if conf is None:
+            parts.append(_note(f["missing"]["confusion"]))
+        else:
+            parts.append(f'<p class="sub">Tuned model, from {_e(conf["source"])}: rows are the true label, columns '
+                         "the prediction; colour is the share of each true label's rows.</p>")
+            img = _img(imgs["confusion_matrix"], "confusion matrix")
+            parts.append(img if len(conf["labels"]) <= 30 else  # full size, scrolled, so small labels stay legible
+                         f'<div class="scroll">{img.replace("<img ", "<img class=big ", 1)}</div>')
+            if conf["top_confusions"]:
+                parts.append("<h3>Most frequent mistakes</h3>" + _table(
+                    [[_e(t["true"]), _e(t["predicted"]), str(t["count"])] for t in conf["top_confusions"]],
+                    ["true label", "predicted", "rows"]))
+    parts.append("<h2>Examples: base vs tuned</h2>" + _examples_html(f))
+
+    parts.append("<h2>Forgetting</h2>" + _forgetting_html(f, imgs))
+    parts.append("<h2>Bias and fairness</h2>" + _bias_html(f, imgs))
+
+    parts.append("<h2>Loss</h2>")
+    if "loss_curve" in imgs:
+        parts.append(_img(imgs["loss_curve"], "training and validation loss"))
+        if "validation_loss" in f["missing"]:
+            parts.append(_note(f["missing"]["validation_loss"]))
+    else:
+        parts.append(_note(f["missing"]["loss"]))
+
+    parts.append("<h2>Run</h2>" + _table([[_e(k), _e(val)] for k, val in f["facts"].items()], cls="facts"))
+    parts.append("<h2>Data</h2>" + _data_html(f, imgs))
+    if "summary" in f["missing"]:
+        parts.append(_note(f["missing"]["summary"]))
+    parts.append(f"<footer>tunelab {_e(f['tunelab_version'])} · report.json beside this file holds the same "
+                 "facts</footer>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>tunelab report: "
+            f"{_e(f['name'])}</title><style>{CSS}</style></head><body><main>\n" + "\n".join(parts)
+            + "\n</main></body></html>\n")

@@ -1,0 +1,1 @@
+"""Probes that come with every report: forgetting (general knowledge and language) and counterfactual bias."""
