@@ -59,7 +59,7 @@ def step_losses(run: Path) -> dict[int, float]:
 def config(tiny_model: Path, tmp_path: Path, name: str, data: Path, *overrides: str) -> TunelabConfig:
     return tunelab.load_config(None, [
         f"name={name}", f"output_dir={tmp_path / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
-        "data.val_fraction=0", "train.threads=1", *overrides])
+        "data.val_fraction=0", "train.threads=1", "eval.probes.enabled=false", *overrides])
 
 
 # --- the CLI ---------------------------------------------------------------------------------------

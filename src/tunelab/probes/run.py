@@ -44,6 +44,15 @@ def _sides(subject: Subject) -> list[str]:
     return ["base", "tuned"] if has_base else ["tuned"]
 
 
+def probe_sets(settings: ProbesConfig, generative: bool = True) -> tuple[list[Any], list[str], Any]:
+    """(questions, texts, bias set) as configured; raises DataError naming the file and entry at fault."""
+    do_forget = settings.forgetting and generative
+    questions = load_questions([shipped("forgetting_qa.jsonl"), *settings.questions]) if do_forget else []
+    texts = load_texts([shipped("general_text.jsonl"), *settings.texts]) if do_forget else []
+    bias_set = load_bias([shipped("counterfactual.yaml"), *settings.bias_files]) if settings.bias else None
+    return questions, texts, bias_set
+
+
 def run_probes(subject: Subject, settings: ProbesConfig, *, batch_size: int = 16,
                console: Console | None = None) -> dict[str, Any]:
     """Forgetting and bias probes, base vs tuned. Probe files are read (and checked) before any scoring."""
@@ -52,9 +61,7 @@ def run_probes(subject: Subject, settings: ProbesConfig, *, batch_size: int = 16
     console = console or Console(stderr=True)
     t0 = time.perf_counter()
     do_forget = settings.forgetting and subject.generative
-    questions = load_questions([shipped("forgetting_qa.jsonl"), *settings.questions]) if do_forget else []
-    texts = load_texts([shipped("general_text.jsonl"), *settings.texts]) if do_forget else []
-    bias_set = load_bias([shipped("counterfactual.yaml"), *settings.bias_files]) if settings.bias else None
+    questions, texts, bias_set = probe_sets(settings, subject.generative)
     all_cases = bias_probe.cases(bias_set) if bias_set else []
     sides = _sides(subject)
     forget_sides: dict[str, dict[str, Any]] = {}

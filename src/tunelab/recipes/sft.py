@@ -194,6 +194,10 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     if cfg.train.monitor in GENERATION_METRICS and not (not task.labels and _generation_rows(val_ex)):
         raise ConfigError(f"train.monitor={cfg.train.monitor} scores generated answers: it needs a chat or "
                           "completion task with prompt/answer validation rows (data.validation or data.val_fraction)")
+    if cfg.eval.probes.enabled:  # a bad probe file is found now, not after an hour of training
+        from ..probes.run import probe_sets
+
+        probe_sets(cfg.eval.probes, generative=not task.head)
     run = open_run(cfg, resume)
     try:
         result = _train(run, cfg, resume=resume, console=console, callbacks=callbacks, base=base,
@@ -372,6 +376,11 @@ def _probes(run: RunDir, cfg: TunelabConfig, model: Any, tokenizer: Any, task: T
                                     base.adapters).to(hardware.device())
     subject = Subject(model, tokenizer, classify=classify if task.labels else None, generative=not task.head,
                       system_prompt=None if task.labels else cfg.data.system_prompt, base_model=base_model)
-    result = run_probes(subject, cfg.eval.probes, batch_size=cfg.eval.batch_size, console=console)
+    try:
+        result = run_probes(subject, cfg.eval.probes, batch_size=cfg.eval.batch_size, console=console)
+    except Exception as exc:  # the trained model is saved: a failing probe must not turn the run into a failure
+        console.print(f"[yellow]Probes failed ({type(exc).__name__}: {exc}); the run is complete without them. "
+                      f"Retry with `tunelab probe {run.path}`[/]")
+        return
     write_probes(run.path, result)
     console.print(summary_line(result) + f" ({result['seconds']:.0f} s)", highlight=False)
