@@ -17,17 +17,18 @@ from tunelab.config import load_config
 from tunelab.eval.evaluate import evaluate
 from tunelab.recipes.sft import run
 
+Row = tuple[str, str]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def write_csv(path: Path, rows: list[tuple[str, str]]) -> None:
+def write_csv(path: Path, rows: list[Row]) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "category"])
         w.writerows(rows)
 
 
-def holdout(rows: list[tuple[str, str]], fraction: float, seed: int) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+def holdout(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
     """A seeded random `fraction` of the rows held out for scoring; the rest for training."""
     idx = list(range(len(rows)))
     random.Random(seed).shuffle(idx)
@@ -43,7 +44,7 @@ def machine() -> dict[str, Any]:
             "torch": torch.__version__, "avx512_bf16": "avx512_bf16" in cpu_flags(), "amx": "amx_bf16" in cpu_flags()}
 
 
-def train_and_score(name: str, train: list[tuple[str, str]], test: list[tuple[str, str]], work: Path,
+def train_and_score(name: str, train: list[Row], test: list[Row], work: Path,
                     overrides: list[str], system_prompt: str) -> dict[str, Any]:
     """Train on `train` (a seeded 2% of it is the validation split for the loss), then score `test`."""
     work.mkdir(parents=True, exist_ok=True)
