@@ -174,13 +174,19 @@ def _mark(ok: Any, text: Any) -> str:
     return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(shown)}</span>'
 
 
-def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+def _probe_part(f: dict[str, Any], key: str) -> dict[str, Any] | str:
+    """One probe's facts, or the note that says why there are none."""
     p = f.get("probes")
     if p is None:
         return _note(f["missing"]["probes"])
-    fg = p.get("forgetting")
-    if not fg:
-        return _note("The forgetting probes were switched off for this run (eval.probes.forgetting).")
+    part = p.get(key)
+    return part or _note(f"The {key} probes were switched off for this run (eval.probes.{key}).")
+
+
+def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+    fg = _probe_part(f, "forgetting")
+    if isinstance(fg, str):
+        return fg
     if fg.get("skipped"):
         return _note(f"Not measured: {fg['skipped']}.")
     t, b = fg.get("tuned") or {}, fg.get("base") or {}
@@ -209,12 +215,9 @@ def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
 
 
 def _bias_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
-    p = f.get("probes")
-    if p is None:
-        return _note(f["missing"]["probes"])
-    bias = p.get("bias")
-    if not bias:
-        return _note("The bias probes were switched off for this run (eval.probes.bias).")
+    bias = _probe_part(f, "bias")
+    if isinstance(bias, str):
+        return bias
     attrs = bias.get("attributes") or {}
     classification = bias.get("kind") == "classification"
     out = (f'<p class="sub">{_e(bias.get("inputs"))} messages from {_e(bias.get("templates"))} templates, each sent '
