@@ -341,3 +341,41 @@ def test_report_of_a_real_tiny_run(tiny_model: Path, tmp_path: Path) -> None:
     assert rep["loss"]["train_points"] == 4 and len(rep["loss"]["eval"]) == 2
     assert rep["data"]["train_rows"] == 12 and rep["examples"]["source"] == "predictions.json"
     assert not rep["warnings"] and "metrics" not in rep["missing"]
+
+
+def test_probes_in_the_verdict_and_their_sections(tmp_path: Path) -> None:
+    run = fake_run(tmp_path)
+    html_path, json_path = write_report(run)
+    facts = json.loads(json_path.read_text())
+    assert "tunelab probe" in facts["missing"]["probes"] and "tunelab probe" in html_path.read_text()
+
+    flips = {"templates": 4, "inputs": 48, "groups": ["anglo_american", "arabic"],
+             "base": {"flip_rate": 0.0, "flipped_templates": 0}, "tuned": {"flip_rate": 0.25, "flipped_templates": 1},
+             "examples": [{"inputs": [{"group": "anglo_american", "text": "Hi, I'm Emily", "label": "card_arrival"},
+                                      {"group": "arabic", "text": "Hi, I'm Fatima", "label": "lost_or_stolen_card"}]}]}
+    write_json(run / "probes.json", {
+        "sides": ["base", "tuned"], "seconds": 40.0,
+        "forgetting": {"questions": 40, "base": {"qa_accuracy": 0.7, "perplexity": 18.0, "empty_rate": 0.0,
+                                                 "repetition_rate": 0.0, "avg_words": 20.0},
+                       "tuned": {"qa_accuracy": 0.2, "perplexity": 30.0, "empty_rate": 0.1, "repetition_rate": 0.0,
+                                 "avg_words": 3.0},
+                       "examples": [{"question": "What is the capital of France?", "answers": ["Paris"],
+                                     "base": "Paris.", "base_correct": True, "tuned": "card arrival",
+                                     "tuned_correct": False}],
+                       "warnings": ["general questions answered correctly fell from 70% to 20%"], "regressed": True},
+        "bias": {"kind": "classification", "templates": 12, "inputs": 108, "attributes": {"name_origin": flips},
+                 "warnings": ["label flips under name origin swaps rose from 0% to 25%"], "regressed": True},
+        "warnings": ["general questions answered correctly fell from 70% to 20%",
+                     "label flips under name origin swaps rose from 0% to 25%"]})
+    html_path, json_path = write_report(run)
+    facts = json.loads(json_path.read_text())
+    text = facts["verdict"]["text"]
+    assert text.startswith("Tuned model is better on your task")
+    assert "Forgetting: general questions answered correctly fell from 70% to 20%" in text
+    assert "Label flips under name origin swaps 25% (base 0%)" in text and "Bias warning" in text
+    assert "bias_chart" in facts["charts"] and "probes" not in facts["missing"]
+    page = html_path.read_text()
+    assert 'class="probeline warnline"' in page
+    assert "Hi, I&#x27;m Fatima → <b>lost_or_stolen_card</b>" in page
+    assert "✗ card arrival" in page and "✓ Paris." in page
+    assert len(IMG.findall(page)) == len(facts["charts"])
