@@ -104,3 +104,14 @@ def test_bad_probe_file_in_config_fails_before_training(tiny_model: Path, tmp_pa
         tunelab.train(config(tiny_model, tmp_path, "badprobe", data, "train.max_steps=1",
                              "eval.probes.enabled=true", f"eval.probes.questions=[{bad}]"))
     assert not (tmp_path / "runs" / "badprobe").exists()  # nothing written, nothing half-done
+
+
+def test_full_fine_tuning_is_probed_against_its_base(tiny_model: Path, tmp_path: Path) -> None:
+    data = write_chat(tmp_path / "chat.jsonl", 12)
+    run = tunelab.train(config(tiny_model, tmp_path, "full", data, "peft.method=full", "train.max_steps=2",
+                               "train.batch_size=4", "eval.probes.enabled=true", "eval.probes.max_new_tokens=4",
+                               "eval.probes.bias=false")).run_dir
+    p = json.loads((run / "probes.json").read_text())
+    assert p["sides"] == ["base", "tuned"] and "bias" not in p
+    # the base is loaded beside the tuned weights: a changed model gives a changed perplexity
+    assert p["forgetting"]["base"]["perplexity"] != p["forgetting"]["tuned"]["perplexity"]
