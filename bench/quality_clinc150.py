@@ -2,9 +2,9 @@
 
 Trains on a seeded sample of the `train` split (--per-intent rows of each of the 150 intents, plus all
 100 out-of-scope rows, labelled "oos"); a seeded 2% of that is the validation split for the loss.
-Scores the whole `val` split (3,000 in-scope + 100 out-of-scope rows, never trained on) with the base
-and the tuned model, answers constrained to the 151 labels:
-    python bench/quality_clinc150.py [--per-intent 40] [--epochs 2] [--quick] [--json PATH]
+Scores the `val` split (never trained on: --test-per-intent of the 20 rows per intent, seeded, plus all
+100 out-of-scope rows) with the base and the tuned model, answers constrained to the 151 labels:
+    python bench/quality_clinc150.py [--per-intent 40] [--epochs 1] [--test-per-intent 10] [--quick] [--json PATH]
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def scope_figures(confusion: dict) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-intent", type=int, default=40, help="training rows per in-scope intent (of 100)")
-    ap.add_argument("--epochs", type=float, default=2)
+    ap.add_argument("--epochs", type=float, default=1)
+    ap.add_argument("--test-per-intent", type=int, default=10, help="scored val rows per intent (of 20)")
     ap.add_argument("--quick", action="store_true", help="8 rows per intent, 1 epoch, every 5th val row scored")
     ap.add_argument("--work", default="runs/bench-quality-clinc150")
     ap.add_argument("--json", default="bench/results/quality_clinc150.json")
@@ -46,7 +47,11 @@ def main() -> None:
     train = [r for rows in by_intent.values() for r in rng.sample(rows, min(per_intent, len(rows)))]
     train += [(t, "oos") for t, _ in d["oos_train"]]
     rng.shuffle(train)
-    test = [(t, i) for t, i in d["val"]] + [(t, "oos") for t, _ in d["oos_val"]]
+    val_by_intent: dict[str, list[tuple[str, str]]] = {}
+    for text, intent in d["val"]:
+        val_by_intent.setdefault(intent, []).append((text, intent))
+    test = [r for rows in val_by_intent.values() for r in rng.sample(rows, min(a.test_per_intent, len(rows)))]
+    test += [(t, "oos") for t, _ in d["oos_val"]]
     if a.quick:
         test = test[::5]
     overrides = [f"train.epochs={epochs}", "train.batch_size=16", "eval.probes.enabled=false"]
