@@ -205,6 +205,10 @@ def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     out += _table(rows, ["probe", "base", "tuned"])
     for w in fg.get("warnings") or []:
         out += f'<p class="warn">⚠ {_e(w)}</p>'
+    if fg.get("warnings"):
+        out += _note("To keep more general ability: fewer epochs or a lower learning rate, general chat rows mixed "
+                     "into the training data, or, for classification, a classification head "
+                     "(classification.mode: head), which leaves the model's text generation untouched.")
     ex = fg.get("examples") or []
     if ex:
         out += "<h3>Answers (changed ones first)</h3>" + _table(
