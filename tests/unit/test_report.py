@@ -136,7 +136,7 @@ def test_classification_run_with_eval_json(tmp_path: Path) -> None:
     assert rep["data"]["errors"] == 2 and rep["data"]["warnings"] == 1 and rep["data"]["train_validation_overlap"] == 1
     assert rep["loss"]["train_points"] == 150 and len(rep["loss"]["eval"]) == 3
     assert {"loss_curve", "confusion_matrix", "length_histogram"} <= set(rep["charts"])
-    assert rep["warnings"] == [] and not rep["missing"]
+    assert rep["warnings"] == [] and set(rep["missing"]) == {"probes"}  # only the probes were not run
 
 
 def test_classification_from_predictions_only(tmp_path: Path) -> None:
@@ -335,7 +335,9 @@ def test_report_of_a_real_tiny_run(tiny_model: Path, tmp_path: Path) -> None:
     self_contained(page)
     assert rep["status"] == "completed" and rep["task"] == "classification"
     assert rep["verdict"]["kind"] in {"better", "worse", "unclear", "same"}
-    assert rep["verdict"]["text"] in page.replace("<code>", "`").replace("</code>", "`")
+    shown = page.replace("<code>", "`").replace("</code>", "`")
+    assert rep["verdict"]["task_text"] in shown  # probes run by default: their sentences follow the verdict
+    assert rep["probes"]["sentences"] and all(x in shown for x in rep["probes"]["sentences"])
     assert rep["metrics"]["tuned"]["accuracy"] == pytest.approx(result.summary["tuned_accuracy"])
     assert rep["metrics"]["base"]["accuracy"] == pytest.approx(result.summary["base_accuracy"])
     assert rep["loss"]["train_points"] == 4 and len(rep["loss"]["eval"]) == 2
