@@ -56,7 +56,7 @@ def _task(lm: LoadedModel, records: list[Record]) -> Task:
     return Task("text", records)
 
 
-def _prompt_and_reference(rec: Record) -> tuple[Any, str]:
+def prompt_and_reference(rec: Record) -> tuple[Any, str]:
     if rec.kind == "completion":
         return rec.prompt, rec.completion
     last = max(i for i, m in enumerate(rec.messages) if m["role"] == "assistant")
@@ -108,7 +108,7 @@ def score(lm: LoadedModel, task: Task, *, max_new_tokens: int, max_length: int, 
         metrics |= classification_metrics(gold, preds, task.labels)
         return metrics, preds, [float(g == p) for g, p in zip(gold, preds, strict=True)]
     if task.kind == "generation":
-        prompts, refs = zip(*(_prompt_and_reference(r) for r in task.records), strict=True)
+        prompts, refs = zip(*(prompt_and_reference(r) for r in task.records), strict=True)
         preds = generate_answers(lm.model, lm.tokenizer, list(prompts), max_new_tokens, batch_size)
         metrics |= generation_metrics(list(refs), preds)
         key = "numeric_correct" if "numeric_accuracy" in metrics else "token_f1"
@@ -161,7 +161,7 @@ def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, 
             result["comparison"] = _comparison(task, metrics, per_ex, base_per_ex)
     examples = []
     for i, rec in enumerate(records[: min(N_EXAMPLES, len(preds))]):
-        inp, reference = (rec.text, rec.label) if task.kind == "classification" else _prompt_and_reference(rec)
+        inp, reference = (rec.text, rec.label) if task.kind == "classification" else prompt_and_reference(rec)
         if not isinstance(inp, str):
             inp = inp[-1]["content"] if inp else ""
         examples.append({"input": inp, "reference": reference, "tuned": preds[i]}

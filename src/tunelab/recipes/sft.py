@@ -142,11 +142,11 @@ def _task_metric(tokenizer: Any, task: Task, val: list[Example], cfg: TunelabCon
         return {"accuracy": sum(e.record.label == p for e, p in zip(rows, preds, strict=True)) / len(rows)}
 
     def generated(model: Any) -> dict[str, float]:
-        from ..eval.evaluate import _prompt_and_reference
+        from ..eval.evaluate import prompt_and_reference
         from ..eval.metrics import generation_metrics
         from ..eval.scoring import generate_answers
 
-        prompts, refs = zip(*(_prompt_and_reference(e.record) for e in rows), strict=True)
+        prompts, refs = zip(*(prompt_and_reference(e.record) for e in rows), strict=True)
         preds = generate_answers(model, tokenizer, list(prompts), cfg.eval.max_new_tokens, cfg.eval.batch_size)
         scores = generation_metrics(list(refs), preds)
         return {k: scores[k] for k in GENERATION_METRICS if k in scores}
