@@ -99,9 +99,8 @@ def _rows(examples: list[Example]) -> list[dict[str, Any]]:
     return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
 
 
-def _predict(model: Any, tokenizer: Any, task: Task, rows: list[Example], cfg: TunelabConfig, bf16: bool,
+def _predict(model: Any, tokenizer: Any, task: Task, texts: list[str], cfg: TunelabConfig, bf16: bool,
              step: Any = None) -> list[str]:
-    texts = [e.record.text for e in rows]
     if task.head:
         return predict_head(model, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16, step)
     return predict_generate(model, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
@@ -117,7 +116,8 @@ def _accuracy(model: Any, tokenizer: Any, task: Task, val: list[Example], cfg: T
     t0 = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         job = bar.add_task(f"scoring {what} on {len(rows)} validation rows", total=len(rows))
-        preds = _predict(model, tokenizer, task, rows, cfg, bf16, lambda n: bar.advance(job, n))
+        preds = _predict(model, tokenizer, task, [e.record.text for e in rows], cfg, bf16,
+                         lambda n: bar.advance(job, n))
     acc = sum(g == p for g, p in zip(gold, preds, strict=True)) / max(len(gold), 1)
     console.print(f"{what} accuracy: [bold]{acc:.1%}[/] on {len(rows)} rows ({time.perf_counter() - t0:.0f} s)")
     return acc, preds
@@ -138,7 +138,7 @@ def _task_metric(tokenizer: Any, task: Task, val: list[Example], cfg: TunelabCon
     rows = _scored(val, cfg, task)
 
     def accuracy(model: Any) -> dict[str, float]:
-        preds = _predict(model, tokenizer, task, rows, cfg, bf16)
+        preds = _predict(model, tokenizer, task, [e.record.text for e in rows], cfg, bf16)
         return {"accuracy": sum(e.record.label == p for e, p in zip(rows, preds, strict=True)) / len(rows)}
 
     def generated(model: Any) -> dict[str, float]:
@@ -363,10 +363,7 @@ def _probes(run: RunDir, cfg: TunelabConfig, model: Any, tokenizer: Any, task: T
     from ..probes.run import Subject, run_probes, summary_line, write_probes
 
     def classify(m: Any, texts: list[str]) -> list[str]:
-        if task.head:
-            return predict_head(m, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16)
-        return predict_generate(m, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
-                                cfg.eval.batch_size, bf16)
+        return _predict(m, tokenizer, task, texts, cfg, bf16)
 
     base_model = None
     if not hasattr(model, "disable_adapter") and not task.head:  # full fine-tuning: the base sits beside it
