@@ -167,7 +167,8 @@ def _train(tiny_model: Path, tmp_path: Path, name: str, *extra: str) -> list[dic
     cfg = tunelab.load_config(None, [
         f"name={name}", f"output_dir={tmp_path / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
         "data.val_fraction=0", "peft.dropout=0", "train.group_by_length=false", "train.warmup_ratio=0",
-        "train.learning_rate=1e-2", "train.lr_scheduler=constant", "train.threads=1", *extra])
+        "train.learning_rate=1e-2", "train.lr_scheduler=constant", "train.threads=1", "model.precision=fp32",
+        *extra])
     result = tunelab.train(cfg)
     assert result.status == "completed"
     return [json.loads(ln) for ln in (result.run_dir / "metrics.jsonl").read_text().splitlines()

@@ -78,5 +78,14 @@ class TrainConfig(Section):
     label_only_logits: bool = True
     """Compute LM-head logits only where there is a label (same loss, far less memory); off uses the plain path."""
 
+    loss_chunk_tokens: int = Field(512, ge=0)
+    """With label_only_logits: LM head and cross-entropy this many label tokens at a time, so the
+    [tokens x vocabulary] logits never exist whole (same loss and gradients); 0 computes them in one piece."""
+
+    packing: bool = False
+    """Padding-free batches: each batch's rows laid end to end in one row, every row attending only to itself
+    (same loss as padded batches). Off by default: with length-grouped batches it measured slower on CPUs
+    (docs/benchmarks.md); it pays where lengths vary a lot within a batch."""
+
     log_every: int = Field(1, gt=0)
     """Log training loss every N steps."""

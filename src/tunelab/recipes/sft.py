@@ -273,7 +273,11 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     from transformers import EarlyStoppingCallback
 
     from ..training.collate import PadCollator
+    from ..training.packing import PackCollator, use_varlen_attention
 
+    packed = cfg.train.packing and not task.head
+    if packed:
+        use_varlen_attention(model)
     counter = TokenCounter()
     interrupt = GracefulInterrupt(console)
     cbs: list[Any] = [MetricsLogger(run.metrics, counter), RichProgress(counter, console), interrupt]
@@ -284,8 +288,10 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     during = scorable and (cfg.eval.during_training or cfg.train.monitor != "loss")
     trainer = TunelabTrainer(
         model=model, args=args, train_dataset=_rows(train_ex), eval_dataset=_rows(val_ex) if val_ex else None,
-        data_collator=PadCollator(tokenizer.pad_token_id), callbacks=cbs + list(callbacks or []),
-        bf16=bf16, token_level=not task.head, label_only_logits=cfg.train.label_only_logits, counter=counter,
+        data_collator=PackCollator() if packed else PadCollator(tokenizer.pad_token_id),
+        callbacks=cbs + list(callbacks or []),
+        bf16=bf16, token_level=not task.head, label_only_logits=cfg.train.label_only_logits,
+        loss_chunk=cfg.train.loss_chunk_tokens, counter=counter,
         task_metric=_task_metric(tokenizer, task, val_ex, cfg, bf16) if during else None,
     )
     from transformers.trainer_callback import PrinterCallback

@@ -32,15 +32,15 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cpu_has_amx() -> bool:
-    return "amx_bf16" in cpu_flags()
+BF16_MIN_GAIN = 1.25  # bf16 matmuls must beat fp32 by this much before auto picks bf16 on a CPU
 
 
 def use_bf16(precision: str) -> bool:
     """precision: auto|bf16|fp32 -> whether to autocast to bf16 here.
 
-    auto: bf16 on GPUs that support it and on CPUs with AMX. On AVX-512-bf16-only CPUs, LoRA training
-    under bf16 autocast measured ~1.6x slower than fp32 (bench/precision_cpu.py), so auto stays fp32 there.
+    auto: bf16 on GPUs that support it. On CPUs it depends on the machine, not only its flags: two AVX-512-bf16
+    CPUs of the same family measured bf16 matmuls at 2.2x and at 0.5x the fp32 rate (bench/precision_cpu.py),
+    so auto measures both (cached) and picks bf16 only where it is clearly faster.
     """
     import torch
 
@@ -53,14 +53,24 @@ def use_bf16(precision: str) -> bool:
 
             raise ConfigError("model.precision=bf16, but this machine has no bf16 support; use auto or fp32")
         return True
-    return supported and (device() == "cuda" or cpu_has_amx())
+    if not supported:
+        return False
+    return device() == "cuda" or matmul_peak_gflops(True) >= BF16_MIN_GAIN * matmul_peak_gflops(False)
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        return "unknown"
 
 
 def matmul_peak_gflops(bf16: bool) -> float:
     """Dense matmul throughput through torch on this machine, measured once and cached."""
     import torch
 
-    key = f"{device()}-{'bf16' if bf16 else 'fp32'}-{torch.get_num_threads()}t"
+    # Per boot: the same cache directory can move to another host (containers, shared home directories).
+    key = f"{_boot_id()}-{device()}-{'bf16' if bf16 else 'fp32'}-{torch.get_num_threads()}t"
     cache_file = home() / "hardware.json"
     try:
         known = json.loads(cache_file.read_text())
@@ -80,6 +90,7 @@ def matmul_peak_gflops(bf16: bool) -> float:
             reps += 1
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
     gflops = best
+    known = {k: v for k, v in known.items() if k.startswith(_boot_id())}  # drop other boots' figures
     known[key] = round(gflops, 1)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")

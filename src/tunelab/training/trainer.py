@@ -1,5 +1,5 @@
 """transformers.Trainer with tunelab's loss: bf16 autocast that really applies on CPU, and LM-head
-logits only at positions that carry a label (never the whole [tokens x vocab] tensor)."""
+logits only at positions that carry a label, in chunks (never the whole [tokens x vocab] tensor)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from transformers import Trainer
 
 from ..data.templates import IGNORE
 from .callbacks import TokenCounter
+from .chunked_ce import linear_cross_entropy
 
 
 def _unwrap(model: Any) -> Any:
@@ -27,31 +28,40 @@ def supports_label_only_logits(model: Any) -> bool:
     return hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None and not odd
 
 
-def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any, label_only: bool) -> torch.Tensor:
+MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q")  # the last two from packing
+
+
+def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any, label_only: bool,
+                   chunk: int = 0) -> torch.Tensor:
     """Sum of token cross-entropies over label positions, divided by num_items (the label tokens of
-    the whole accumulated batch), so that gradient accumulation matches one big batch."""
+    the whole accumulated batch), so that gradient accumulation matches one big batch.
+
+    label_only: LM-head logits only at label positions; chunk > 0: and those `chunk` tokens at a time."""
     labels = inputs["labels"][:, 1:]
     keep = labels != IGNORE
     denom = num_items if num_items is not None else keep.sum().clamp(min=1)
+    kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     if label_only:
         lm = _unwrap(model)
-        hidden = lm.get_decoder()(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                                  use_cache=False).last_hidden_state  # [B, T, H]
-        logits = lm.get_output_embeddings()(hidden[:, :-1][keep]).float()  # [N, V], N = label tokens
+        hidden = lm.get_decoder()(**kwargs, use_cache=False).last_hidden_state  # [B, T, H]
+        hidden, head = hidden[:, :-1][keep], lm.get_output_embeddings()  # [N, H], N = label tokens
+        if chunk:
+            return linear_cross_entropy(hidden, head, labels[keep], chunk) / denom
+        logits = head(hidden).float()  # [N, V]
     else:
-        out = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False)
-        logits = out.logits[:, :-1][keep].float()
+        logits = model(**kwargs, use_cache=False).logits[:, :-1][keep].float()
     return F.cross_entropy(logits, labels[keep], reduction="sum") / denom
 
 
 class TunelabTrainer(Trainer):
     def __init__(self, *args: Any, bf16: bool, token_level: bool, label_only_logits: bool,
-                 counter: TokenCounter, task_metric: Callable[[Any], dict[str, float]] | None = None,
+                 loss_chunk: int, counter: TokenCounter, task_metric: Callable[[Any], dict[str, float]] | None = None,
                  **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bf16_autocast = bf16
         self.token_level = token_level
         self.label_only = label_only_logits and token_level and supports_label_only_logits(self.model)
+        self.loss_chunk = loss_chunk
         self.counter = counter
         self.task_metric = task_metric
         # Our loss is already normalised by the accumulated batch's label count.
@@ -76,7 +86,7 @@ class TunelabTrainer(Trainer):
                      num_items_in_batch: Any = None) -> Any:
         with self._autocast():
             if self.token_level:
-                loss = causal_lm_loss(model, inputs, num_items_in_batch, self.label_only)
+                loss = causal_lm_loss(model, inputs, num_items_in_batch, self.label_only, self.loss_chunk)
             else:
                 loss = model(**inputs).loss
         if model.training:

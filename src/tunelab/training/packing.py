@@ -1,0 +1,69 @@
+"""Padding-free batches: a batch's rows laid end to end in one row, each attending only to itself.
+
+transformers' sdpa path turns packed position_ids into a block-diagonal mask over the whole packed row, which
+costs attention over every pair of tokens in it (measured 0.3-0.7x the padded speed on a CPU). The attention
+registered here instead runs causal sdpa on each row's own slice, so the work is what the rows need and the
+result is what each row gives alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..data.templates import IGNORE
+
+VARLEN = "tunelab_varlen"
+
+
+def _varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                      **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """query/key/value [1, heads, T, head_dim]; cu_seq_lens_q [rows + 1] marks where each row starts."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:  # an ordinary batch (evaluation, generation): plain sdpa
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    bounds = cu.tolist()
+    parts = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                                    dropout=dropout, scaling=scaling, is_causal=True)[0]
+             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return torch.cat(parts, dim=1), None  # [1, T, heads, head_dim]
+
+
+def register_varlen_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(VARLEN, _varlen_attention)
+    AttentionMaskInterface.register(VARLEN, sdpa_mask)
+
+
+def use_varlen_attention(model: Any) -> None:
+    """Switch a (possibly peft-wrapped) causal LM to the per-row attention above; other calls stay sdpa."""
+    register_varlen_attention()
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm.set_attn_implementation(VARLEN)
+
+
+class PackCollator:
+    """Rows -> one row [1, sum of lengths] with per-row positions and boundaries. A row's first token gets no
+    label: in a padded batch nothing predicts it, and here it would be predicted from the previous row."""
+
+    def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        bounds = [0]
+        for r in rows:
+            n = len(r["input_ids"])
+            ids += r["input_ids"]
+            labels += [IGNORE] + list(r["labels"][1:])
+            positions += range(n)
+            bounds.append(bounds[-1] + n)
+        return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                "attention_mask": torch.ones(1, len(ids), dtype=torch.long), "position_ids": torch.tensor([positions]),
+                "cu_seq_lens_q": torch.tensor(bounds)}

@@ -1,0 +1,134 @@
+"""Every speed path against the plain one, on the tiny model: chunked LM head + cross-entropy, padding-free
+packing with per-row attention, and both switched on in a real run through the trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.unit.test_trainer_loss import _assert_grads_close, _base, _label_tokens, _lora, _rows, _train
+from tunelab.data.templates import IGNORE
+from tunelab.training.chunked_ce import linear_cross_entropy
+from tunelab.training.collate import PadCollator
+from tunelab.training.packing import PackCollator, use_varlen_attention
+from tunelab.training.trainer import causal_lm_loss
+
+
+def _grads(model, batch, num_items=None, label_only=True, chunk=0) -> tuple[float, dict[str, torch.Tensor]]:  # noqa: ANN001
+    model.zero_grad(set_to_none=True)
+    loss = causal_lm_loss(model, batch, num_items, label_only, chunk)
+    loss.backward()
+    return loss.item(), {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                         if p.requires_grad and p.grad is not None}
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_tokenizer) -> list[dict]:  # noqa: ANN001
+    """Chat rows (loss on replies) plus a plain-text row whose every token carries a label."""
+    text = tiny_tokenizer("the quick brown fox jumps over the lazy dog again", add_special_tokens=False)["input_ids"]
+    return [*_rows(tiny_tokenizer), {"input_ids": list(text), "labels": list(text)}]
+
+
+# --- chunked LM head + cross-entropy ---------------------------------------------------------------
+
+@pytest.mark.parametrize("wrap", ["lora", "full"])
+@pytest.mark.parametrize("chunk", [1, 5, 10_000])
+def test_chunked_loss_equals_plain_path(tiny_model: Path, tiny_tokenizer, rows, wrap: str, chunk: int) -> None:  # noqa: ANN001
+    """Same loss and gradients (LoRA weights, or every weight including the tied head) in any chunk size."""
+    model = _lora(tiny_model) if wrap == "lora" else _base(tiny_model).requires_grad_(True)
+    batch = PadCollator(tiny_tokenizer.pad_token_id)(rows)
+    for num_items in (None, _label_tokens(batch) + 3):
+        plain, g_plain = _grads(model, batch, num_items, label_only=False)
+        fast, g_fast = _grads(model, batch, num_items, chunk=chunk)
+        assert fast == pytest.approx(plain, rel=1e-5)
+        _assert_grads_close(g_fast, g_plain)
+    if wrap == "full":
+        assert "model.embed_tokens.weight" in g_fast or "lm_head.weight" in g_fast  # the head got its gradient
+
+
+def test_chunked_loss_under_bf16_autocast(tiny_model: Path, tiny_tokenizer, rows) -> None:  # noqa: ANN001
+    """Under autocast the chunks run the head in bf16 as the plain path does: bf16-close, not exact."""
+    model = _lora(tiny_model)
+    batch = PadCollator(tiny_tokenizer.pad_token_id)(rows)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain, g_plain = _grads(model, batch)
+        fast, g_fast = _grads(model, batch, chunk=4)
+    assert fast == pytest.approx(plain, rel=1e-3)
+    for name in g_plain:
+        torch.testing.assert_close(g_fast[name], g_plain[name], rtol=2e-2, atol=2e-3)
+
+
+def test_chunked_loss_without_grad_is_the_value_only() -> None:
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=True)
+    hidden, labels = torch.randn(13, 8), torch.randint(0, 50, (13,))
+    ref = torch.nn.functional.cross_entropy(head(hidden), labels, reduction="sum")
+    with torch.no_grad():
+        got = linear_cross_entropy(hidden, head, labels, chunk=4)
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    grads = torch.autograd.grad(linear_cross_entropy(hidden.requires_grad_(), head, labels, chunk=4),
+                                [hidden, head.weight, head.bias])
+    refs = torch.autograd.grad(torch.nn.functional.cross_entropy(head(hidden), labels, reduction="sum"),
+                               [hidden, head.weight, head.bias])
+    for g, r in zip(grads, refs, strict=True):
+        torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-6)
+
+
+# --- padding-free packing ---------------------------------------------------------------------------
+
+def test_pack_collator_layout(rows) -> None:  # noqa: ANN001
+    batch = PackCollator()(rows[:2])
+    n0, n1 = len(rows[0]["input_ids"]), len(rows[1]["input_ids"])
+    assert batch["input_ids"].shape == (1, n0 + n1)
+    assert batch["cu_seq_lens_q"].tolist() == [0, n0, n0 + n1]
+    assert batch["position_ids"][0].tolist() == list(range(n0)) + list(range(n1))
+    assert batch["labels"][0, n0].item() == IGNORE  # nothing predicts a row's first token from the row before
+
+
+@pytest.mark.parametrize("label_only", [True, False])
+def test_packed_batch_equals_rows_run_alone(tiny_model: Path, tiny_tokenizer, rows, label_only: bool) -> None:  # noqa: ANN001
+    """The loss of a packed batch is the loss of its rows padded together, and the sum of each row run alone;
+    gradients too. Without the per-row attention the second row would see the first."""
+    model = _lora(tiny_model)
+    padded = PadCollator(tiny_tokenizer.pad_token_id)(rows)
+    n = _label_tokens(padded)
+    ref, g_ref = _grads(model, padded, n, label_only)
+    alone = sum(causal_lm_loss(model, PadCollator(tiny_tokenizer.pad_token_id)([r]), n, label_only).item()
+                for r in rows)
+    use_varlen_attention(model)
+    packed = PackCollator()(rows)
+    assert _label_tokens(packed) == n
+    got, g_got = _grads(model, packed, n, label_only)
+    assert got == pytest.approx(ref, rel=1e-5) and got == pytest.approx(alone, rel=1e-5)
+    _assert_grads_close(g_got, g_ref)
+    # ordinary (padded) batches still work on the switched model: evaluation and generation use them
+    assert causal_lm_loss(model, padded, n, label_only).item() == pytest.approx(ref, rel=1e-5)
+
+
+def test_plain_sdpa_packing_leaks_across_rows(tiny_model: Path, rows) -> None:  # noqa: ANN001
+    """Why the per-row attention exists: the same packed row through plain sdpa with one causal mask gives
+    a different loss, because later rows attend to earlier ones."""
+    model = _lora(tiny_model)
+    packed = PackCollator()(rows)
+    leaky = {k: v for k, v in packed.items() if k != "cu_seq_lens_q"}
+    with torch.no_grad():
+        a = causal_lm_loss(model, leaky, None, True).item()
+        use_varlen_attention(model)
+        b = causal_lm_loss(model, packed, None, True).item()
+    assert abs(a - b) > 1e-4
+
+
+# --- the switches in a real run ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("switch", ["train.packing=true", "train.loss_chunk_tokens=0"])
+def test_speed_switches_train_the_same(tiny_model: Path, tmp_path: Path, switch: str) -> None:
+    """A run with a speed path switched on/off logs the same loss and gradient norm at every step."""
+    common = ("train.batch_size=2", "train.max_steps=3", "train.loss_chunk_tokens=3")
+    ref = _train(tiny_model, tmp_path, "ref", *common)
+    other = _train(tiny_model, tmp_path, "other", *common, switch)
+    assert [r["step"] for r in ref] == [r["step"] for r in other] == [1, 2, 3]
+    for a, b in zip(ref, other, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
