@@ -132,3 +132,40 @@ def test_speed_switches_train_the_same(tiny_model: Path, tmp_path: Path, switch:
     for a, b in zip(ref, other, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+# --- micro-batches bounded in tokens ----------------------------------------------------------------
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_split_by_tokens_pieces_add_up_to_the_batch(tiny_model: Path, tiny_tokenizer, rows, packed: bool) -> None:  # noqa: ANN001
+    """Pieces of at most max_tokens tokens, covering every row once; their gradients (normalised by the
+    whole batch's label count) sum to the whole batch's."""
+    from tunelab.training.collate import split_by_tokens
+
+    model = _lora(tiny_model)
+    if packed:
+        use_varlen_attention(model)
+    batch = (PackCollator() if packed else PadCollator(tiny_tokenizer.pad_token_id))(rows)
+    n = _label_tokens(batch)
+    whole, g_whole = _grads(model, batch, n)
+    longest = max(len(r["input_ids"]) for r in rows)
+    pieces = split_by_tokens(batch, longest + 1)
+    assert len(pieces) > 1 and all(p["input_ids"].numel() <= longest + 1 for p in pieces)
+    assert sum(_label_tokens(p) for p in pieces) == n
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for p in pieces:
+        loss = causal_lm_loss(model, p, n, True)
+        loss.backward()
+        total += loss.item()
+    grads = {k: v.grad.detach().clone() for k, v in model.named_parameters() if v.grad is not None}
+    assert total == pytest.approx(whole, rel=1e-5)
+    _assert_grads_close(grads, g_whole)
+
+
+def test_max_batch_tokens_trains_the_same(tiny_model: Path, tmp_path: Path) -> None:
+    ref = _train(tiny_model, tmp_path, "whole", "train.batch_size=4", "train.max_steps=3", "train.max_batch_tokens=null")
+    split = _train(tiny_model, tmp_path, "split", "train.batch_size=4", "train.max_steps=3", "train.max_batch_tokens=20")
+    for a, b in zip(ref, split, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)

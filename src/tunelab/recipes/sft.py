@@ -291,7 +291,7 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
         data_collator=PackCollator() if packed else PadCollator(tokenizer.pad_token_id),
         callbacks=cbs + list(callbacks or []),
         bf16=bf16, token_level=not task.head, label_only_logits=cfg.train.label_only_logits,
-        loss_chunk=cfg.train.loss_chunk_tokens, counter=counter,
+        loss_chunk=cfg.train.loss_chunk_tokens, max_batch_tokens=cfg.train.max_batch_tokens, counter=counter,
         task_metric=_task_metric(tokenizer, task, val_ex, cfg, bf16) if during else None,
     )
     from transformers.trainer_callback import PrinterCallback

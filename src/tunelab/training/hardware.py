@@ -65,6 +65,24 @@ def _boot_id() -> str:
         return "unknown"
 
 
+def measure_matmul_gflops(bf16: bool, n: int = 1024) -> float:
+    """Dense n x n matmul throughput through torch now: the best of five 0.2 s windows (the peak, not whatever
+    else the machine was doing)."""
+    import torch
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = 0.0
+    for _ in range(5):
+        reps, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < 0.2:
+            a @ b
+            reps += 1
+        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return best
+
+
 def matmul_peak_gflops(bf16: bool) -> float:
     """Dense matmul throughput through torch on this machine, measured once and cached."""
     import torch
@@ -78,18 +96,7 @@ def matmul_peak_gflops(bf16: bool) -> float:
         known = {}
     if key in known:
         return float(known[key])
-    dtype = torch.bfloat16 if bf16 else torch.float32
-    n = 1024
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = 0.0
-    for _ in range(5):  # best of five short windows: the peak, not whatever else the machine was doing
-        reps, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < 0.2:
-            a @ b
-            reps += 1
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
-    gflops = best
+    gflops = measure_matmul_gflops(bf16)
     known = {k: v for k, v in known.items() if k.startswith(_boot_id())}  # drop other boots' figures
     known[key] = round(gflops, 1)
     cache_file.parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,7 @@ from transformers import Trainer
 from ..data.templates import IGNORE
 from .callbacks import TokenCounter
 from .chunked_ce import linear_cross_entropy
+from .collate import split_by_tokens
 
 
 def _unwrap(model: Any) -> Any:
@@ -55,13 +56,14 @@ def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any, 
 
 class TunelabTrainer(Trainer):
     def __init__(self, *args: Any, bf16: bool, token_level: bool, label_only_logits: bool,
-                 loss_chunk: int, counter: TokenCounter, task_metric: Callable[[Any], dict[str, float]] | None = None,
-                 **kwargs: Any) -> None:
+                 loss_chunk: int, max_batch_tokens: int | None, counter: TokenCounter,
+                 task_metric: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bf16_autocast = bf16
         self.token_level = token_level
         self.label_only = label_only_logits and token_level and supports_label_only_logits(self.model)
         self.loss_chunk = loss_chunk
+        self.max_batch_tokens = max_batch_tokens
         self.counter = counter
         self.task_metric = task_metric
         # Our loss is already normalised by the accumulated batch's label count.
@@ -81,6 +83,14 @@ class TunelabTrainer(Trainer):
             for key, value in self.task_metric(self.model).items():
                 out.metrics[f"{prefix}_{key}"] = value
         return out
+
+    def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        """A batch larger than train.max_batch_tokens runs in pieces, forward and backward each, so activation
+        memory stays bounded; the loss is normalised by the whole batch's label count, so the step is the same."""
+        if not (self.token_level and self.max_batch_tokens and num_items_in_batch is not None):
+            return super().training_step(model, inputs, num_items_in_batch)
+        pieces = split_by_tokens(inputs, self.max_batch_tokens)
+        return sum(super(TunelabTrainer, self).training_step(model, p, num_items_in_batch) for p in pieces)
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
