@@ -9,8 +9,8 @@ Arms, each in its own process (so peak memory is its own), one after the other o
   tunelab      tunelab's recipe with its defaults
 Optimisation settings that change the result rather than the speed are the same for all (learning rate
 and schedule, epochs, LoRA r16/alpha 32 on all linear layers), so that validation loss after the same tokens
-compares like with like; the batch size is each tool's own default (TRL 8 rows; tunelab's auto size). Validation loss is computed the same way for every arm (fp32,
-mean cross-entropy over held-out reply tokens).
+compares like with like; the batch size is each tool's own default (TRL 8 rows; tunelab's auto size).
+Validation loss is computed the same way for every arm (fp32, mean cross-entropy over held-out reply tokens).
 
     python bench/train_throughput.py [--quick] [--json PATH] [--arms trl_default,trl_best,tunelab]
 """
@@ -153,8 +153,9 @@ def arm_tunelab(work: Path, extra: list[str]) -> dict[str, Any]:
     cfg = load_config(None, [
         "name=throughput", f"output_dir={work / 'tunelab-runs'}", f"data.train={work / 'train.jsonl'}",
         "data.val_fraction=0", f"train.learning_rate={LR}", f"train.epochs={EPOCHS}",
-        f"train.warmup_ratio={WARMUP}", "train.lr_scheduler=cosine", f"peft.r={LORA['r']}", f"peft.alpha={LORA['alpha']}",
-        f"peft.dropout={LORA['dropout']}", "model.max_length=1024", "eval.probes.enabled=false",
+        f"train.warmup_ratio={WARMUP}", "train.lr_scheduler=cosine", f"peft.r={LORA['r']}",
+        f"peft.alpha={LORA['alpha']}", f"peft.dropout={LORA['dropout']}", "model.max_length=1024",
+        "eval.probes.enabled=false",
         "eval.compare_base=false", *extra])
     result = run(cfg, console=Console(stderr=True, quiet=True))
     s = result.summary
@@ -209,7 +210,7 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="32 + 32 rows: a few minutes")
-    ap.add_argument("--rows", type=int, default=160, help="rows from each source (banking77, customer support)")
+    ap.add_argument("--rows", type=int, default=96, help="rows from each source (banking77, customer support)")
     ap.add_argument("--arms", default="trl_default,trl_best,tunelab")
     ap.add_argument("--tunelab-extra", default="", help="extra tunelab overrides for the tunelab arm, ';'-separated")
     ap.add_argument("--json", type=Path)

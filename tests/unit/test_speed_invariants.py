@@ -164,8 +164,9 @@ def test_split_by_tokens_pieces_add_up_to_the_batch(tiny_model: Path, tiny_token
 
 
 def test_max_batch_tokens_trains_the_same(tiny_model: Path, tmp_path: Path) -> None:
-    ref = _train(tiny_model, tmp_path, "whole", "train.batch_size=4", "train.max_steps=3", "train.max_batch_tokens=null")
-    split = _train(tiny_model, tmp_path, "split", "train.batch_size=4", "train.max_steps=3", "train.max_batch_tokens=20")
+    common = ("train.batch_size=4", "train.max_steps=3")
+    ref = _train(tiny_model, tmp_path, "whole", *common, "train.max_batch_tokens=null")
+    split = _train(tiny_model, tmp_path, "split", *common, "train.max_batch_tokens=20")
     for a, b in zip(ref, split, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)

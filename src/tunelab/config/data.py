@@ -37,5 +37,9 @@ class DataConfig(Section):
     train_on: Literal["assistant", "all"] = "assistant"
     """Which tokens carry loss: assistant replies only (honouring per-message weight 0) or every token."""
 
+    cache: bool = True
+    """Keep tokenised rows between runs (in tunelab's cache directory), so re-running on the same file with the
+    same tokenizer and encoding settings skips tokenisation."""
+
     limit: int | None = Field(None, gt=0)
     """Train on a seeded random sample of N rows (after the validation split): quick experiments."""

@@ -82,15 +82,14 @@ class TrainConfig(Section):
     """With label_only_logits: LM head and cross-entropy this many label tokens at a time, so the
     [tokens x vocabulary] logits never exist whole (same loss and gradients); 0 computes them in one piece."""
 
-    max_batch_tokens: int | None = Field(1024, gt=0)
+    max_batch_tokens: int | None = Field(512, gt=0)
     """Run a batch bigger than this many tokens (rows x padded length) in pieces whose gradients add up to the
     same step: activation memory stays bounded (about 1.5-2 MB per token for a 135M model) whatever the batch
     size and row lengths. Empty runs every batch whole."""
 
-    packing: bool = False
+    packing: bool = True
     """Padding-free batches: each batch's rows laid end to end in one row, every row attending only to itself
-    (same loss as padded batches). Off by default: with length-grouped batches it measured slower on CPUs
-    (docs/benchmarks.md); it pays where lengths vary a lot within a batch."""
+    (same loss as padded batches, no compute spent on padding). Off pads rows to the batch's longest."""
 
     log_every: int = Field(1, gt=0)
     """Log training loss every N steps."""

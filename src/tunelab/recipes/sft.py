@@ -91,8 +91,21 @@ def _load(cfg: TunelabConfig, path: str) -> Loaded:
     return load_records(path, cfg.data.format, cfg.data.columns, prompt)
 
 
-def _prepare(cfg: TunelabConfig, path: str, loaded: Loaded, encode: Any) -> tuple[list[Example], DataReport]:
-    return encode_loaded(loaded, path, encode, max_length=cfg.model.max_length, too_long=cfg.data.too_long)
+def _prepare(cfg: TunelabConfig, path: str, loaded: Loaded, encode: Any, tokenizer: Any,
+             task: Task) -> tuple[list[Example], DataReport]:
+    def build() -> tuple[list[Example], DataReport]:
+        return encode_loaded(loaded, path, encode, max_length=cfg.model.max_length, too_long=cfg.data.too_long)
+
+    if not cfg.data.cache:
+        return build()
+    from ..data.cache import cached
+
+    d = cfg.data
+    settings = {"format": d.format, "columns": d.columns, "system_prompt": d.system_prompt, "train_on": d.train_on,
+                "too_long": d.too_long, "max_length": cfg.model.max_length, "task": cfg.task, "labels": task.labels,
+                "display": task.display, "head": task.head}
+    result, _ = cached(path, tokenizer, settings, build)
+    return result
 
 
 def _rows(examples: list[Example]) -> list[dict[str, Any]]:
@@ -173,11 +186,11 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     loaded = _load(cfg, cfg.data.train)
     task = _task(cfg, loaded)
     encode = _encoder(cfg, task, tokenizer)
-    train_ex, rep = _prepare(cfg, cfg.data.train, loaded, encode)
+    train_ex, rep = _prepare(cfg, cfg.data.train, loaded, encode, tokenizer, task)
     _check(rep, cfg, "training")
     skipped = list(rep.errors)
     if cfg.data.validation:
-        val_ex, val_rep = _prepare(cfg, cfg.data.validation, _load(cfg, cfg.data.validation), encode)
+        val_ex, val_rep = _prepare(cfg, cfg.data.validation, _load(cfg, cfg.data.validation), encode, tokenizer, task)
         _check(val_rep, cfg, "validation")
         skipped += val_rep.errors
     else:
