@@ -88,9 +88,14 @@ def test_pack_collator_layout(rows) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("label_only", [True, False])
-def test_packed_batch_equals_rows_run_alone(tiny_model: Path, tiny_tokenizer, rows, label_only: bool) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("attention", ["matmul", "sdpa"])
+def test_packed_batch_equals_rows_run_alone(tiny_model: Path, tiny_tokenizer, rows, label_only: bool,  # noqa: ANN001
+                                            attention: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The loss of a packed batch is the loss of its rows padded together, and the sum of each row run alone;
-    gradients too. Without the per-row attention the second row would see the first."""
+    gradients too, through both per-row attentions (matmuls for short rows, sdpa for long ones)."""
+    import tunelab.training.packing as packing
+
+    monkeypatch.setattr(packing, "EAGER_MAX_LEN", 10_000 if attention == "matmul" else 0)
     model = _lora(tiny_model)
     padded = PadCollator(tiny_tokenizer.pad_token_id)(rows)
     n = _label_tokens(padded)

@@ -63,8 +63,10 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
     """Early stopping on validation loss."""
 
-    group_by_length: bool = True
-    """Batch rows of similar length together to waste less compute on padding."""
+    group_by_length: bool | Literal["auto"] = "auto"
+    """Batch rows of similar length together, so padded batches waste less compute on padding. auto: on for
+    padded batches, off with packing (nothing to save there, and length-sorted batches train a little worse:
+    docs/benchmarks.md)."""
 
     seed: int = 42
     """Seed for data order, splits, initialisation and dropout: the same seed gives the same run."""

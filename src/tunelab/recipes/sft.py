@@ -291,12 +291,12 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     packed = cfg.train.packing and not task.head
     if packed:
         use_varlen_attention(model)
+    args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex), packed=packed)
     counter = TokenCounter()
     interrupt = GracefulInterrupt(console)
     cbs: list[Any] = [MetricsLogger(run.metrics, counter), RichProgress(counter, console), interrupt]
     if cfg.train.early_stopping.patience and val_ex:
         cbs.append(EarlyStoppingCallback(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta))
-    args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex))
     scorable = bool(task.labels and val_ex) or _generation_rows(val_ex)
     during = scorable and (cfg.eval.during_training or cfg.train.monitor != "loss")
     trainer = TunelabTrainer(

@@ -2,8 +2,8 @@
 
 transformers' sdpa path turns packed position_ids into a block-diagonal mask over the whole packed row, which
 costs attention over every pair of tokens in it (measured 0.3-0.7x the padded speed on a CPU). The attention
-registered here instead runs causal sdpa on each row's own slice, so the work is what the rows need and the
-result is what each row gives alone.
+registered here instead runs causal attention on each row's own slice, so the work is what the rows need and
+the result is what each row gives alone.
 """
 
 from __future__ import annotations
@@ -17,6 +17,25 @@ from ..data.templates import IGNORE
 VARLEN = "tunelab_varlen"
 
 
+EAGER_MAX_LEN = 512  # rows up to this long: plain matmul attention, measured ~1.2x faster than sdpa here
+
+
+def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                      scaling: float | None) -> torch.Tensor:
+    """Causal attention of one short row by matmuls: [1, heads, T, d] -> [1, T, heads, d]. On a CPU, sdpa's
+    flash kernel spends most of its backward pass on bookkeeping at these lengths; for long rows its
+    memory saving matters more (this keeps [heads, T, T] probabilities for the backward pass)."""
+    from transformers.integrations.sdpa_attention import repeat_kv
+
+    n_rep = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
+    t = query.shape[2]
+    scores = (query @ key.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=query.device).triu(1), float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
+    return (probs @ value).transpose(1, 2)
+
+
 def _varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:
@@ -28,9 +47,14 @@ def _varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     bounds = cu.tolist()
-    parts = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
-                                    dropout=dropout, scaling=scaling, is_causal=True)[0]
-             for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
+        if b - a <= EAGER_MAX_LEN and not (dropout and module.training):
+            parts.append(_causal_attention(q, k, v, scaling))
+        else:
+            parts.append(sdpa_attention_forward(module, q, k, v, None, dropout=dropout, scaling=scaling,
+                                                is_causal=True)[0])
     return torch.cat(parts, dim=1), None  # [1, T, heads, head_dim]
 
 

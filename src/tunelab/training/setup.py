@@ -26,7 +26,7 @@ def wrap_model(model: Any, cfg: TunelabConfig, task_type: str) -> Any:
     return get_peft_model(model, peft_config(cfg, task_type))
 
 
-def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val: bool) -> Any:
+def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val: bool, packed: bool) -> Any:
     import torch
     from transformers import TrainingArguments
 
@@ -69,7 +69,8 @@ def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_
         disable_tqdm=True,
         prediction_loss_only=True,
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if t.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if t.group_by_length is True or (
+            t.group_by_length == "auto" and not packed) else "random",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         **kw,
