@@ -7,9 +7,10 @@ Arms, each in its own process (so peak memory is its own), one after the other o
                length-grouped batches (padding-free packing runs the block-diagonal attention over the
                whole packed row on a CPU, slower: run the `trl_padding_free` arm to see it)
   tunelab      tunelab's recipe with its defaults
-Optimisation settings that change the result rather than the speed are the same for all (learning rate
-and schedule, epochs, LoRA r16/alpha 32 on all linear layers), so that validation loss after the same tokens
-compares like with like; the batch size is each tool's own default (TRL 8 rows; tunelab's auto size).
+Optimisation settings that change the result rather than the speed are the same for all (learning rate and
+schedule, epochs, batches of 8 rows as TRL's default, LoRA r16/alpha 32 on all linear layers), so that
+validation loss after the same tokens compares like with like (tunelab's own `auto` batch size would take
+fewer, larger steps).
 Validation loss is computed the same way for every arm (fp32, mean cross-entropy over held-out reply tokens).
 
     python bench/train_throughput.py [--quick] [--json PATH] [--arms trl_default,trl_best,tunelab]
@@ -152,7 +153,7 @@ def arm_tunelab(work: Path, extra: list[str]) -> dict[str, Any]:
 
     cfg = load_config(None, [
         "name=throughput", f"output_dir={work / 'tunelab-runs'}", f"data.train={work / 'train.jsonl'}",
-        "data.val_fraction=0", f"train.learning_rate={LR}", f"train.epochs={EPOCHS}",
+        "data.val_fraction=0", f"train.learning_rate={LR}", f"train.epochs={EPOCHS}", f"train.batch_size={BATCH}",
         f"train.warmup_ratio={WARMUP}", "train.lr_scheduler=cosine", f"peft.r={LORA['r']}",
         f"peft.alpha={LORA['alpha']}", f"peft.dropout={LORA['dropout']}", "model.max_length=1024",
         "eval.probes.enabled=false",

@@ -24,7 +24,10 @@ def test_cache_hits_only_for_the_same_file_tokenizer_and_settings(tmp_path: Path
     other = tiny_tokenizer.__class__.from_pretrained(tiny_tokenizer.name_or_path)
     other.chat_template = "{{ messages }}"
     assert cached(data, other, {"max_length": 8}, build) == ([4], False)  # the tokenizer changed
-    assert len(calls) == 4
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(data.read_bytes())
+    assert cached(copy, tiny_tokenizer, {"max_length": 8}, build) == ([5], False)  # rows name their file
+    assert len(calls) == 5
 
 
 def test_a_broken_entry_is_rebuilt(tmp_path: Path, tiny_tokenizer) -> None:  # noqa: ANN001

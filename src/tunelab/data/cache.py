@@ -41,7 +41,7 @@ def cached(path: str | Path, tokenizer: Any, settings: dict[str, Any], build: Ca
     src = Path(path)
     if not src.exists():
         return build(), False
-    h = hashlib.sha256()
+    h = hashlib.sha256(str(src.resolve()).encode())  # rows carry their file:line, so the path is part of the key
     _source_digest(src, h)
     h.update(tokenizer_fingerprint(tokenizer).encode())
     h.update(repr(sorted(settings.items())).encode())
