@@ -125,7 +125,7 @@ def arm_trl(work: Path, variant: str) -> dict[str, Any]:
     if variant == "best":
         kw.update(train_sampling_strategy="group_by_length")
     if variant == "padding_free":
-        kw.update(padding_free=True)
+        kw.update(padding_free=True, max_length=None)  # rows here are all shorter than TRL's 1024 anyway
     args = SFTConfig(output_dir=str(work / f"trl-{variant}"), use_cpu=True, per_device_train_batch_size=BATCH,
                      learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=WARMUP, num_train_epochs=EPOCHS,
                      save_strategy="no", report_to="none", disable_tqdm=True, seed=42, **kw)
@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--arms", default="trl_default,trl_best,tunelab")
     ap.add_argument("--tunelab-extra", default="", help="extra tunelab overrides for the tunelab arm, ';'-separated")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--work", type=Path, help="reuse a work directory: its data and the arms measured there")
     ap.add_argument("--child", nargs=3, metavar=("ARM", "WORK", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     extra = [x for x in a.tunelab_extra.split(";") if x]
@@ -225,8 +226,13 @@ def main() -> None:
     from tunelab.training.hardware import measure_matmul_gflops
 
     n_each = 32 if a.quick else a.rows
-    work = Path(tempfile.mkdtemp(prefix="tunelab-throughput-"))
-    data = prepare(work, n_each, seed=0)
+    work = a.work or Path(tempfile.mkdtemp(prefix="tunelab-throughput-"))
+    if a.work and (work / "data.json").exists():
+        data = json.loads((work / "data.json").read_text())
+    else:
+        work.mkdir(parents=True, exist_ok=True)
+        data = prepare(work, n_each, seed=0)
+        (work / "data.json").write_text(json.dumps(data))
     flops = model_flops_per_token(work)
     print(f"{data['train_rows']} training rows ({flops['tokens']:,} tokens, {flops['label_tokens']:,} with a label), "
           f"{data['val_rows']} validation rows; work dir {work}", flush=True)
@@ -239,7 +245,12 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", arm, str(work), str(out)]
         if a.tunelab_extra:
             cmd += ["--tunelab-extra", a.tunelab_extra]
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        if not out.exists():
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if proc.returncode:  # one arm failing must not lose the others' figures
+                print(f"{arm}: failed\n{proc.stderr[-2000:]}", flush=True)
+                results[arm] = {"failed": proc.stderr[-2000:]}
+                continue
         r = json.loads(out.read_text())
         r["tok_s"] = r["tokens"] / r["seconds"]
         results[arm] = r
@@ -261,7 +272,8 @@ def main() -> None:
 
 def summarise(results: dict[str, Any], peak: dict[str, float], flops: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {"peak_gflops_fp32": round(peak["fp32"], 1), "peak_gflops_bf16": round(peak["bf16"], 1)}
-    t, d, b = results.get("tunelab"), results.get("trl_default"), results.get("trl_best")
+    ok = {k: v for k, v in results.items() if "failed" not in v}
+    t, d, b = ok.get("tunelab"), ok.get("trl_default"), ok.get("trl_best")
     for name, r in (("tunelab", t), ("trl_default", d), ("trl_best", b)):
         if r:
             out[f"{name}_tok_s"] = round(r["tok_s"], 1)
