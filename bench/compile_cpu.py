@@ -7,38 +7,19 @@ the default model's decoder compiled (inductor, static shapes) against eager, sa
 from __future__ import annotations
 
 import argparse
-import time
+from typing import Any
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
-
-from tunelab.models.load import resolve
-from tunelab.training.trainer import causal_lm_loss
+from lora_step import lora_model, median, step_times
 
 
 def measure(compiled: bool, batch: int, seq: int, steps: int) -> tuple[float, float]:
-    model = AutoModelForCausalLM.from_pretrained(resolve(None).path, dtype=torch.bfloat16)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0,
-                                             task_type="CAUSAL_LM"))
-    if compiled:
+    def compile_decoder(model: Any) -> None:
         model.get_base_model().model.compile(dynamic=False)
-    torch.manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
-    labels = ids.clone()
-    labels[:, : seq - 10] = -100
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    times = []
-    for _ in range(steps + 1):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = causal_lm_loss(model, inputs, None, True)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        times.append(time.perf_counter() - t0)
-    steady = sorted(times[1:])[len(times[1:]) // 2]
+
+    model = lora_model(torch.bfloat16, compile_decoder if compiled else None)
+    times = step_times(model, True, batch, seq, steps, labelled=10)
+    steady = median(times[1:])
     return times[0] - steady, batch * seq / steady  # first-step overhead (compilation), steady tokens/s
 
 

@@ -1,6 +1,7 @@
 """LoRA training step throughput on this CPU: fp32 vs bf16 autocast (fp32 or bf16 frozen weights).
 
-Decides what `model.precision: auto` picks on CPUs. Same model, batch and LoRA config, in one run:
+What bf16 buys on this CPU, beside the matmul rates `model.precision: auto` decides by. Same model, batch
+and LoRA config, in one run:
     python bench/precision_cpu.py [--batch 16] [--seq 56] [--steps 6]
 """
 
@@ -8,38 +9,16 @@ from __future__ import annotations
 
 import argparse
 import platform
-import time
 
 import torch
-from peft import LoraConfig, get_peft_model
-from transformers import AutoModelForCausalLM
+from lora_step import lora_model, median, step_times
 
-from tunelab.models.load import resolve
 from tunelab.training.hardware import cpu_flags, matmul_peak_gflops
-from tunelab.training.trainer import causal_lm_loss
 
 
 def measure(weights: torch.dtype, autocast: bool, batch: int, seq: int, steps: int) -> float:
-    model = AutoModelForCausalLM.from_pretrained(resolve(None).path, dtype=weights)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear",
-                                             lora_dropout=0.0, task_type="CAUSAL_LM"))
-    torch.manual_seed(0)
-    ids = torch.randint(0, model.config.vocab_size, (batch, seq))
-    labels = ids.clone()
-    labels[:, : seq - 6] = -100
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    rates = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss = causal_lm_loss(model, inputs, None, True)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        if i:  # the first step warms up kernels
-            rates.append(batch * seq / (time.perf_counter() - t0))
-    return sorted(rates)[len(rates) // 2]
+    times = step_times(lora_model(weights), autocast, batch, seq, steps)
+    return batch * seq / median(times[1:])  # the first step warms up kernels
 
 
 def main() -> None:

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.unit.test_trainer_loss import _assert_grads_close, _base, _label_tokens, _lora, _rows, _train
+from tests.unit.test_trainer_loss import (
+    _assert_grads_close,
+    _base,
+    _label_tokens,
+    _lora,
+    _loss_and_grads,
+    _rows,
+    _train,
+)
 from tunelab.data.templates import IGNORE
 from tunelab.training.chunked_ce import linear_cross_entropy
 from tunelab.training.collate import PadCollator
@@ -157,13 +165,7 @@ def test_split_by_tokens_pieces_add_up_to_the_batch(tiny_model: Path, tiny_token
     pieces = split_by_tokens(batch, longest + 1)
     assert len(pieces) > 1 and all(p["input_ids"].numel() <= longest + 1 for p in pieces)
     assert sum(_label_tokens(p) for p in pieces) == n
-    model.zero_grad(set_to_none=True)
-    total = 0.0
-    for p in pieces:
-        loss = causal_lm_loss(model, p, n, True)
-        loss.backward()
-        total += loss.item()
-    grads = {k: v.grad.detach().clone() for k, v in model.named_parameters() if v.grad is not None}
+    total, grads = _loss_and_grads(model, pieces, n, True)
     assert total == pytest.approx(whole, rel=1e-5)
     _assert_grads_close(grads, g_whole)
 
