@@ -177,3 +177,37 @@ def test_max_batch_tokens_trains_the_same(tiny_model: Path, tmp_path: Path) -> N
     for a, b in zip(ref, split, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+# --- frozen weights held in bf16 ---------------------------------------------------------------------
+
+@pytest.mark.skipif(not __import__("tunelab.training.hardware", fromlist=["x"]).cpu_has_bf16(),
+                    reason="bf16 training needs a CPU with bf16 support")
+def test_frozen_bf16_trains_the_same_and_restores_fp32(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    """Under bf16 autocast, frozen weights held in bf16 give the same steps as fp32 ones cast at every use;
+    after training the model has the base's exact fp32 weights again."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.training import frozen
+
+    restored: list = []
+    real = frozen.restore_fp32
+
+    def spy(model, names, base_path):  # noqa: ANN001, ANN202
+        real(model, names, base_path)
+        restored.append((model, names))
+
+    monkeypatch.setattr(frozen, "restore_fp32", spy)
+    common = ("train.batch_size=2", "train.max_steps=3", "model.precision=bf16")
+    on = _train(tiny_model, tmp_path, "frozen-bf16", *common)
+    off = _train(tiny_model, tmp_path, "frozen-fp32", *common, "train.frozen_bf16=false")
+    for a, b in zip(on, off, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)
+    model, names = restored[0]
+    assert names and not restored[1][1]  # held in bf16 in the first run only
+    base = dict(AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32).named_parameters())
+    for name in names:
+        w = dict(model.named_modules())[name].weight
+        assert w.dtype == torch.float32
+        assert torch.equal(w, base[name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight"])

@@ -89,6 +89,10 @@ class TrainConfig(Section):
     same step: activation memory stays bounded (about 1.5-2 MB per token for a 135M model) whatever the batch
     size and row lengths. Empty runs every batch whole."""
 
+    frozen_bf16: bool = True
+    """With bf16 and LoRA: hold the frozen base weights in bf16 during training (autocast casts them to bf16 at
+    every use anyway: same result, half their memory, no repeated casts); fp32 is restored after training."""
+
     packing: bool = True
     """Padding-free batches: each batch's rows laid end to end in one row, every row attending only to itself
     (same loss as padded batches, no compute spent on padding). Off pads rows to the batch's longest."""

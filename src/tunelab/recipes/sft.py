@@ -291,6 +291,11 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     packed = cfg.train.packing and not task.head
     if packed:
         use_varlen_attention(model)
+    from ..training import frozen
+
+    # a model continued from a run has its adapters merged into the weights: not restorable from base.path
+    in_bf16 = (frozen.to_bf16(model) if bf16 and cfg.train.frozen_bf16 and cfg.peft.method == "lora"
+               and not task.head and not base.adapters else [])
     args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex), packed=packed)
     counter = TokenCounter()
     interrupt = GracefulInterrupt(console)
@@ -315,8 +320,11 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
         console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
     run.trim_metrics(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
     t0 = time.perf_counter()
-    out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - t0
+    try:
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        train_seconds = time.perf_counter() - t0
+    finally:
+        frozen.restore_fp32(trainer.model, in_bf16, base.path)
     summary.update(steps=trainer.state.global_step, train_loss=out.training_loss, train_seconds=round(train_seconds, 1),
                    tokens_seen=counter.tokens, tokens_per_s=round(counter.tokens / max(train_seconds, 1e-9), 1))
     if interrupt.requested:

@@ -80,7 +80,9 @@ class TunelabTrainer(Trainer):
         out = super().evaluation_loop(*args, **kwargs)
         if self.task_metric is not None:
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
-            for key, value in self.task_metric(self.model).items():
+            with self._autocast():  # frozen weights may be held in bf16 while training
+                scores = self.task_metric(self.model)
+            for key, value in scores.items():
                 out.metrics[f"{prefix}_{key}"] = value
         return out
 
