@@ -193,9 +193,9 @@ def test_frozen_bf16_trains_the_same_and_restores_fp32(tiny_model: Path, tmp_pat
     restored: list = []
     real = frozen.restore_fp32
 
-    def spy(model, names, base_path):  # noqa: ANN001, ANN202
-        real(model, names, base_path)
-        restored.append((model, names))
+    def spy(model, kept):  # noqa: ANN001, ANN202
+        real(model, kept)
+        restored.append((model, list(kept)))
 
     monkeypatch.setattr(frozen, "restore_fp32", spy)
     common = ("train.batch_size=2", "train.max_steps=3", "model.precision=bf16")

@@ -90,8 +90,8 @@ class TrainConfig(Section):
     size and row lengths. Empty runs every batch whole."""
 
     frozen_bf16: bool = True
-    """With bf16 and LoRA: hold the frozen base weights in bf16 during training (autocast casts them to bf16 at
-    every use anyway: same result, half their memory, no repeated casts); fp32 is restored after training."""
+    """With bf16 and LoRA: use bf16 copies of the frozen base weights while training (autocast casts them to
+    bf16 at every use anyway: same result, no repeated casts); the fp32 weights are put back after training."""
 
     packing: bool = True
     """Padding-free batches: each batch's rows laid end to end in one row, every row attending only to itself

@@ -293,9 +293,7 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
         use_varlen_attention(model)
     from ..training import frozen
 
-    # a model continued from a run has its adapters merged into the weights: not restorable from base.path
-    in_bf16 = (frozen.to_bf16(model) if bf16 and cfg.train.frozen_bf16 and cfg.peft.method == "lora"
-               and not task.head and not base.adapters else [])
+    kept = frozen.to_bf16(model) if bf16 and cfg.train.frozen_bf16 and cfg.peft.method == "lora" else {}
     args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex), packed=packed)
     counter = TokenCounter()
     interrupt = GracefulInterrupt(console)
@@ -324,7 +322,7 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
         out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         train_seconds = time.perf_counter() - t0
     finally:
-        frozen.restore_fp32(trainer.model, in_bf16, base.path)
+        frozen.restore_fp32(trainer.model, kept)
     summary.update(steps=trainer.state.global_step, train_loss=out.training_loss, train_seconds=round(train_seconds, 1),
                    tokens_seen=counter.tokens, tokens_per_s=round(counter.tokens / max(train_seconds, 1e-9), 1))
     if interrupt.requested:
