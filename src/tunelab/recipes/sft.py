@@ -285,14 +285,13 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
     # Train
     from transformers import EarlyStoppingCallback
 
+    from ..training import frozen
     from ..training.collate import PadCollator
     from ..training.packing import PackCollator, use_varlen_attention
 
     packed = cfg.train.packing and not task.head
     if packed:
         use_varlen_attention(model)
-    from ..training import frozen
-
     kept = frozen.to_bf16(model) if bf16 and cfg.train.frozen_bf16 and cfg.peft.method == "lora" else {}
     args = training_arguments(cfg, hp, run.checkpoints, has_val=bool(val_ex), packed=packed)
     counter = TokenCounter()
