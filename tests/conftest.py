@@ -22,8 +22,10 @@ CORPUS = [
 ] * 20
 
 
-def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
-    """Write a 2-layer llama (hidden 64) and a byte-level BPE tokenizer with a ChatML template."""
+def build_tiny_model(path: Path, *, seed: int = 0, init_std: float = 0.02) -> Path:
+    """Write a 2-layer llama (hidden 64) and a byte-level BPE tokenizer with a ChatML template.
+
+    At the usual init_std the model repeats one token; 0.2 makes greedy answers differ by prompt."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -43,7 +45,7 @@ def build_tiny_model(path: Path, *, seed: int = 0) -> Path:
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True, initializer_range=init_std)
     LlamaForCausalLM(cfg).save_pretrained(path)
     return path
 

@@ -14,6 +14,7 @@ from .init import init_cmd
 from .probe import probe_cmd
 from .quickstart import quickstart_cmd
 from .report import report_cmd
+from .serve import feedback_app, monitor_cmd, serve_cmd
 from .train import train_cmd
 
 app = typer.Typer(
@@ -30,6 +31,9 @@ app.command("chat")(chat_cmd)
 app.command("report")(report_cmd)
 app.command("eval")(eval_cmd)
 app.command("probe")(probe_cmd)
+app.command("serve")(serve_cmd)
+app.command("monitor")(monitor_cmd)
+app.add_typer(feedback_app, name="feedback")
 app.add_typer(config_cli.app, name="config")
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""What the server serves: the base model (any tunelab model reference, merged) and adapters on top of it.
+
+An adapter is a tunelab run directory or a PEFT adapter directory. It must have been trained on the
+server's base: a run is checked by following its chain of base models; a bare adapter directory carries
+no reliable record of its base, so it is taken on trust.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..models.load import ModelError, Resolved, is_run_dir, load_tokenizer, merge_adapters, resolve
+from ..models.registry import ALIASES
+
+
+@dataclass
+class Base:
+    model: Any
+    tokenizer: Any
+    name: str
+    resolved: Resolved
+    system_prompt: str | None = None
+
+
+@dataclass
+class AdapterSource:
+    path: Path  # the PEFT adapter directory
+    run: Path | None = None
+    system_prompt: str | None = None
+    train_data: Path | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # the run's data section
+
+    def info(self) -> dict[str, Any]:
+        return {"source": str(self.run or self.path), "system_prompt": self.system_prompt}
+
+
+def _run_config(run: Path) -> dict[str, Any]:
+    return yaml.safe_load((run / "config.yaml").read_text()) or {}
+
+
+def load_base(ref: str | None, *, name: str | None = None, dtype: str = "fp32") -> Base:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ..training.hardware import device
+
+    res = resolve(ref)
+    if res.run is not None and (res.run / "labels.json").is_file():
+        raise ModelError(f"{res.run}: a classification-head run answers with labels, not text; serve a "
+                         f"generative model (train with task: generate) or use `tunelab eval` for this one")
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    tok_dir = res.run / "tokenizer" if res.run and (res.run / "tokenizer").is_dir() else Path(res.path)
+    tokenizer = load_tokenizer(str(tok_dir))
+    model = AutoModelForCausalLM.from_pretrained(res.path, dtype=torch.float32)
+    model = merge_adapters(model, res.adapters)  # a run served as the base: its adapters folded in
+    model.to(device(), dtype=torch_dtype)
+    model.eval()
+    system = None
+    if res.run is not None:
+        system = (_run_config(res.run).get("data") or {}).get("system_prompt")
+    return Base(model, tokenizer, name or default_name(ref), res, system)
+
+
+def default_name(ref: str | None) -> str:
+    if ref is None or ref in ALIASES:
+        return ref or next(iter(ALIASES))
+    return Path(ref).expanduser().resolve().name
+
+
+def adapter_source(ref: str, base: Base) -> AdapterSource:
+    p = Path(ref).expanduser()
+    if p.is_dir() and is_run_dir(p):
+        res = resolve(str(p))  # checks the run completed
+        if res.run is not None and (res.run / "model").is_dir():
+            raise ModelError(f"{p}: a full fine-tune has no adapter; serve it as the base: "
+                             f"tunelab serve --model {p}")
+        if (p / "labels.json").is_file():
+            raise ModelError(f"{p}: a classification-head run can't be served as a chat adapter")
+        if Path(res.path).resolve() != Path(base.resolved.path).resolve() \
+                or [a.resolve() for a in res.adapters[:-1]] != [a.resolve() for a in base.resolved.adapters]:
+            raise ModelError(
+                f"{p}: trained on a different base ({' + '.join([res.path, *map(str, res.adapters[:-1])])}) than "
+                f"the server's ({' + '.join([base.resolved.path, *map(str, base.resolved.adapters)])}); start "
+                f"the server with --model set to that base, or export the run merged")
+        cfg = _run_config(p)
+        data = cfg.get("data") or {}
+        train = data.get("train")
+        return AdapterSource(p / "adapter", run=p, system_prompt=data.get("system_prompt"),
+                             train_data=_find(train, p) if train else None, data=data)
+    if p.is_dir() and (p / "adapter_config.json").is_file():
+        return AdapterSource(p)
+    raise ModelError(f"{ref}: not an adapter: expected a tunelab run directory (config.yaml + summary.json) "
+                     f"or a PEFT adapter directory (adapter_config.json)")
+
+
+def _find(train: str, run: Path) -> Path | None:
+    """Training data paths are written as given, relative to where training ran: try the likely places."""
+    for candidate in (Path(train), run.parent.parent / train, run / train):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def training_prompts(src: AdapterSource, tokenizer: Any, limit: int = 500, seed: int = 0) -> list[list[int]]:
+    """The prompts an adapter was tuned on, tokenised as the server would tokenise a request."""
+    from ..data.load import load_records
+
+    if src.train_data is None:
+        return []
+    loaded = load_records(src.train_data, src.data.get("format", "auto"), src.data.get("columns") or {},
+                          src.system_prompt)
+    records = loaded.records
+    random.Random(seed).shuffle(records)
+    out = []
+    for rec in records[:limit]:
+        if rec.kind == "chat":
+            last = max((i for i, m in enumerate(rec.messages) if m["role"] == "assistant"), default=None)
+            msgs = [{"role": m["role"], "content": m["content"]} for m in rec.messages[:last]]
+            if not msgs or tokenizer.chat_template is None:
+                continue
+            out.append(list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
+                                                          return_dict=True)["input_ids"]))
+        elif rec.kind == "completion":
+            out.append(tokenizer(rec.prompt, add_special_tokens=True)["input_ids"])
+        else:
+            out.append(tokenizer(rec.text, add_special_tokens=True)["input_ids"])
+    return out

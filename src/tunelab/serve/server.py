@@ -1,0 +1,64 @@
+"""Put the pieces together: model + adapters -> engine -> app; run it with uvicorn."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from .app import ServeSettings, State, create_app, data_dir
+from .engine import Engine
+from .models import load_base
+from .schemas import APIError
+from .store import Store, database_url
+
+
+def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = None, name: str | None = None,
+          data: str | None = None, db_url: str | None = None, dtype: str = "fp32", max_batch: int = 16,
+          max_queue: int = 64, settings: ServeSettings | None = None) -> Any:
+    """The FastAPI app, with the base model loaded and every adapter added (errors raised before serving)."""
+    from ..models.load import ModelError
+
+    base = load_base(model, name=name, dtype=dtype)
+    store = Store(database_url(data_dir(data), db_url))
+    engine = Engine(base.model, base.tokenizer, base_name=base.name, max_batch=max_batch, max_queue=max_queue)
+    state = State(base, engine, store, settings or ServeSettings())
+    for adapter_name, ref in adapters or []:
+        try:
+            state.add_adapter(adapter_name, ref)
+        except APIError as exc:
+            raise ModelError(f"--adapter {adapter_name}={ref}: {exc.message}") from None
+    return create_app(state)
+
+
+class BackgroundServer:
+    """uvicorn in a thread, for tests and benchmarks: `with BackgroundServer(app) as url: ...`."""
+
+    def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning",
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.time() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.time() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
+        sock = self.server.servers[0].sockets[0]
+        host, port = sock.getsockname()[:2]
+        return f"http://{host}:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+

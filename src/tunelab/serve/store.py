@@ -1,0 +1,142 @@
+"""The server's records: one row per request, feedback on answers, and each adapter's training profile.
+
+SQLite in the server's data directory by default; any SQLAlchemy URL (e.g. postgresql://...) instead.
+Prompt and completion text are stored only when content logging is on; the prompt's mean embedding
+(for drift) and token counts always are.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RequestLog(Base):
+    __tablename__ = "requests"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created: Mapped[float] = mapped_column(Float, index=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(256), index=True)
+    adapter: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    status: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    latency_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON messages or text; content logging only
+    completion: Mapped[str | None] = mapped_column(Text, nullable=True)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+
+
+class Feedback(Base):
+    __tablename__ = "feedback"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(String(64), ForeignKey("requests.id"), index=True)
+    created: Mapped[float] = mapped_column(Float)
+    rating: Mapped[str] = mapped_column(String(8))  # up | down
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class TrainingProfile(Base):
+    """What an adapter was tuned on, summarised for drift checks: prompt lengths and mean embeddings."""
+
+    __tablename__ = "training_profiles"
+    adapter: Mapped[str] = mapped_column(String(256), primary_key=True)
+    source: Mapped[str] = mapped_column(Text)
+    created: Mapped[float] = mapped_column(Float)
+    lengths: Mapped[str] = mapped_column(Text)  # JSON list of prompt token counts
+    embeddings: Mapped[bytes] = mapped_column(LargeBinary)  # packed float16 rows
+    dim: Mapped[int] = mapped_column(Integer)
+
+
+def pack(vec: list[float]) -> bytes:
+    return struct.pack(f"<{len(vec)}e", *vec)  # float16: plenty for a centroid distance
+
+
+def unpack(blob: bytes | None) -> list[float] | None:
+    if not blob:
+        return None
+    return list(struct.unpack(f"<{len(blob) // 2}e", blob))
+
+
+def database_url(data_dir: Path, url: str | None) -> str:
+    return url or f"sqlite:///{(data_dir / 'tunelab-serve.db').resolve()}"
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        kwargs: dict[str, Any] = {}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        try:
+            self.engine = create_engine(url, **kwargs)
+            Base.metadata.create_all(self.engine)
+        except ModuleNotFoundError as exc:
+            raise ValueError(f"database URL {url!r} needs the driver {exc.name!r}: pip install it "
+                             f"(e.g. `pip install psycopg` for PostgreSQL)") from None
+        self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self.sessions() as s, s.begin():
+            yield s
+
+    def log_request(self, **fields: Any) -> None:
+        with self.session() as s:
+            s.merge(RequestLog(**fields))
+
+    def get_request(self, request_id: str) -> RequestLog | None:
+        with self.sessions() as s:
+            return s.get(RequestLog, request_id)
+
+    def add_feedback(self, request_id: str, rating: str, correction: str | None, comment: str | None) -> int:
+        with self.session() as s:
+            fb = Feedback(request_id=request_id, created=time.time(), rating=rating, correction=correction,
+                          comment=comment)
+            s.add(fb)
+            s.flush()
+            return fb.id
+
+    def requests_since(self, since: float) -> list[RequestLog]:
+        with self.sessions() as s:
+            return list(s.scalars(select(RequestLog).where(RequestLog.created >= since)
+                                  .order_by(RequestLog.created)))
+
+    def feedback_for(self, adapter: str | None) -> list[tuple[Feedback, RequestLog]]:
+        with self.sessions() as s:
+            q = select(Feedback, RequestLog).join(RequestLog, Feedback.request_id == RequestLog.id)
+            if adapter is not None:
+                q = q.where(RequestLog.model == adapter)
+            return [(fb, req) for fb, req in s.execute(q.order_by(Feedback.created)).all()]
+
+    def save_profile(self, adapter: str, source: str, lengths: list[int], embeddings: list[list[float]]) -> None:
+        dim = len(embeddings[0]) if embeddings else 0
+        blob = b"".join(pack(v) for v in embeddings)
+        with self.session() as s:
+            s.merge(TrainingProfile(adapter=adapter, source=source, created=time.time(), lengths=json.dumps(lengths),
+                                    embeddings=blob, dim=dim))
+
+    def profiles(self) -> dict[str, tuple[str, list[int], list[list[float]]]]:
+        with self.sessions() as s:
+            out = {}
+            for p in s.scalars(select(TrainingProfile)):
+                flat = unpack(p.embeddings) or []
+                rows = [flat[i:i + p.dim] for i in range(0, len(flat), p.dim)] if p.dim else []
+                out[p.adapter] = (p.source, json.loads(p.lengths), rows)
+            return out
