@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -30,6 +31,7 @@ from .schemas import AdapterRequest, APIError, ChatRequest, CompletionRequest, F
 from .store import Store, pack
 
 log = logging.getLogger("tunelab.serve")
+GENERATION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
 @dataclass
@@ -90,6 +92,26 @@ class State:
             card["source"] = self.engine.adapters[name].get("source")
         return card
 
+    def record_failure(self, request: Request, status: int, error: str) -> None:
+        """Requests refused before generation (bad parameters, unknown model, auth) are logged too."""
+        endpoint = GENERATION_PATHS.get(request.url.path)
+        if endpoint is None:
+            return
+        model = getattr(request.state, "model", None) or "unknown"
+        self.metrics.observe(model, endpoint, status)
+        fields = dict(id="err-" + uuid.uuid4().hex, created=time.time(), endpoint=endpoint, model=model,
+                      status=status, error=error[:2000])
+        with contextlib.suppress(RuntimeError):
+            self.writer.submit(self._safe_log, fields)
+
+    def _safe_log(self, fields: dict[str, Any], prompt: list[int] | None = None) -> None:
+        try:
+            if prompt:  # computed here, off the event loop
+                fields["embedding"] = pack(self.engine.prompt_embedding(prompt))
+            self.store.log_request(**fields)
+        except Exception as exc:  # a logging failure must not take the server down
+            log.error("could not log request %s: %s", fields.get("id"), exc)
+
     def resolve_model(self, name: str) -> str | None:
         """The adapter to use for a requested model name (None: the base)."""
         if name == self.base.name:
@@ -113,7 +135,7 @@ def create_app(state: State) -> FastAPI:
     app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tunelab = state
     app.add_middleware(BodyLimit, limit=state.settings.max_body_bytes)
-    _error_handlers(app)
+    _error_handlers(app, state)
     auth = Depends(_auth(state.settings.api_keys))
 
     @app.get("/health")
@@ -160,6 +182,7 @@ def create_app(state: State) -> FastAPI:
 
     @app.post("/v1/chat/completions", dependencies=[auth])
     async def chat(body: ChatRequest, request: Request) -> Any:
+        request.state.model = body.model
         adapter = state.resolve_model(body.model)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
@@ -180,6 +203,7 @@ def create_app(state: State) -> FastAPI:
 
     @app.post("/v1/completions", dependencies=[auth])
     async def completions(body: CompletionRequest, request: Request) -> Any:
+        request.state.model = body.model
         adapter = state.resolve_model(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > 16:
@@ -218,24 +242,54 @@ async def _run(state: State, request: Request, body: Any, endpoint: str, adapter
                        headers={"Retry-After": str(full.retry_after)}) from None
     headers = {"x-request-id": req.id}
     if body.stream:
-        return StreamingResponse(_sse(state, req, queue, endpoint, body, prompt_record),
+        return StreamingResponse(_sse(state, req, queue, request, endpoint, body, prompt_record),
                                  media_type="text/event-stream", headers=headers)
-    while True:
-        try:
-            event = await asyncio.wait_for(queue.get(), timeout=0.25)
-        except TimeoutError:
-            if await request.is_disconnected():  # nobody to answer: free the batch slot
+    async with _Watch(request) as watch:
+        while True:
+            event = await watch.next(queue)
+            if event is None:  # the client left: free its place in the batch
                 req.cancelled = True
                 _record(state, req, endpoint, 499, False, prompt_record, error="client disconnected")
                 return Response(status_code=499)
-            continue
-        if event.kind == "error":
-            _record(state, req, endpoint, 500, False, prompt_record, error=str(event.error))
-            raise APIError(500, f"generation failed: {event.error}", type="server_error")
-        if event.kind == "done":
-            break
+            if event.kind == "error":
+                _record(state, req, endpoint, 500, False, prompt_record, error=str(event.error))
+                raise APIError(500, f"generation failed: {event.error}", type="server_error")
+            if event.kind == "done":
+                break
     _record(state, req, endpoint, 200, False, prompt_record)
     return JSONResponse(_response(req, endpoint), headers=headers)
+
+
+class _Watch:
+    """Waits for the engine's next event or the client's disconnect, whichever comes first.
+
+    Writes to a closed connection don't fail under uvicorn, so the disconnect must be read from the
+    ASGI receive channel."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.gone: asyncio.Future[None] | None = None
+
+    async def __aenter__(self) -> _Watch:
+        self.gone = asyncio.ensure_future(self._wait_disconnect())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.gone is not None
+        self.gone.cancel()
+
+    async def _wait_disconnect(self) -> None:
+        while (await self.request.receive())["type"] != "http.disconnect":
+            pass
+
+    async def next(self, queue: asyncio.Queue[Event]) -> Event | None:
+        assert self.gone is not None
+        get = asyncio.ensure_future(queue.get())
+        done, _ = await asyncio.wait({get, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        if get in done:
+            return get.result()
+        get.cancel()
+        return None
 
 
 def _choices(req: GenRequest) -> list[int]:
@@ -278,25 +332,24 @@ def _sse_line(data: dict[str, Any]) -> str:
     return f"data: {json.dumps(data)}\n\n"
 
 
-async def _sse(state: State, req: GenRequest, queue: asyncio.Queue[Event], endpoint: str, body: Any,
-               prompt_record: dict[str, Any]) -> AsyncIterator[str]:
+async def _sse(state: State, req: GenRequest, queue: asyncio.Queue[Event], request: Request, endpoint: str,
+               body: Any, prompt_record: dict[str, Any]) -> AsyncIterator[str]:
     status, error = 499, "client disconnected"
     try:
         if endpoint == "chat":
             for i in _choices(req):
                 yield _chunk(req, endpoint, i, None, None, role=True)
-        while True:
-            event = await queue.get()
-            if event.kind == "text":
-                yield _chunk(req, endpoint, event.index, event.text, None)
-            elif event.kind == "finish":
-                yield _chunk(req, endpoint, event.index, None if endpoint == "chat" else "", event.finish_reason)
-            elif event.kind == "error":
-                status, error = 500, str(event.error)
-                yield _sse_line(APIError(500, f"generation failed: {event.error}", type="server_error").body())
-                return
-            elif event.kind == "done":
-                break
+        async with _Watch(request) as watch:
+            while True:
+                event = await watch.next(queue)
+                if event is None:
+                    return
+                if event.kind == "done":
+                    break
+                yield _event_chunk(req, endpoint, event)
+                if event.kind == "error":
+                    status, error = 500, str(event.error)
+                    return
         if (body.stream_options or {}).get("include_usage"):
             yield _sse_line({"id": req.id, "object": "chat.completion.chunk" if endpoint == "chat" else
                              "text_completion", "created": int(req.created), "model": req.model, "choices": [],
@@ -307,6 +360,14 @@ async def _sse(state: State, req: GenRequest, queue: asyncio.Queue[Event], endpo
         if status != 200:
             req.cancelled = True
         _record(state, req, endpoint, status, True, prompt_record, error=error)
+
+
+def _event_chunk(req: GenRequest, endpoint: str, event: Event) -> str:
+    if event.kind == "text":
+        return _chunk(req, endpoint, event.index, event.text, None)
+    if event.kind == "finish":
+        return _chunk(req, endpoint, event.index, None if endpoint == "chat" else "", event.finish_reason)
+    return _sse_line(APIError(500, f"generation failed: {event.error}", type="server_error").body())
 
 
 def _record(state: State, req: GenRequest, endpoint: str, status: int, stream: bool, prompt_record: dict[str, Any],
@@ -324,19 +385,13 @@ def _record(state: State, req: GenRequest, endpoint: str, status: int, stream: b
         texts = [req.texts.get(i, "") for i in _choices(req)]
         completion = texts[0] if len(texts) == 1 else json.dumps(texts)
 
-    def write() -> None:
-        try:
-            state.store.log_request(
-                id=req.id, created=req.created, endpoint=endpoint, model=req.model, adapter=req.adapter,
+    fields = dict(id=req.id, created=req.created, endpoint=endpoint, model=req.model, adapter=req.adapter,
                 status=status, error=error, prompt_tokens=req.prompt_tokens, completion_tokens=req.completion_tokens,
                 latency_ms=latency * 1000, ttft_ms=ttft * 1000 if ttft is not None else None, stream=stream,
                 finish_reason=req.finish_reasons.get(0), prompt=json.dumps(prompt_record) if content else None,
-                completion=completion, embedding=pack(state.engine.prompt_embedding(req.prompts[0])))
-        except Exception as exc:  # a logging failure must not take the server down
-            log.error("could not log request %s: %s", req.id, exc)
-
+                completion=completion)
     with contextlib.suppress(RuntimeError):  # writer already shut down: the server is stopping
-        state.writer.submit(write)
+        state.writer.submit(state._safe_log, fields, req.prompts[0])
 
 
 def _auth(keys: list[str]) -> Callable[[Request], Awaitable[None]]:
@@ -359,13 +414,15 @@ def _auth(keys: list[str]) -> Callable[[Request], Awaitable[None]]:
     return check
 
 
-def _error_handlers(app: FastAPI) -> None:
+def _error_handlers(app: FastAPI, state: State) -> None:
     @app.exception_handler(APIError)
-    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        if exc.status != 429:  # a full queue is logged where it happens, with the request's id
+            state.record_failure(request, exc.status, exc.message)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         param = ".".join(loc) or None
@@ -375,6 +432,7 @@ def _error_handlers(app: FastAPI) -> None:
         message = f"{param}: {msg}" if param else msg
         if "input" in first and param and first.get("type") != "missing":
             message += f" (got {first['input']!r})"
+        state.record_failure(request, 400, message)
         return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -383,8 +441,9 @@ def _error_handlers(app: FastAPI) -> None:
         return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def crash(_: Request, exc: Exception) -> JSONResponse:
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
+        state.record_failure(request, 500, str(exc))
         return JSONResponse(APIError(500, f"internal error: {exc}", type="server_error").body(), status_code=500)
 
 
