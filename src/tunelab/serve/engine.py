@@ -176,7 +176,10 @@ class Engine:
             if name in self.adapters:  # added again meanwhile
                 continue
             with self._model_lock:
-                if name in getattr(self.model, "peft_config", {}):
+                loaded = getattr(self.model, "peft_config", {})
+                if name in loaded and len(loaded) == 1:  # peft can't run with no adapter: back to the plain base
+                    self.model = self.model.unload()
+                elif name in loaded:
                     self.model.delete_adapter(name)
 
     @property
