@@ -61,8 +61,9 @@ def test_serve_monitor_feedback_through_the_cli(tmp_path: Path) -> None:
         assert [m.id for m in c.models.list().data] == ["base", "bot"]
         off_topic = ["please summarise this contract clause about indemnity and liability " * 6 + str(i)
                      for i in range(24)]
-        ids = [c.chat.completions.create(model="bot", messages=[{"role": "user", "content": p}], max_tokens=6,
-                                         temperature=0).id for p in off_topic]
+        for p in off_topic:
+            c.chat.completions.create(model="bot", messages=[{"role": "user", "content": p}], max_tokens=6,
+                                      temperature=0)
         # the run's system prompt is applied, as in training
         r = c.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hello"}], max_tokens=4)
         with_system = c.chat.completions.create(

@@ -9,6 +9,7 @@ from . import config as config_cli
 from . import data as data_cli
 from .common import quiet_libraries
 from .eval import eval_cmd
+from .export import export_cmd
 from .generate import chat_cmd, generate_cmd
 from .init import init_cmd
 from .probe import probe_cmd
@@ -31,6 +32,7 @@ app.command("chat")(chat_cmd)
 app.command("report")(report_cmd)
 app.command("eval")(eval_cmd)
 app.command("probe")(probe_cmd)
+app.command("export")(export_cmd)
 app.command("serve")(serve_cmd)
 app.command("monitor")(monitor_cmd)
 app.add_typer(feedback_app, name="feedback")

@@ -272,7 +272,15 @@ class Engine:
         from peft import PeftModel
 
         if isinstance(self.model, PeftModel):
-            kwargs["adapter_names"] = [r.req.adapter or BASE for r in rows]
+            names = [r.req.adapter or BASE for r in rows]
+            if len(set(names)) > 1:  # mixed batch: peft runs each adapter on its own rows
+                kwargs["adapter_names"] = names
+            elif names[0] == BASE:
+                with self.model.disable_adapter():
+                    return self.model(use_cache=True, logits_to_keep=1, **kwargs)
+            else:  # one adapter for all rows: the plain LoRA path, without per-adapter row gathering
+                if self.model.active_adapter != names[0]:
+                    self.model.set_adapter(names[0])
         return self.model(use_cache=True, logits_to_keep=1, **kwargs)
 
     def _prefill(self, rows: list[_Row]) -> None:
