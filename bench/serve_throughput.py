@@ -160,7 +160,7 @@ def wave(url: str, chats: list[list[dict[str, str]]], clients: int, new_tokens: 
             "answers": [r["text"] for _, r in results]}
 
 
-def llama_cpp(gguf: Path, chats: list[list[dict[str, str]]], new_tokens: int) -> dict[str, Any]:
+def run_llama_cpp(gguf: Path, chats: list[list[dict[str, str]]], new_tokens: int) -> dict[str, Any]:
     from llama_cpp import Llama
 
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False, seed=0)
@@ -243,7 +243,7 @@ def main() -> None:
             for gguf in [export_gguf(work, "f16"), ALIASES[DEFAULT_MODEL].path()]:
                 if gguf is None:
                     continue
-                r = llama_cpp(gguf, single, args.new_tokens)
+                r = run_llama_cpp(gguf, single, args.new_tokens)
                 r["same_answers_as_sequential"] = same(r.pop("answers"), seq["answers"][: len(single)])
                 runs.append(r)
                 print(f"  llama.cpp {gguf.name}: {r['tok_s']} tok/s one stream", flush=True)
