@@ -167,12 +167,51 @@ def test_adapter_added_and_removed_at_run_time(server: Any, adapters: dict[str, 
     assert status == 409 and json.loads(body)["error"]["param"] == "name"
     status, _, body = raw(url, "POST", "/v1/adapters", json.dumps({"name": "bad", "path": "/nope"}).encode())
     assert status == 400 and "not an adapter" in json.loads(body)["error"]["message"]
+    status, _, body = raw(url, "POST", "/v1/adapters", json.dumps({"name": "a.b", "path": "x"}).encode())
+    assert status == 400 and json.loads(body)["error"]["param"] == "name"
     status, _, _ = raw(url, "DELETE", "/v1/adapters/late")
     assert status == 200
     with pytest.raises(openai.NotFoundError):
         chat(c, "late", "hello")
     assert raw(url, "DELETE", "/v1/adapters/late")[0] == 404
     assert chat(c, "support", "hello").choices[0].message.content  # the others are untouched
+
+
+def test_a_bad_adapter_leaves_the_server_as_it_was(server: Any, tmp_path: Path) -> None:
+    """An adapter made for another model fails to load with 400, and nothing of it stays behind."""
+    url, state = server
+    c = client(url)
+    before = {m: chat(c, m, "hello").choices[0].message.content for m in ("base", "support")}
+    other = build_tiny_model(tmp_path / "other-base", seed=3)
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    cfg = LlamaConfig.from_pretrained(other)
+    cfg.hidden_size, cfg.intermediate_size = 32, 64
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(other)
+    wrong = make_adapter(other, tmp_path / "wrong", 5)
+    status, _, body = raw(url, "POST", "/v1/adapters", json.dumps({"name": "wrong", "path": str(wrong)}).encode())
+    assert status == 400 and "can't load this adapter" in json.loads(body)["error"]["message"]
+    assert "wrong" not in [m.id for m in c.models.list().data]
+    assert "wrong" not in state.engine.model.peft_config
+    assert {m: chat(c, m, "hello").choices[0].message.content for m in ("base", "support")} == before
+
+
+def test_dora_adapters_get_batches_of_their_own(chatty: Path, adapters: dict[str, Path], tmp_path: Path) -> None:
+    """peft can't mix DoRA with other adapters in one pass: concurrent requests still get their answers."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(9)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(chatty), LoraConfig(
+        r=4, target_modules="all-linear", use_dora=True, init_lora_weights=False)).save_pretrained(tmp_path / "dora")
+    app = build(str(chatty), name="base", adapters=[("dora", str(tmp_path / "dora")),
+                                                    ("support", str(adapters["support"]))], data=str(tmp_path))
+    with BackgroundServer(app) as url:
+        jobs = [(["base", "dora", "support"][i % 3], p) for i, p in enumerate(PROMPTS[:9])]
+        alone = [chat(client(url), m, p).choices[0].message.content for m, p in jobs]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            together = list(pool.map(lambda job: chat(client(url), *job).choices[0].message.content, jobs))
+    assert together == alone
 
 
 def test_errors_come_back_in_openai_shape(server: Any) -> None:
@@ -199,6 +238,17 @@ def test_errors_come_back_in_openai_shape(server: Any) -> None:
         chat(c, "base", long)
     assert bad.value.body["code"] == "context_length_exceeded"
     assert raw(url, "GET", "/v1/nothing-here")[0] == 404
+    with pytest.raises(openai.BadRequestError) as bad:
+        chat(c, "base", "hello", temperature=1.0, seed=2**70)
+    assert bad.value.body["param"] == "seed"
+    with pytest.raises(openai.BadRequestError) as bad:
+        c.completions.create(model="base", prompt=["a"] * 16, n=2, max_tokens=2)
+    assert "at most 16" in bad.value.body["message"]
+    # null means "the default", as in OpenAI's API
+    status, _, body = raw(url, "POST", "/v1/chat/completions", json.dumps(
+        {"model": "base", "messages": [{"role": "user", "content": "hi"}], "temperature": None, "top_p": None,
+         "n": None, "stream": None, "max_tokens": 3, "seed": None, "stop": None}).encode())
+    assert status == 200, body
     assert chat(c, "base", "hello").choices  # still serving
 
 
@@ -317,7 +367,7 @@ def test_request_log_metrics_and_feedback(server: Any, tmp_path: Path) -> None:
     metrics = text.decode()
     assert status == 200
     assert 'tunelab_requests_total{endpoint="chat",model="support",status="200"}' in metrics
-    assert 'tunelab_request_errors_total{model="nope",status="404"} 1.0' in metrics
+    assert 'tunelab_request_errors_total{model="unknown",status="404"}' in metrics  # no label per made-up name
     for name in ("tunelab_request_latency_seconds_bucket", "tunelab_time_to_first_token_seconds_bucket",
                  "tunelab_completion_tokens_total", "tunelab_queue_depth", "tunelab_adapters_loaded",
                  'tunelab_adapter_loaded{adapter="support"} 1.0', "tunelab_generation_tokens_per_second"):

@@ -135,5 +135,8 @@ def test_monitor_drift_signal_against_its_own_noise() -> None:
     moved[:, :4] += 2.0
     shifted = drift("a", logs(moved, [n * 3 for n in lengths[:40]]), lengths, train.tolist())
     assert shifted.drifted and shifted.embedding_ratio > 3 and "longer" in shifted.message
+    # many recent prompts from the training distribution (half as many as the profile): still no drift
+    many = drift("a", logs(torch.randn(100, 16, generator=g) + 3.0, lengths[:100]), lengths, train.tolist())
+    assert not many.drifted and many.embedding_ratio < 2, many
     few = drift("a", logs(moved[:5], lengths[:5]), lengths, train.tolist())
     assert not few.drifted and "not enough traffic" in few.message

@@ -108,3 +108,34 @@ def test_seeded_sampling_repeats_and_n_choices_differ(engine: Engine) -> None:
 
     req = asyncio.run(n_choices())
     assert sorted(req.texts) == [0, 1, 2] and req.texts[0] == a.texts[0] and len(set(req.texts.values())) > 1
+
+
+def test_a_failing_prefill_fails_only_its_own_request(engine: Engine) -> None:
+    prefill = engine._prefill
+
+    def poisoned(rows: list) -> object:
+        if any(r.prompt == [99, 99] for r in rows):
+            raise RuntimeError("boom")
+        return prefill(rows)
+
+    engine._prefill = poisoned  # type: ignore[method-assign]
+    try:
+        async def both() -> tuple[GenRequest, GenRequest]:
+            loop = asyncio.get_running_loop()
+            long = GenRequest("m", None, [[5, 6, 7]], Sampling(temperature=0.0, max_tokens=40))
+            bad = GenRequest("m", None, [[99, 99]], Sampling(temperature=0.0, max_tokens=5))
+            q1, q2 = long.bind(loop), bad.bind(loop)
+            engine.submit(long)
+            while (await q1.get()).kind != "text":
+                pass
+            engine.submit(bad)
+            assert (await q2.get()).kind == "error"
+            while (event := await q1.get()).kind not in ("done", "error"):
+                pass
+            assert event.kind == "done"
+            return long, bad
+
+        long, _ = asyncio.run(both())
+    finally:
+        del engine._prefill
+    assert long.texts[0] == ask(engine, [5, 6, 7], max_tokens=40).texts[0]

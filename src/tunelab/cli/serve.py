@@ -26,6 +26,8 @@ def serve_cmd(
     port: int = typer.Option(8000, "--port"),
     api_key: list[str] = typer.Option([], "--api-key", help="Accepted key (repeat for more); also read from "
                                       "TUNELAB_API_KEYS (comma-separated). None: no authentication."),
+    admin_key: list[str] = typer.Option([], "--admin-key", help="Key for loading and unloading adapters "
+                                        "(POST/DELETE /v1/adapters); without it any API key may."),
     data: str | None = typer.Option(None, "--data", help=DATA_HELP),
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     log_content: bool = typer.Option(False, "--log-content", help="Also store prompt and completion text "
@@ -33,7 +35,7 @@ def serve_cmd(
     dtype: str = typer.Option("fp32", "--dtype", help="fp32 (answers match evaluation) or bf16 (faster on "
                               "CPUs with fast bf16, answers can differ)."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences generated together."),
-    max_queue: int = typer.Option(64, "--max-queue", min=0, help="Requests allowed to wait; more get 429."),
+    max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests allowed to wait; more get 429."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens for chat requests."),
 ) -> None:
     """Serve a model and its adapters behind an OpenAI-compatible API."""
@@ -51,7 +53,8 @@ def serve_cmd(
                                      param_hint="--adapter")
         pairs.append((adapter_name, ref))
     keys = list(api_key) + [k.strip() for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip()]
-    settings = ServeSettings(api_keys=keys, log_content=log_content, default_max_tokens=max_tokens)
+    settings = ServeSettings(api_keys=keys, admin_keys=list(admin_key), log_content=log_content,
+                             default_max_tokens=max_tokens)
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,

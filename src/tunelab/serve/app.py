@@ -23,7 +23,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ..models.load import ModelError
 from .engine import Engine, Event, GenRequest, QueueFull, Sampling
 from .metrics import Metrics
 from .models import Base, adapter_source, training_prompts
@@ -37,6 +36,7 @@ GENERATION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completi
 @dataclass
 class ServeSettings:
     api_keys: list[str] = field(default_factory=list)
+    admin_keys: list[str] = field(default_factory=list)  # for loading/unloading adapters; default: api_keys
     log_content: bool = False
     max_body_bytes: int = 2_000_000
     default_max_tokens: int = 256
@@ -61,8 +61,13 @@ class State:
             try:
                 src = adapter_source(ref, self.base)
                 self.engine.add_adapter(name, src.path, src.info())
-            except (ModelError, ValueError, OSError) as exc:
+            except ValueError as exc:
+                if "still finishing" in str(exc):
+                    raise APIError(409, str(exc), param="name", code="model_exists") from None
                 raise APIError(400, str(exc), param="path", code="invalid_adapter") from None
+            except Exception as exc:  # e.g. an adapter made for another model: shapes don't fit
+                raise APIError(400, f"{ref}: can't load this adapter onto {self.base.name}: {exc}", param="path",
+                               code="invalid_adapter") from None
         self.metrics.adapter.labels(name).set(1)
         threading.Thread(target=self._profile, args=(name, src), daemon=True).start()
         return self.model_card(name)
@@ -95,10 +100,11 @@ class State:
     def record_failure(self, request: Request, status: int, error: str) -> None:
         """Requests refused before generation (bad parameters, unknown model, auth) are logged too."""
         endpoint = GENERATION_PATHS.get(request.url.path)
-        if endpoint is None:
+        if endpoint is None or status == 401:  # unauthenticated callers don't get to write to the log
             return
         model = getattr(request.state, "model", None) or "unknown"
-        self.metrics.observe(model, endpoint, status)
+        # labels only for models that exist: clients can't grow the metrics without bound
+        self.metrics.observe(model if model in self.engine.model_names else "unknown", endpoint, status)
         fields = dict(id="err-" + uuid.uuid4().hex, created=time.time(), endpoint=endpoint, model=model,
                       status=status, error=error[:2000])
         with contextlib.suppress(RuntimeError):
@@ -137,6 +143,7 @@ def create_app(state: State) -> FastAPI:
     app.add_middleware(BodyLimit, limit=state.settings.max_body_bytes)
     _error_handlers(app, state)
     auth = Depends(_auth(state.settings.api_keys))
+    admin = Depends(_auth(state.settings.admin_keys or state.settings.api_keys))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -159,11 +166,11 @@ def create_app(state: State) -> FastAPI:
     async def adapters() -> dict[str, Any]:
         return {"object": "list", "data": [state.model_card(n) for n in state.engine.adapters]}
 
-    @app.post("/v1/adapters", dependencies=[auth], status_code=201)
+    @app.post("/v1/adapters", dependencies=[admin], status_code=201)
     async def add_adapter(body: AdapterRequest) -> dict[str, Any]:
         return await asyncio.to_thread(state.add_adapter, body.name, body.path)
 
-    @app.delete("/v1/adapters/{name:path}", dependencies=[auth])
+    @app.delete("/v1/adapters/{name:path}", dependencies=[admin])
     async def delete_adapter(name: str) -> dict[str, Any]:
         state.remove_adapter(name)
         return {"id": name, "object": "model", "deleted": True}
@@ -235,6 +242,8 @@ async def _run(state: State, request: Request, body: Any, endpoint: str, adapter
     queue = req.bind(asyncio.get_running_loop())
     try:
         state.engine.submit(req)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param="n") from None
     except QueueFull as full:
         _record(state, req, endpoint, 429, body.stream, prompt_record, error="queue full")
         raise APIError(429, f"the server is busy ({state.engine.queue_depth} requests waiting); retry in "
@@ -253,7 +262,9 @@ async def _run(state: State, request: Request, body: Any, endpoint: str, adapter
                 return Response(status_code=499)
             if event.kind == "error":
                 _record(state, req, endpoint, 500, False, prompt_record, error=str(event.error))
-                raise APIError(500, f"generation failed: {event.error}", type="server_error")
+                failed = APIError(500, f"generation failed: {event.error}", type="server_error")
+                failed.recorded = True
+                raise failed
             if event.kind == "done":
                 break
     _record(state, req, endpoint, 200, False, prompt_record)
@@ -382,8 +393,7 @@ def _record(state: State, req: GenRequest, endpoint: str, status: int, stream: b
     content = state.settings.log_content
     completion = None
     if content and req.texts:
-        texts = [req.texts.get(i, "") for i in _choices(req)]
-        completion = texts[0] if len(texts) == 1 else json.dumps(texts)
+        completion = req.texts.get(0, "")  # the first choice: what feedback on this request refers to
 
     fields = dict(id=req.id, created=req.created, endpoint=endpoint, model=req.model, adapter=req.adapter,
                 status=status, error=error, prompt_tokens=req.prompt_tokens, completion_tokens=req.completion_tokens,
@@ -417,7 +427,7 @@ def _auth(keys: list[str]) -> Callable[[Request], Awaitable[None]]:
 def _error_handlers(app: FastAPI, state: State) -> None:
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError) -> JSONResponse:
-        if exc.status != 429:  # a full queue is logged where it happens, with the request's id
+        if exc.status != 429 and not exc.recorded:  # a full queue is logged where it happens, with its id
             state.record_failure(request, exc.status, exc.message)
         return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 

@@ -146,24 +146,50 @@ class Engine:
 
     # ---- adapters --------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: Path, info: dict[str, Any]) -> None:
+        """Load an adapter beside the others. On failure the model is left as it was."""
         from peft import PeftModel
 
         with self._model_lock:
             if name in self.adapters or name == self.base_name:
                 raise ValueError(f"a model named {name!r} is already loaded")
-            if isinstance(self.model, PeftModel):
-                if name in self.model.peft_config:  # removed earlier but still in use then: drop it now
-                    self.model.delete_adapter(name)
-                self.model.load_adapter(str(path), adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            if name in self._removing:
+                raise ValueError(f"{name!r} is still finishing requests after its removal; add it again shortly")
+            before = self.model
+            try:
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(path), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+            except Exception:
+                self._roll_back(before, name)
+                raise
+            config = self.model.peft_config[name]
             dtype = self.model.get_input_embeddings().weight.dtype
             for param_name, param in self.model.named_parameters():
                 if f".{name}." in param_name and param.dtype != dtype:
                     # peft keeps adapters in fp32 on a bf16 base: every LoRA matmul would cast (2x slower)
                     param.data = param.data.to(dtype)
             self.model.eval()
-            self.adapters[name] = info
+            # peft can't mix DoRA adapters with others in one forward pass: they get batches of their own
+            self.adapters[name] = info | {"solo": bool(getattr(config, "use_dora", False))}
+
+    def _roll_back(self, before: Any, name: str) -> None:
+        from peft import PeftModel
+
+        if isinstance(before, PeftModel):
+            if name in before.peft_config:
+                before.delete_adapter(name)
+            self.model = before
+            return
+        from peft.tuners.lora import LoraLayer
+
+        # a failed first load may have put LoRA layers into the plain base: take them out again
+        for module_name, module in list(before.named_modules()):
+            if isinstance(module, LoraLayer):
+                parent_name, _, child = module_name.rpartition(".")
+                setattr(before.get_submodule(parent_name) if parent_name else before, child,
+                        module.get_base_layer())
+        self.model = before
 
     def remove_adapter(self, name: str) -> None:
         """New requests for it are refused at once; its weights go when no row uses them."""
@@ -175,17 +201,21 @@ class Engine:
             self._cv.notify_all()
 
     def _drop_removed(self) -> None:
-        in_use = {r.req.adapter for r in self._rows} | {q.adapter for q in self._waiting}
-        for name in list(self._removing - in_use):
-            self._removing.discard(name)
-            if name in self.adapters:  # added again meanwhile
-                continue
-            with self._model_lock:
+        """Unload removed adapters that no running or waiting request uses (engine thread only)."""
+        with self._cv:
+            in_use = {r.req.adapter for r in self._rows} | {q.adapter for q in self._waiting}
+            ready = self._removing - in_use
+        if not ready:
+            return
+        with self._model_lock:  # not under _cv: submitting requests must never wait for an unload
+            for name in ready:
                 loaded = getattr(self.model, "peft_config", {})
                 if name in loaded and len(loaded) == 1:  # peft can't run with no adapter: back to the plain base
                     self.model = self.model.unload()
                 elif name in loaded:
                     self.model.delete_adapter(name)
+        with self._cv:
+            self._removing -= ready
 
     @property
     def model_names(self) -> list[str]:
@@ -209,6 +239,10 @@ class Engine:
         return sum(n for _, n in recent) / span
 
     def submit(self, req: GenRequest) -> None:
+        rows = len(req.prompts) * req.n
+        if rows > self.max_batch:
+            raise ValueError(f"this request needs {rows} sequences (prompts x n) and the server generates at most "
+                             f"{self.max_batch} at once (--max-batch)")
         with self._cv:
             if len(self._waiting) >= self.max_queue:
                 batches_ahead = math.ceil((len(self._waiting) + len(self._rows)) / max(self.max_batch, 1))
@@ -222,42 +256,57 @@ class Engine:
         while True:
             with self._cv:
                 if not self._rows and not self._waiting and not self._stop:
-                    self._drop_removed()
                     self._cv.wait(timeout=0.5)
                 if self._stop:
                     break
                 if not self._rows and self._waiting and self.batch_wait_s:
                     # idle: give requests sent together a moment to arrive, so they prefill together
                     self._cv.wait(timeout=self.batch_wait_s)
-                admitted = self._admit()
             try:
-                with self._model_lock, torch.inference_mode():
-                    self._drop_cancelled()
-                    if admitted:
-                        self._prefill(admitted)
-                    if self._rows:
-                        self._decode_step()
-            except Exception as exc:  # fail what is in flight, keep serving
-                for row in self._rows + admitted:
-                    if not row.done:
-                        row.done = True
-                        row.req.emit(Event("error", row.index, error=exc))
+                self._step()
+            except Exception as exc:  # never let the engine thread die: fail what is in flight, keep serving
+                self._fail(self._rows, exc)
                 self._rows, self._cache, self._mask = [], None, None
-            if self._removing:
-                with self._cv:
-                    self._drop_removed()
-        for row in self._rows:
-            row.req.emit(Event("error", row.index, error=RuntimeError("the server is shutting down")))
+        self._fail(self._rows, RuntimeError("the server is shutting down"))
+
+    def _step(self) -> None:
+        if self._removing:
+            self._drop_removed()
+        with self._cv:
+            admitted = self._admit()
+        with self._model_lock, torch.inference_mode():
+            self._drop_cancelled()
+            if admitted:
+                try:
+                    prefilled = self._prefill(admitted)
+                except Exception as exc:  # the running batch is untouched: fail only the newcomers
+                    self._fail(admitted, exc)
+                else:
+                    self._join(admitted, *prefilled)
+            if self._rows:
+                self._decode_step()
+
+    @staticmethod
+    def _fail(rows: list[_Row], exc: BaseException) -> None:
+        for row in rows:
+            if not row.done:
+                row.done = True
+                row.req.emit(Event("error", row.index, error=exc))
+
+    def _solo(self, adapter: str | None) -> bool:
+        return bool(adapter and self.adapters.get(adapter, {}).get("solo"))
 
     def _admit(self) -> list[_Row]:
+        """Take waiting requests, first come first served, while they fit the batch and can share it."""
         rows: list[_Row] = []
         while self._waiting:
             req = self._waiting[0]
             need = len(req.prompts) * req.n
-            if self._rows and len(self._rows) + len(rows) + need > self.max_batch:
+            running = [r.req.adapter for r in self._rows] + [r.req.adapter for r in rows]
+            if running and len(running) + need > self.max_batch:
                 break
-            if rows and len(self._rows) + len(rows) + need > self.max_batch:
-                break
+            if running and any(self._solo(a) for a in {*running, req.adapter}) and set(running) != {req.adapter}:
+                break  # a DoRA adapter's rows can't share a forward pass with other adapters' rows
             self._waiting.popleft()
             if req.cancelled:
                 continue
@@ -267,7 +316,7 @@ class Engine:
                     if req.sampling.temperature > 0:
                         gen = torch.Generator(device="cpu")
                         if req.sampling.seed is not None:
-                            gen.manual_seed(req.sampling.seed + j)
+                            gen.manual_seed((req.sampling.seed + j) % 2**63)
                         else:
                             gen.seed()
                     rows.append(_Row(req, p_i * req.n + j, prompt, gen, pos=len(prompt)))
@@ -288,7 +337,8 @@ class Engine:
                     self.model.set_adapter(names[0])
         return self.model(use_cache=True, logits_to_keep=1, **kwargs)
 
-    def _prefill(self, rows: list[_Row]) -> None:
+    def _prefill(self, rows: list[_Row]) -> tuple[Any, torch.Tensor]:
+        """The newcomers' forward pass on their own; nothing shared is touched yet."""
         width = max(len(r.prompt) for r in rows)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -299,7 +349,10 @@ class Engine:
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(rows, input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                             position_ids=positions.to(self.device))
-        self._merge(_cache_of(out), mask.to(self.device))
+        return out, mask.to(self.device)
+
+    def _join(self, rows: list[_Row], out: Any, mask: torch.Tensor) -> None:
+        self._merge(_cache_of(out), mask)
         self._rows.extend(rows)
         self._take(rows, out.logits[:, -1, :])
 

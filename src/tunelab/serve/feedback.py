@@ -30,26 +30,12 @@ class Exported:
                 "skipped_no_content": self.no_content}
 
 
-def _answer(completion: str | None) -> str | None:
-    """The rated answer: the completion, or its first choice when n > 1 (stored as a JSON list)."""
-    if completion is None:
-        return None
-    if completion.startswith("["):
-        try:
-            choices = json.loads(completion)
-            if isinstance(choices, list) and choices:
-                return str(choices[0])
-        except json.JSONDecodeError:
-            pass
-    return completion
-
-
 def collect(store: Store, adapter: str | None) -> Exported:
     out = Exported()
     groups: dict[str, dict[str, Any]] = {}  # prompt key -> {"prompt", "good": [...], "bad": [...]}
     for fb, req in store.feedback_for(adapter):
         out.feedback += 1
-        answer = _answer(req.completion)
+        answer = req.completion
         if req.prompt is None or answer is None:
             out.no_content += 1
             continue

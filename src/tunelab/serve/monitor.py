@@ -2,17 +2,18 @@
 
 Drift compares recent prompts sent to an adapter with the prompts it was tuned on (profiled when the
 adapter was loaded): the length distribution (two-sample KS test) and the distance between the mean
-prompt embeddings, judged against how far random samples of the training prompts themselves fall.
+prompt embeddings, judged against how far apart the two groups fall when their prompts are shuffled between them.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 from .store import RequestLog, Store, unpack
 
@@ -94,15 +95,26 @@ def model_stats(rows: list[RequestLog]) -> list[ModelStats]:
     return sorted(by.values(), key=lambda s: -s.requests)
 
 
-def _centroid(rows: list[list[float]]) -> list[float]:
-    n = len(rows)
-    return [sum(col) / n for col in zip(*rows, strict=True)]
+def _cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return 1.0 - float(a @ b) / (na * nb) if na and nb else 0.0
 
 
-def _cosine_distance(a: list[float], b: list[float]) -> float:
-    dot = sum(x * y for x, y in zip(a, b, strict=True))
-    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(y * y for y in b))
-    return 1.0 - dot / (na * nb) if na and nb else 0.0
+def embedding_shift(recent: np.ndarray, train: np.ndarray, rounds: int = 200,
+                    seed: int = 0) -> tuple[float, float]:
+    """Cosine distance between the recent and training centroids, and the 95th percentile of the same
+    distance when the two groups are drawn at random from both together (a permutation test): what
+    chance alone gives for these group sizes."""
+    pool = np.concatenate([recent, train])
+    total, n = pool.sum(0), len(recent)
+    observed = _cosine_distance(recent.mean(0), train.mean(0))
+    rng = np.random.default_rng(seed)
+    null = []
+    for _ in range(rounds):
+        pick = rng.choice(len(pool), n, replace=False)
+        part = pool[pick].sum(0)
+        null.append(_cosine_distance(part / n, (total - part) / (len(pool) - n)))
+    return observed, float(np.percentile(null, 95))
 
 
 def drift(adapter: str, rows: list[RequestLog], lengths: list[int], embeddings: list[list[float]],
@@ -122,25 +134,20 @@ def drift(adapter: str, rows: list[RequestLog], lengths: list[int], embeddings: 
     d.length_ks, d.length_p = round(float(ks.statistic), 3), float(ks.pvalue)
     vecs = [v for v in (unpack(r.embedding) for r in recent) if v]
     if vecs and embeddings and len(vecs[0]) == len(embeddings[0]):
-        train_c = _centroid(embeddings)
-        d.embedding_distance = _cosine_distance(_centroid(vecs), train_c)
-        # how far the centroid of a random training sample of the same size falls: the noise floor
-        rng = random.Random(seed)
-        m = min(len(vecs), max(len(embeddings) // 2, 1))
-        floor = sorted(_cosine_distance(_centroid(rng.sample(embeddings, m)), train_c) for _ in range(200))
-        d.embedding_baseline_p95 = floor[int(0.95 * (len(floor) - 1))]
-        d.embedding_ratio = d.embedding_distance / max(d.embedding_baseline_p95, 1e-9)
+        d.embedding_distance, d.embedding_baseline_p95 = embedding_shift(
+            np.asarray(vecs, dtype=np.float64), np.asarray(embeddings, dtype=np.float64), seed=seed)
+        d.embedding_ratio = d.embedding_distance / max(d.embedding_baseline_p95, 1e-12)
     ratio = (d.median_tokens_recent or 1) / max(d.median_tokens_training or 1, 1)
     length_drift = d.length_p < 0.01 and (ratio > 1.5 or ratio < 1 / 1.5)
-    content_drift = d.embedding_ratio is not None and d.embedding_ratio > 3.0
+    content_drift = d.embedding_ratio is not None and d.embedding_ratio > 2.0
     d.drifted = length_drift or content_drift
     reasons = []
     if length_drift:
         reasons.append(f"prompts are {'longer' if ratio > 1 else 'shorter'} than in training (median "
                        f"{d.median_tokens_recent:.0f} vs {d.median_tokens_training:.0f} tokens)")
     if content_drift:
-        reasons.append(f"their wording is {d.embedding_ratio:.1f}x further from the training prompts than "
-                       f"random samples of the training data are")
+        reasons.append(f"their wording has moved {d.embedding_ratio:.1f}x further from the training prompts "
+                       f"than chance would put them")
     if d.drifted:
         d.message = (f"Traffic to '{adapter}' has drifted from what it was tuned on: " + "; ".join(reasons) +
                      ". Its answers may be less reliable: read some recent requests, collect feedback, and "
