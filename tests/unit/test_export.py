@@ -463,17 +463,20 @@ def test_cli_on_a_trained_run(tiny_model: Path, tmp_path: Path) -> None:
         "train.batch_size=2", f"data.system_prompt={SYSTEM}"])
     run = tunelab.train(cfg).run_dir
 
-    app = typer.Typer()
-    app.command()(export_cmd)
-    runner = CliRunner()
-    r = runner.invoke(app, [str(run), "--format", "gguf", "--out", str(tmp_path / "g"), "--quantize", "q8_0"])
-    assert r.exit_code == 0, r.output
+    from tests.e2e.test_train_cli import tunelab_cli
+
+    # the real command, as a user runs it
+    r = tunelab_cli("export", run, "--format", "gguf", "--out", tmp_path / "g", "--quantize", "q8_0", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
     file = tmp_path / "g" / "trained.q8_0.gguf"
-    assert str(file) in r.stdout and file.is_file()
+    assert str(file) in r.stdout.replace("\n", "") and file.is_file()
     card = (tmp_path / "g" / "README.md").read_text()
     assert "## Training data" in card and "## Training config" in card and "max_steps: 2" in card
     assert f'SYSTEM """{SYSTEM}"""' in (tmp_path / "g" / "Modelfile").read_text()
 
+    app = typer.Typer()
+    app.command()(export_cmd)
+    runner = CliRunner()
     r = runner.invoke(app, [str(run), "--format", "gguf", "--out", str(tmp_path / "g")])
     assert r.exit_code == 2 and "already exists" in r.output and "--force" in r.output
     r = runner.invoke(app, [str(run), "--format", "tflite", "--out", str(tmp_path / "x")])
