@@ -451,17 +451,11 @@ def test_failed_export_leaves_nothing(lora_run: Path, tmp_path: Path, monkeypatc
 
 def test_cli_on_a_trained_run(tiny_model: Path, tmp_path: Path) -> None:
     import tunelab
+    from tests.e2e.test_train_cli import config, write_chat
 
-    data = tmp_path / "train.jsonl"
-    chats = [("hello", "hi there"), ("where is my card", "my card has not arrived yet")]
-    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": u},
-                                                     {"role": "assistant", "content": a}]}) + "\n"
-                            for u, a in chats * 4))
-    cfg = tunelab.load_config(None, [
-        "name=trained", f"output_dir={tmp_path / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
-        "data.val_fraction=0", "train.threads=1", "eval.probes.enabled=false", "train.max_steps=2",
-        "train.batch_size=2", f"data.system_prompt={SYSTEM}"])
-    run = tunelab.train(cfg).run_dir
+    data = write_chat(tmp_path / "train.jsonl", 8)
+    run = tunelab.train(config(tiny_model, tmp_path, "trained", data, "train.max_steps=2", "train.batch_size=2",
+                               f"data.system_prompt={SYSTEM}")).run_dir
 
     from tests.e2e.test_train_cli import tunelab_cli
 
