@@ -131,6 +131,9 @@ class Engine:
         self.tokens_generated = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=256)  # (time, tokens) per step, for tokens/s
         self._avg_request_s = 2.0
+        with torch.inference_mode():  # refuse at start, not at the first request, a cache we can't batch
+            probe = model(input_ids=torch.tensor([[tokenizer.eos_token_id or 0]], device=self.device), use_cache=True)
+        _check_cache(_cache_of(probe))
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -458,7 +461,6 @@ class Engine:
 
     def _merge(self, cache: Any, mask: torch.Tensor) -> None:
         """Append a freshly prefilled group to the running batch, left-padding the shorter side."""
-        _check_cache(cache)
         if self._cache is None or self._mask is None:
             self._cache, self._mask = cache, mask
             return
@@ -497,8 +499,8 @@ def _check_cache(cache: Any) -> None:
 
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        raise NotImplementedError("tunelab serve batches models whose KV cache is a plain dynamic cache (full "
-                                  "attention: llama, qwen2, mistral without sliding windows, ...)")
+        raise ValueError("tunelab serve batches models whose KV cache is a plain dynamic cache (full "
+                         "attention: llama, qwen2, mistral without sliding windows, ...)")
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
