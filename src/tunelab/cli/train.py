@@ -16,7 +16,7 @@ def train_cmd(
 ) -> None:
     """Fine-tune a model as the config says; writes runs/<name>/."""
     from ..config import load_config
-    from ..recipes import sft
+    from ..recipes import dispatch
 
     with user_errors():
         cfg = load_config(config, overrides or [])
@@ -26,7 +26,7 @@ def train_cmd(
             saved = Path(cfg.output_dir) / resumable(cfg.output_dir, str(cfg.name)) / "config.yaml"
             if saved.is_file():
                 cfg = load_config(saved, overrides or [])
-        result = sft.run(cfg, resume=resume, console=console)
+        result = dispatch.run(cfg, resume=resume, console=console)
     s = result.summary
     if result.status != "completed":
         raise typer.Exit(130)

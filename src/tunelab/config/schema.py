@@ -12,6 +12,7 @@ from .data import DataConfig
 from .evaluation import EvalConfig
 from .model import ModelConfig
 from .peft import PeftConfig
+from .preference import PreferenceConfig, RLConfig
 from .train import TrainConfig
 
 
@@ -22,8 +23,10 @@ class TunelabConfig(Section):
     output_dir: str = "runs"
     """Directory that holds run directories."""
 
-    method: Literal["sft"] = "sft"
-    """Training method: sft (supervised fine-tuning)."""
+    method: Literal["sft", "reward", "dpo", "kto", "orpo", "cpo", "simpo", "grpo", "rloo"] = "sft"
+    """sft (supervised fine-tuning); reward (a reward model from preference pairs); dpo (with
+    preference.loss_type for IPO, hinge, ...), kto, orpo, cpo, simpo (preference pairs); grpo, rloo (online
+    RL: sampled completions scored by rl.rewards)."""
 
     task: Literal["chat", "classification", "completion"] = "chat"
     """chat: assistant replies; classification: text -> label; completion: prompt/completion or raw text."""
@@ -45,3 +48,9 @@ class TunelabConfig(Section):
 
     classification: ClassificationConfig = Field(default_factory=ClassificationConfig)
     """Classification settings (task: classification)."""
+
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    """Preference tuning settings (method reward, dpo, kto, orpo, cpo, simpo)."""
+
+    rl: RLConfig = Field(default_factory=RLConfig)
+    """Online RL settings (method grpo, rloo)."""

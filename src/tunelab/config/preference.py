@@ -1,0 +1,54 @@
+"""Settings for preference tuning (reward models, DPO and relatives) and online RL (GRPO, RLOO)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .base import Section
+
+DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                     "apo_zero", "apo_down", "sigmoid_norm"]
+
+
+class PreferenceConfig(Section):
+    beta: float = Field(0.1, gt=0)
+    """Strength of the pull towards the reference model (DPO, KTO, CPO/SimPO beta; ORPO's lambda)."""
+
+    loss_type: DPO_LOSSES = "sigmoid"
+    """method dpo: sigmoid is DPO; ipo and hinge are the IPO and SLiC variants; the rest as TRL names them."""
+
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    """method dpo (sigmoid, robust): assumed share of preference labels that are wrong (cDPO, robust DPO)."""
+
+    simpo_gamma: float = Field(0.5, ge=0.0)
+    """method simpo: target reward margin."""
+
+    max_prompt_tokens: int = Field(512, gt=0)
+    """Prompt tokens kept (from the end) when prompt + answer exceed model.max_length."""
+
+
+class RLConfig(Section):
+    rewards: list[str] = ["numeric"]
+    """Reward functions for method grpo/rloo, summed: exact, numeric (the number after '####' or the last
+    number, against the row's answer), format (the answer ends in '#### N'), regex:<pattern>, length:<tokens>,
+    a tunelab reward-model run directory, or module:function."""
+
+    reward_weights: list[float] | None = None
+    """Weight of each reward function; empty weighs them equally."""
+
+    num_generations: int = Field(4, ge=2)
+    """Completions sampled per prompt; each is scored against the others from the same prompt."""
+
+    max_completion_tokens: int = Field(128, gt=0)
+    """Longest sampled completion."""
+
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the completions."""
+
+    kl_beta: float = Field(0.04, ge=0.0)
+    """KL penalty towards the reference model (0 turns it off and saves the reference pass)."""
+
+    answer_field: str = "answer"
+    """Column holding each prompt's reference answer (used by exact and numeric rewards)."""
