@@ -36,6 +36,11 @@ def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: in
     from transformers import TextIteratorStreamer
 
     tok = lm.tokenizer
+    if run_config(lm).get("method") == "reward":
+        from .models.load import ModelError
+
+        raise ModelError(f"{lm.resolved.run} is a reward model: it scores answers and writes none. Use it in "
+                         f"rl.rewards for GRPO, or load it with tunelab.load() to score text")
     if lm.labels:  # classification head: the reply is the predicted label
         from .eval.classify import predict_head
 

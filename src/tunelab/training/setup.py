@@ -27,8 +27,14 @@ def wrap_model(model: Any, cfg: TunelabConfig, task_type: str) -> Any:
 
 
 def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val: bool, packed: bool) -> Any:
-    import torch
     from transformers import TrainingArguments
+
+    return TrainingArguments(**training_kwargs(cfg, hp, checkpoints, has_val, packed))
+
+
+def training_kwargs(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val: bool, packed: bool) -> dict[str, Any]:
+    """The TrainingArguments every recipe shares (TRL's configs extend TrainingArguments)."""
+    import torch
 
     t = cfg.train
     every = "steps" if t.eval_every else "epoch"
@@ -48,7 +54,7 @@ def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_
         kw.update(eval_strategy="no", save_strategy="steps" if t.save_every else "epoch")
         if t.save_every:
             kw.update(save_steps=t.save_every)
-    return TrainingArguments(
+    return dict(
         output_dir=str(checkpoints),
         per_device_train_batch_size=hp.batch_size,
         per_device_eval_batch_size=hp.batch_size,

@@ -1,0 +1,152 @@
+"""What the TRL-based recipes (reward models, DPO and its relatives) share: preference data in, the
+starting model, callbacks, and the run directory's bookkeeping, so each recipe keeps only its method."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from transformers import TrainerCallback
+
+from ..config import ConfigError, TunelabConfig
+from ..data.records import DataError, Problem
+from ..data.split import split_validation
+from ..models.load import load_tokenizer, merge_adapters, resolve
+from . import hardware
+from .callbacks import GracefulInterrupt, MetricsLogger, RichProgress, TokenCounter
+from .rundir import RunDir
+
+
+class SeenTokens(TrainerCallback):
+    """TRL trainers count input tokens themselves (`num_input_tokens_seen`): feed them to progress and logs."""
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.counter.tokens = int(state.num_input_tokens_seen or 0)
+
+
+def threads(cfg: TunelabConfig) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+
+def start(cfg: TunelabConfig) -> tuple[Any, Any, bool]:
+    """(resolved base, tokenizer, bf16) for a run."""
+    if not cfg.data.train:
+        raise DataError([Problem("config", "data.train is empty: set it to your training file")])
+    base = resolve(cfg.model.base)
+    tokenizer = load_tokenizer(str(base.run / "tokenizer") if base.run else base.path)
+    if tokenizer.chat_template is None:
+        raise ConfigError(f"method: {cfg.method} renders prompts with the model's chat template, and "
+                          f"{cfg.model.base} has none: pick a chat model")
+    return base, tokenizer, hardware.use_bf16(cfg.model.precision)
+
+
+def preference_pairs(cfg: TunelabConfig) -> tuple[list[Any], list[Any], list[Problem], dict[str, Any]]:
+    """Training and validation pairs, every problem found before anything is written."""
+    from ..data.preference import load_pairs
+
+    fmt = cfg.data.format if cfg.data.format in ("trl", "openai_dpo", "hh_rlhf") else "auto"
+
+    def one(path: str) -> tuple[list[Any], list[Problem], dict[str, str]]:
+        pairs, problems, formats = load_pairs(path, fmt, cfg.data.columns, cfg.data.system_prompt)
+        errors = [p for p in problems if p.severity == "error"]
+        if errors and cfg.data.on_error == "fail":
+            raise DataError(errors)
+        return pairs, errors, formats
+
+    train, skipped, formats = one(cfg.data.train)
+    if cfg.data.validation:
+        val, val_skipped, val_formats = one(cfg.data.validation)
+        skipped, formats = skipped + val_skipped, formats | val_formats
+    else:
+        train, val = split_validation(train, cfg.data.val_fraction, cfg.train.seed)
+    if cfg.data.limit and cfg.data.limit < len(train):
+        keep = set(random.Random(cfg.train.seed).sample(range(len(train)), cfg.data.limit))
+        train = [p for i, p in enumerate(train) if i in keep]
+    if not train:
+        raise DataError([Problem(cfg.data.train, "no usable preference pairs")])
+    report = {"format": formats, "train_pairs": len(train), "validation_pairs": len(val), "skipped": len(skipped)}
+    return train, val, skipped, report
+
+
+def messages(msgs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    return [{"role": m["role"], "content": m["content"]} for m in msgs]
+
+
+def conversational(pair: Any) -> dict[str, Any]:
+    """A pair in TRL's conversational preference format; TRL renders it with the chat template."""
+    return {"prompt": messages(pair.prompt), "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}]}
+
+
+def pair_lengths(pairs: list[Any], tokenizer: Any) -> list[int]:
+    """Rough token count of prompt + the longer answer, for the automatic batch size."""
+    out = []
+    for p in pairs:
+        chars = sum(len(m["content"]) for m in p.prompt) + max(len(p.chosen), len(p.rejected))
+        out.append(2 * max(1, chars // 4))  # both sides of the pair go through the model
+    return out
+
+
+def starting_model(cfg: TunelabConfig, base: Any, *, reward_head: bool = False, pad_token_id: int | None = None) -> Any:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if reward_head:
+        model = AutoModelForSequenceClassification.from_pretrained(base.path, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = pad_token_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    model = merge_adapters(model, base.adapters)  # continuing from a tunelab run: start from what it trained
+    return model.to(hardware.device())
+
+
+def callbacks(run: RunDir, console: Console, extra: list[Any] | None) -> tuple[list[Any], GracefulInterrupt]:
+    counter = TokenCounter()
+    interrupt = GracefulInterrupt(console)
+    return [SeenTokens(counter), MetricsLogger(run.metrics, counter), RichProgress(counter, console), interrupt,
+            *(extra or [])], interrupt
+
+
+def write_data_report(run: RunDir, report: dict[str, Any], skipped: list[Problem], console: Console) -> None:
+    run.write_json("data_report.json", report)
+    if skipped:
+        with (run.path / "skipped_rows.jsonl").open("w") as f:
+            for p in skipped:
+                f.write(json.dumps(p.to_dict()) + "\n")
+        console.print(f"[yellow]Skipped {len(skipped)} bad row(s); see {run.path / 'skipped_rows.jsonl'}[/]")
+
+
+def train(trainer: Any, run: RunDir, resume: bool, console: Console) -> tuple[Any, float]:
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)  # progress and metrics.jsonl replace TRL's own printing
+    trainer.remove_callback(ProgressCallback)
+    checkpoint = run.last_checkpoint() if resume else None
+    if resume and checkpoint is None:
+        console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
+    run.trim_metrics(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+    t0 = time.perf_counter()
+    out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return out, time.perf_counter() - t0
+
+
+def save(run: RunDir, cfg: TunelabConfig, model: Any, tokenizer: Any) -> Path:
+    """The adapter in standard PEFT format (or the full model) and the tokenizer, as SFT runs save them."""
+    final = run.path / ("model" if cfg.peft.method == "full" else "adapter")
+    model.save_pretrained(str(final))
+    tokenizer.save_pretrained(str(run.path / "tokenizer"))
+    return final
+
+
+def eval_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """TRL's eval metrics with names that survive JSON keys and reports: eval_rewards/margins -> ..."""
+    return {k.replace("/", "_"): float(v) for k, v in metrics.items()
+            if k.startswith("eval_") and isinstance(v, int | float)}
