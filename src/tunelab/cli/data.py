@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from .common import console, out, user_errors
+
+if TYPE_CHECKING:
+    from ..data.records import Problem
+    from ..data.report import PreferenceReport
 
 app = typer.Typer(help="Inspect and validate training data.", no_args_is_help=True)
 
@@ -29,7 +34,8 @@ def parse_columns(column: list[str], text_column: str | None, label_column: str 
 @app.command("check")
 def check_cmd(
     file: str = typer.Argument(..., help="Data file, directory, or saved datasets dataset."),
-    format: str = typer.Option("auto", "--format", "-f", help="chat|alpaca|sharegpt|completion|text|classification"),
+    format: str = typer.Option("auto", "--format", "-f", help="chat|alpaca|sharegpt|completion|text|classification; "
+                               "preference: trl|openai_dpo|hh_rlhf"),
     model: str | None = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens."),
     max_length: int = typer.Option(512, "--max-length", help="Longest example in tokens."),
     column: list[str] = typer.Option([], "--column", help="Column mapping ours=yours, e.g. label=category."),
@@ -39,6 +45,7 @@ def check_cmd(
 ) -> None:
     """Check every row; report each problem with file:line, then a summary. Exit 1 on errors."""
     from ..data.check import check
+    from ..data.report import PreferenceReport
 
     with user_errors():
         rep = check(file, fmt=format, model=model, max_length=max_length,
@@ -46,13 +53,10 @@ def check_cmd(
     if as_json:
         out.print_json(json.dumps(rep.to_dict(), default=str))
         raise typer.Exit(1 if rep.errors else 0)
-    for p in rep.errors:
-        console.print(f"[red]{p.where}[/]: {p.message}", highlight=False)
-    shown = rep.warnings[:50]
-    for p in shown:
-        console.print(f"[yellow]{p.where}[/]: warning: {p.message}", highlight=False)
-    if len(rep.warnings) > len(shown):
-        console.print(f"[yellow]... and {len(rep.warnings) - len(shown)} more warnings (--json lists all)[/]")
+    _print_problems(rep.errors, rep.warnings)
+    if isinstance(rep, PreferenceReport):
+        _print_preference(rep, file)
+        raise typer.Exit(1 if rep.errors else 0)
     t = Table(title=f"Data report: {file}", show_header=False)
     t.add_row("format", ", ".join(sorted(set(rep.formats.values()))) or "?")
     t.add_row("rows", str(rep.rows))
@@ -69,10 +73,45 @@ def check_cmd(
         t.add_row("labels", f"{len(rep.labels)} (smallest {min(rep.labels.values())} rows, "
                   f"largest {max(rep.labels.values())})")
     console.print(t)
-    if rep.length_histogram:
-        top = max(c for _, _, c in rep.length_histogram) or 1
-        console.print("[bold]length in tokens[/]")
-        for lo, hi, c in rep.length_histogram:
-            console.print(f"  {lo:>6}-{hi:<6} {'█' * round(30 * c / top):<30} {c}", highlight=False)
+    _print_histogram(rep.length_histogram, "length in tokens")
     console.print("[red bold]FAILED[/]" if rep.errors else "[green bold]OK[/]")
     raise typer.Exit(1 if rep.errors else 0)
+
+
+def _print_problems(errors: list[Problem], warnings: list[Problem]) -> None:
+    for p in errors:
+        console.print(f"[red]{p.where}[/]: {p.message}", highlight=False)
+    shown = warnings[:50]
+    for p in shown:
+        console.print(f"[yellow]{p.where}[/]: warning: {p.message}", highlight=False)
+    if len(warnings) > len(shown):
+        console.print(f"[yellow]... and {len(warnings) - len(shown)} more warnings (--json lists all)[/]")
+
+
+def _print_histogram(hist: list[tuple[int, int, int]], title: str) -> None:
+    if hist:
+        top = max(c for _, _, c in hist) or 1
+        console.print(f"[bold]{title}[/]")
+        for lo, hi, c in hist:
+            console.print(f"  {lo:>6}-{hi:<6} {'█' * round(30 * c / top):<30} {c}", highlight=False)
+
+
+def _print_preference(rep: PreferenceReport, file: str) -> None:
+    t = Table(title=f"Preference data report: {file}", show_header=False)
+    t.add_row("format", ", ".join(sorted(set(rep.formats.values()))) or "?")
+    t.add_row("rows", str(rep.rows))
+    t.add_row("valid pairs", str(rep.pairs))
+    t.add_row("errors", f"[red]{len(rep.errors)}[/]" if rep.errors else "0")
+    t.add_row("exact duplicates", str(rep.duplicates))
+    t.add_row(f"over {rep.max_length} tokens", str(rep.over_max_length))
+    for side in ("prompt", "chosen", "rejected"):
+        total = getattr(rep, f"{side}_tokens")
+        s = rep.token_lengths.get(side)
+        detail = f" (per pair min {s['min']:g}, mean {s['mean']:g}, max {s['max']:g})" if s else ""
+        t.add_row(f"{side} tokens", f"{total:,}{detail}")
+    t.add_row("training tokens per epoch", f"{rep.est_tokens_per_epoch:,}")
+    if rep.est_seconds_per_epoch is not None:
+        t.add_row("estimated time per epoch here", f"~{rep.est_seconds_per_epoch / 60:.1f} min")
+    console.print(t)
+    _print_histogram(rep.length_histogram, "prompt + longer reply, in tokens")
+    console.print("[red bold]FAILED[/]" if rep.errors else "[green bold]OK[/]")

@@ -4,9 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from .preference import PREFERENCE_FORMATS, PreferencePair, is_preference_file, pair_token_counts
 from .records import Record
-from .report import DataReport, prepare
+from .report import DataReport, PreferenceReport, preference_report, prepare
 from .templates import encode_record, humanize
+
+
+def _tokenizer_and_speed(model: str | None) -> tuple[Any, float | None]:
+    """The model's tokenizer and its estimated training tokens per second here."""
+    from transformers import AutoConfig
+
+    from ..models.load import load_tokenizer, resolve
+    from ..training.hardware import estimate_tokens_per_second
+
+    res = resolve(model)
+    tokenizer = load_tokenizer(str(res.run / "tokenizer") if res.run else res.path)
+    cfg = AutoConfig.from_pretrained(res.path)
+    h, n_layers = getattr(cfg, "hidden_size", 0), getattr(cfg, "num_hidden_layers", 0)
+    n_params = 12 * n_layers * h * h  # non-embedding parameters, the standard estimate
+    return tokenizer, (estimate_tokens_per_second(n_params) if n_params else None)
 
 
 def check(
@@ -18,26 +34,22 @@ def check(
     columns: dict[str, str] | None = None,
     too_long: str = "truncate",
     tokenize: bool = True,
-) -> DataReport:
-    """Validate a data source; with tokenize, count tokens with the model's tokenizer and estimate time."""
+) -> DataReport | PreferenceReport:
+    """Validate a data source; with tokenize, count tokens with the model's tokenizer and estimate time.
+    Preference data (a preference format given, or detected from the first row) gets a PreferenceReport."""
+    preference = fmt in PREFERENCE_FORMATS or (fmt == "auto" and is_preference_file(path, columns))
+    tokenizer, tps = _tokenizer_and_speed(model) if tokenize else (None, None)
+    if preference:
+        def count(pair: PreferencePair) -> tuple[int, int, int]:
+            return pair_token_counts(pair, tokenizer)
+
+        return preference_report(path, count if tokenize else None, fmt=fmt, columns=columns,
+                                 max_length=max_length, tokens_per_second=tps)
     encode = None
-    tps = None
     if tokenize:
-        from ..models.load import load_tokenizer, resolve
-        from ..training.hardware import estimate_tokens_per_second
-
-        res = resolve(model)
-        tokenizer = load_tokenizer(str(res.run / "tokenizer") if res.run else res.path)
-
         def encode(rec: Record) -> Any:
             return encode_record(rec, tokenizer, label_text=humanize(rec.label) if rec.label else None)
 
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(res.path)
-        h, n_layers = getattr(cfg, "hidden_size", 0), getattr(cfg, "num_hidden_layers", 0)
-        n_params = 12 * n_layers * h * h  # non-embedding parameters, the standard estimate
-        tps = estimate_tokens_per_second(n_params) if n_params else None
     _, rep = prepare(path, encode, fmt=fmt, columns=columns, max_length=max_length, too_long=too_long,
                      tokens_per_second=tps)
     return rep

@@ -47,7 +47,8 @@ def detect_format(keys: set[str]) -> str | None:
 
 def explain_unknown(keys: set[str]) -> str:
     if any(k <= keys for k in PREFERENCE_KEYS):
-        return "this looks like preference data (chosen/rejected); preference methods are not available yet"
+        return ("this looks like preference data (chosen/rejected): train on it with method: dpo (or reward, kto, "
+                "orpo, cpo, simpo)")
     return (f"can't tell the format from the fields {sorted(keys)}; expected one of: messages (chat), "
             "conversations (sharegpt), instruction+output (alpaca), prompt+completion, text+label "
             "(classification), text; map your columns with data.columns (e.g. {text: text, label: category})")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .load import Loaded, load_records
+from .preference import PreferencePair, load_pairs_report
 from .records import Problem, Record, RowError
 from .templates import Encoded, truncate
 
@@ -136,3 +137,85 @@ def encode_loaded(
     if tokens_per_second:
         rep.est_seconds_per_epoch = round(rep.est_tokens_per_epoch / tokens_per_second, 1)
     return examples, rep
+
+
+@dataclass
+class PreferenceReport:
+    """`tunelab data check` on preference pairs: problems with file:line, then token counts per side."""
+
+    source: str
+    kind: str = "preference"
+    formats: dict[str, str] = field(default_factory=dict)
+    rows: int = 0
+    pairs: int = 0  # valid pairs
+    errors: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)
+    duplicates: int = 0
+    max_length: int = 0
+    over_max_length: int = 0  # pairs where prompt + either reply exceeds max_length
+    prompt_tokens: int = 0
+    chosen_tokens: int = 0
+    rejected_tokens: int = 0
+    token_lengths: dict[str, dict[str, float]] = field(default_factory=dict)  # prompt/chosen/rejected -> min/mean/max
+    length_histogram: list[tuple[int, int, int]] = field(default_factory=list)  # prompt + longer reply
+    est_tokens_per_epoch: int = 0  # both sequences of every pair, each capped at max_length
+    est_seconds_per_epoch: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def preference_report(
+    path: str | Path,
+    count: Callable[[PreferencePair], tuple[int, int, int]] | None,
+    *,
+    fmt: str = "auto",
+    columns: dict[str, str] | None = None,
+    system_prompt: str | None = None,
+    max_length: int = 512,
+    tokens_per_second: float | None = None,
+) -> PreferenceReport:
+    """Load and validate preference pairs; with count (pair -> prompt/chosen/rejected tokens) measure them."""
+    loaded = load_pairs_report(path, fmt, columns, system_prompt)
+    rep = PreferenceReport(source=str(path), formats=loaded.formats, rows=loaded.rows, max_length=max_length,
+                           duplicates=loaded.duplicates)
+    rep.errors = [p for p in loaded.problems if p.severity == "error"]
+    rep.warnings = [p for p in loaded.problems if p.severity == "warning"]
+    sizes: dict[str, list[int]] = {"prompt": [], "chosen": [], "rejected": []}
+    longest: list[int] = []
+    valid = 0
+    for pair in loaded.pairs:
+        if count is None:
+            valid += 1
+            continue
+        try:
+            n_p, n_c, n_r = count(pair)
+        except RowError as exc:
+            rep.errors.append(Problem(pair.where, str(exc), field=exc.field))
+            continue
+        valid += 1
+        for name, n in (("prompt", n_p), ("chosen", n_c), ("rejected", n_r)):
+            sizes[name].append(n)
+        if n_p + max(n_c, n_r) > max_length:
+            rep.over_max_length += 1
+            rep.warnings.append(Problem(pair.where, f"prompt + longer reply is {n_p + max(n_c, n_r)} tokens > "
+                                        f"max_length {max_length}: will be truncated", "warning"))
+        longest.append(n_p + max(n_c, n_r))
+        rep.est_tokens_per_epoch += min(n_p + n_c, max_length) + min(n_p + n_r, max_length)
+    rep.pairs = valid
+    rep.prompt_tokens, rep.chosen_tokens, rep.rejected_tokens = (sum(sizes[k]) for k in ("prompt", "chosen",
+                                                                                           "rejected"))
+    rep.token_lengths = {k: {"min": min(v), "mean": round(sum(v) / len(v), 1), "max": max(v)}
+                         for k, v in sizes.items() if v}
+    if not valid and not rep.errors:
+        rep.errors.append(Problem(str(path), "no usable preference pairs: the data is empty"))
+    rep.length_histogram = histogram(longest)
+    if tokens_per_second:
+        rep.est_seconds_per_epoch = round(rep.est_tokens_per_epoch / tokens_per_second, 1)
+    return rep

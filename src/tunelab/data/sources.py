@@ -1,4 +1,4 @@
-"""Read rows from .jsonl/.json/.csv/.parquet files, directories of them, or saved datasets.
+"""Read rows from .jsonl(.gz)/.json/.csv/.parquet files, directories of them, or saved datasets.
 
 Every row carries where it came from ("file:line") so that problems can point at it.
 """
@@ -6,8 +6,10 @@ Every row carries where it came from ("file:line") so that problems can point at
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any
 
 from .records import DataError, Problem
 
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 
 
 @dataclass
@@ -46,8 +48,18 @@ def _read_text(path: Path) -> str:
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRow]:
-    with path.open("rb") as f:
-        for n, raw in enumerate(f, start=1):
+    # gzip.open yields the decompressed lines, so line numbers are those of the .jsonl inside
+    with (gzip.open(path, "rb") if path.name.endswith(".gz") else path.open("rb")) as f:
+        n = 0
+        while True:
+            try:
+                raw = f.readline()
+            except (OSError, EOFError, zlib.error) as exc:  # a corrupt or cut-short .gz: earlier rows stand
+                yield RawRow(f"{path}:{n + 1}", None, f"can't read the file from here on: {exc}")
+                return
+            if not raw:
+                return
+            n += 1
             where = f"{path}:{n}"
             try:
                 line = raw.decode("utf-8-sig" if n == 1 else "utf-8")
@@ -150,7 +162,13 @@ def _read_saved_dataset(path: Path) -> Iterator[RawRow]:
         yield RawRow(f"{path}:row {i + 1}", dict(row))
 
 
-_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}
+_READERS = {".jsonl": _read_jsonl, ".jsonl.gz": _read_jsonl, ".json": _read_json, ".csv": _read_csv,
+            ".parquet": _read_parquet}
+
+
+def _suffix(path: Path) -> str:
+    """The file type: ".jsonl.gz" for compressed JSON Lines, else the last suffix."""
+    return ".jsonl.gz" if path.name.endswith(".jsonl.gz") else path.suffix
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -165,11 +183,11 @@ def data_files(path: str | Path) -> list[Path]:
     if is_saved_dataset(p):
         return [p]
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file())
+        files = sorted(f for f in p.rglob("*") if _suffix(f) in SUFFIXES and f.is_file())
         if not files:
             raise FileNotFoundError(f"{p}: the directory holds no {', '.join(SUFFIXES)} files")
         return files
-    if p.suffix not in SUFFIXES:
+    if _suffix(p) not in SUFFIXES:
         raise DataError([Problem(str(p), f"unsupported file type '{p.suffix}'; "
                                          f"use one of {', '.join(SUFFIXES)}")])
     return [p]
@@ -178,4 +196,4 @@ def data_files(path: str | Path) -> list[Path]:
 def read_rows(file: Path) -> Iterator[RawRow]:
     if is_saved_dataset(file):
         return _read_saved_dataset(file)
-    return _READERS[file.suffix](file)
+    return _READERS[_suffix(file)](file)
