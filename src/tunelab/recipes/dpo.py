@@ -98,9 +98,9 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
                       include_num_input_tokens_seen="non_padding")
     cbs, interrupt = trl_run.callbacks(run, console, callbacks)
     extra = {"ref_model": ref} if cfg.method in ("dpo", "kto") else {}
-    trainer = trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train),
-                          eval_dataset=_dataset(cfg, val) if val else None, processing_class=tokenizer,
-                          callbacks=cbs, **extra)
+    trainer = trl_run.quiet(trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train),
+                                        eval_dataset=_dataset(cfg, val) if val else None,
+                                        processing_class=tokenizer, callbacks=cbs, **extra))
     out, seconds = trl_run.train(trainer, run, resume, console)
     summary: dict[str, Any] = {"method": cfg.method, "task": "chat", "base_model": cfg.model.base,
                                "train_pairs": len(train), "validation_pairs": len(val),

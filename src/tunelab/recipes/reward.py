@@ -65,8 +65,9 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
     def dataset(pairs: list[Any]) -> Any:
         return Dataset.from_list([trl_run.conversational(p) for p in pairs])
 
-    trainer = RewardTrainer(model=model, args=args, train_dataset=dataset(train),
-                            eval_dataset=dataset(val) if val else None, processing_class=tokenizer, callbacks=cbs)
+    trainer = trl_run.quiet(RewardTrainer(model=model, args=args, train_dataset=dataset(train),
+                                          eval_dataset=dataset(val) if val else None, processing_class=tokenizer,
+                                          callbacks=cbs))
     summary: dict[str, Any] = {"method": "reward", "task": "reward", "base_model": cfg.model.base,
                                "train_pairs": len(train), "validation_pairs": len(val),
                                "precision": "bf16" if bf16 else "fp32"}

@@ -124,11 +124,16 @@ def write_data_report(run: RunDir, report: dict[str, Any], skipped: list[Problem
         console.print(f"[yellow]Skipped {len(skipped)} bad row(s); see {run.path / 'skipped_rows.jsonl'}[/]")
 
 
-def train(trainer: Any, run: RunDir, resume: bool, console: Console) -> tuple[Any, float]:
+def quiet(trainer: Any) -> Any:
+    """Progress and metrics.jsonl replace the trainer's own printing (also for evaluations before training)."""
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-    trainer.remove_callback(PrinterCallback)  # progress and metrics.jsonl replace TRL's own printing
+    trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    return trainer
+
+
+def train(trainer: Any, run: RunDir, resume: bool, console: Console) -> tuple[Any, float]:
     checkpoint = run.last_checkpoint() if resume else None
     if resume and checkpoint is None:
         console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
