@@ -71,6 +71,11 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
     summary: dict[str, Any] = {"method": "reward", "task": "reward", "base_model": cfg.model.base,
                                "train_pairs": len(train), "validation_pairs": len(val),
                                "precision": "bf16" if bf16 else "fp32"}
+    dropped = len(train) - len(trainer.train_dataset)  # TRL drops pairs longer than max_length
+    if dropped:
+        summary["pairs_dropped_too_long"] = dropped
+        console.print(f"[yellow]{dropped} training pair(s) are longer than model.max_length="
+                      f"{cfg.model.max_length} tokens and were left out; raise model.max_length to keep them[/]")
     if val and cfg.eval.compare_base and not resume:  # an untrained head: what chance ranking gives
         summary["base_pairwise_accuracy"] = trl_run.eval_metrics(trainer.evaluate()).get("eval_accuracy")
     out, seconds = trl_run.train(trainer, run, resume, console)
