@@ -107,10 +107,11 @@ def _dataset(rows: list[Any]) -> Any:
 def _learning_rate(cfg: TunelabConfig, n_params: int) -> float:
     if cfg.train.learning_rate != "auto":
         return float(cfg.train.learning_rate)
-    # RL updates follow the model's own samples, which drift with it: a tenth of SFT's rate, as TRL's examples
+    # RL updates follow the model's own samples, which drift with it: LoRA at a tenth of SFT's rate, full
+    # fine-tuning at TRL's GRPO default
     if cfg.peft.method == "full":
         return 1e-6
-    return 1e-4 if n_params < 300e6 else 5e-5
+    return auto.auto_learning_rate(cfg.peft.method, n_params, head=False) / 10
 
 
 def _trainer_class(cfg: TunelabConfig) -> tuple[Any, Any]:
@@ -210,9 +211,9 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
                       max_completion_length=cfg.rl.max_completion_tokens, temperature=cfg.rl.temperature,
                       beta=cfg.rl.kl_beta, reward_weights=cfg.rl.reward_weights, log_completions=False)
     cbs, interrupt = trl_run.callbacks(run, console, callbacks)
-    trainer = trainer_cls(model=model, reward_funcs=reward_funcs, args=args, train_dataset=_dataset(train),
-                          processing_class=tokenizer, callbacks=cbs,
-                          peft_config=peft_config(cfg, "CAUSAL_LM") if lora else None)
+    trainer = trl_run.quiet(trainer_cls(model=model, reward_funcs=reward_funcs, args=args,
+                                        train_dataset=_dataset(train), processing_class=tokenizer, callbacks=cbs,
+                                        peft_config=peft_config(cfg, "CAUSAL_LM") if lora else None))
     if ref is not None:
         _use_reference(trainer, ref)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)

@@ -1,0 +1,118 @@
+"""Online RL end to end on a tiny random model, through `tunelab train`: GRPO and RLOO train a LoRA adapter
+from sampled answers and their rewards, log rewards to metrics.jsonl, and leave a run that loads like SFT's."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from tests.conftest import build_tiny_model
+from tests.e2e.test_train_cli import metrics, tunelab_cli
+
+PROBLEMS = [("what is 2 plus 3", "5"), ("what is 4 plus 4", "#### 8"), ("hello how many is 7", "7"),
+            ("the quick fox has 9", "9"), ("my card number 1", "1"), ("reset 6 times", "6")]
+
+
+@pytest.fixture(scope="module")
+def varied_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Sampled answers differ in length and text, so rewards differ within a group and there is a gradient."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-varied"), init_std=0.2)
+
+
+def write_prompts(path: Path, n: int = 12) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"prompt": PROBLEMS[i % len(PROBLEMS)][0], "answer": PROBLEMS[i % len(PROBLEMS)][1]} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_config(tmp_path: Path, model: Path, method: str, **rl: Any) -> Path:
+    cfg = {"name": method, "method": method, "output_dir": "runs",
+           "model": {"base": str(model), "max_length": 96, "precision": "fp32"},
+           "data": {"train": "data/train.jsonl", "val_fraction": 0.25},
+           "peft": {"r": 4, "alpha": 8},
+           "rl": {"rewards": ["numeric", "my_rewards:variety"], "num_generations": 2, "max_completion_tokens": 8}
+           | rl,
+           "train": {"max_steps": 3, "batch_size": 2, "learning_rate": 0.01, "threads": 1},
+           "eval": {"probes": {"enabled": False}, "batch_size": 4}}
+    # a user reward (module:function, imported from where tunelab runs) that differs between any two sampled
+    # answers: a learning signal even where numeric is 0 for every answer of the random model
+    (tmp_path / "my_rewards.py").write_text(
+        "def variety(prompts, completions, **kwargs):\n"
+        "    return [len(set(c[0]['content'])) / 20 for c in completions]\n")
+    path = tmp_path / f"{method}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize("method", ["grpo", "rloo"])
+def test_online_rl_trains_an_adapter(varied_model: Path, tmp_path: Path, method: str) -> None:
+    write_prompts(tmp_path / "data" / "train.jsonl")
+    r = tunelab_cli("train", write_config(tmp_path, varied_model, method), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / method
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert summary["method"] == method and math.isfinite(summary["train_loss"])
+    assert 0.0 <= summary["base_reward"] <= 1.0 and 0.0 <= summary["tuned_reward"] <= 1.0
+    assert summary["eval_rows"] == 3 and "reward_first" in summary and "reward_last" in summary
+
+    logged = metrics(run)
+    steps = [m for m in logged if "loss" in m]
+    assert len(steps) == 3 and all(math.isfinite(m["loss"]) for m in steps)
+    rewarded = [m for m in logged if m.get("reward") is not None]
+    assert rewarded and all(math.isfinite(m["reward"]) for m in rewarded)
+    assert all("rewards/numeric/mean" in m and "rewards/variety/mean" in m for m in rewarded)
+    assert all("completions/mean_length" in m and "kl" in m for m in rewarded)
+
+    # LoRA B starts at zero: any nonzero B is what the rewards taught
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(bool(v.abs().sum() > 0) for v in lora_b)
+    assert (run / "tokenizer").is_dir() and (run / "resolved.json").is_file()
+
+    from tunelab.models.load import load
+
+    loaded = load(str(run))  # what generate/chat/serve/export load
+    assert hasattr(loaded.model, "disable_adapter")
+
+
+def test_full_fine_tuning_keeps_the_start_as_reference(varied_model: Path, tmp_path: Path) -> None:
+    """peft.method full: every weight trains, against a frozen copy of the starting model (KL reference)."""
+    import torch
+
+    write_prompts(tmp_path / "data" / "train.jsonl")
+    cfg_path = write_config(tmp_path, varied_model, "grpo")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["peft"] = {"method": "full"}
+    cfg["train"]["learning_rate"] = 1e-3
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    r = tunelab_cli("train", cfg_path, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "grpo"
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+    tuned, start = load_file(run / "model" / "model.safetensors"), load_file(varied_model / "model.safetensors")
+    assert any(not torch.equal(tuned[k], start[k]) for k in start)
+    assert any(m.get("kl") for m in metrics(run))  # the policy moved away from its frozen reference
+
+
+def test_data_and_reward_problems_stop_before_a_run_exists(varied_model: Path, tmp_path: Path) -> None:
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text(
+        json.dumps({"prompt": "what is 2 plus 3"}) + "\n" + json.dumps({"prompt": "", "answer": "1"}) + "\n")
+    r = tunelab_cli("train", write_config(tmp_path, varied_model, "grpo"), cwd=tmp_path)
+    assert r.returncode != 0
+    assert "train.jsonl:1" in r.stderr and "'answer'" in r.stderr and "train.jsonl:2" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+    write_prompts(tmp_path / "data" / "train.jsonl")
+    r = tunelab_cli("train", write_config(tmp_path, varied_model, "grpo", rewards=["numerik"]), cwd=tmp_path)
+    assert r.returncode != 0 and "numerik" in r.stderr and "module:function" in r.stderr
+    assert not (tmp_path / "runs").exists()
