@@ -53,7 +53,8 @@ def split_rows(max_chars: int, n_train: int, n_eval: int, seed: int) -> tuple[li
 def train(name: str, method: str, work: Path, overrides: list[str]) -> dict[str, Any]:
     cfg = tunelab.load_config(None, [
         f"name={name}", f"method={method}", f"output_dir={work / 'runs'}", f"data.train={work / 'train.jsonl'}",
-        f"data.validation={work / 'test.jsonl'}", "eval.probes.enabled=false", *overrides])
+        f"data.validation={work / 'test.jsonl'}", "eval.probes.enabled=false",
+        "data.on_error=skip", *overrides])  # hh-rlhf has a few broken rows (empty replies, typos in roles)
     t0 = time.perf_counter()
     result = tunelab.train(cfg)
     return result.summary | {"run_dir": str(result.run_dir), "wall_s": round(time.perf_counter() - t0, 1)}
