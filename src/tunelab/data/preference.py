@@ -140,7 +140,8 @@ def _messages(p: list[Problem], where: str, raw: Any, fld: str) -> list[Message]
     return [{k: v for k, v in m.items() if k != "weight"} for m in msgs]  # weights are an SFT notion
 
 
-def _prompt(p: list[Problem], where: str, data: dict[str, Any], key: str) -> list[Message]:
+def _turns(p: list[Problem], where: str, data: dict[str, Any], key: str, role: str) -> list[Message]:
+    """A string is one message with `role`; a list holds messages (for replies, maybe a whole conversation)."""
     if key not in data or data[key] is None:
         p.append(Problem(where, f"missing field '{key}'", field=key))
         return []
@@ -148,7 +149,7 @@ def _prompt(p: list[Problem], where: str, data: dict[str, Any], key: str) -> lis
     if isinstance(raw, str):
         if not raw.strip():
             p.append(Problem(where, f"field '{key}' is empty", field=key))
-        return [{"role": "user", "content": raw}]
+        return [{"role": role, "content": raw}]
     if isinstance(raw, list):
         return _messages(p, where, raw, key)
     p.append(Problem(where, f"field '{key}' must be a string or a list of messages, got {type(raw).__name__}",
@@ -156,11 +157,13 @@ def _prompt(p: list[Problem], where: str, data: dict[str, Any], key: str) -> lis
     return []
 
 
+def _prompt(p: list[Problem], where: str, data: dict[str, Any], key: str) -> list[Message]:
+    return _turns(p, where, data, key, "user")
+
+
 def _reply(p: list[Problem], where: str, data: dict[str, Any], key: str) -> list[Message]:
     """chosen/rejected: a string is the assistant reply; a list holds the reply (or a whole conversation)."""
-    if key not in data or data[key] is None:
-        p.append(Problem(where, f"missing field '{key}'", field=key))
-        return []
+    return _turns(p, where, data, key, "assistant")
     raw = data[key]
     if isinstance(raw, str):
         if not raw.strip():
