@@ -13,23 +13,14 @@ from rich.console import Console
 
 from ..config import TunelabConfig
 from ..training import auto, trl_run
-from ..training.rundir import RunDir, open_run
+from ..training.rundir import RunDir
 from ..training.setup import training_kwargs, wrap_model
 from .sft import RunResult
 
 
 def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
         callbacks: list[Any] | None = None) -> RunResult:
-    console = console or Console(stderr=True)
-    trl_run.threads(cfg)
-    base, tokenizer, bf16 = trl_run.start(cfg)
-    train, val, skipped, report = trl_run.preference_pairs(cfg)
-    run_dir = open_run(cfg, resume)
-    try:
-        return _train(run_dir, cfg, resume, console, callbacks, base, tokenizer, bf16, train, val, skipped, report)
-    except BaseException as exc:  # whatever happens after the run directory exists, it says so
-        run_dir.status("failed", error=f"{type(exc).__name__}: {exc}")
-        raise
+    return trl_run.run_on_pairs(cfg, resume, console, callbacks, _train)
 
 
 def _dataset(cfg: TunelabConfig, pairs: list[Any]) -> Any:

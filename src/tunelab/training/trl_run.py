@@ -77,6 +77,23 @@ def preference_pairs(cfg: TunelabConfig) -> tuple[list[Any], list[Any], list[Pro
     return train, val, skipped, report
 
 
+def run_on_pairs(cfg: TunelabConfig, resume: bool, console: Console | None, callbacks: list[Any] | None,
+                 train_fn: Any) -> Any:
+    """The part every pair-trained recipe shares: check the data, open the run, mark it failed on any error."""
+    from .rundir import open_run
+
+    console = console or Console(stderr=True)
+    threads(cfg)
+    base, tokenizer, bf16 = start(cfg)
+    train, val, skipped, report = preference_pairs(cfg)
+    run_dir = open_run(cfg, resume)
+    try:
+        return train_fn(run_dir, cfg, resume, console, callbacks, base, tokenizer, bf16, train, val, skipped, report)
+    except BaseException as exc:  # whatever happens after the run directory exists, it says so
+        run_dir.status("failed", error=f"{type(exc).__name__}: {exc}")
+        raise
+
+
 def messages(msgs: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
