@@ -174,7 +174,7 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
            report: dict[str, Any], reward_funcs: list[Any]) -> RunResult:
     from transformers import set_seed
 
-    trl_run.write_data_report(run, report, skipped, console)
+    run.write_data_report(report, skipped, console)
     set_seed(cfg.train.seed)
     model = trl_run.starting_model(cfg, base)
     n_params = sum(p.numel() for p in model.parameters())

@@ -29,7 +29,7 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    trl_run.write_data_report(run, report, skipped, console)
+    run.write_data_report(report, skipped, console)
     set_seed(cfg.train.seed)
     model = trl_run.starting_model(cfg, base, reward_head=True, pad_token_id=tokenizer.pad_token_id)
     n_params = sum(p.numel() for p in model.parameters())

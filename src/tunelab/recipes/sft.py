@@ -232,12 +232,7 @@ def _train(run: RunDir, cfg: TunelabConfig, *, resume: bool, console: Console, c
            val_ex: list[Example], skipped: list[Problem], n_overlap: int) -> RunResult:
     report = rep.to_dict() | {"train_rows": len(train_ex), "validation_rows": len(val_ex),
                               "train_validation_overlap": n_overlap}
-    run.write_json("data_report.json", report)
-    if skipped:
-        with (run.path / "skipped_rows.jsonl").open("w") as f:
-            for p in skipped:
-                f.write(json.dumps(p.to_dict()) + "\n")
-        console.print(f"[yellow]Skipped {len(skipped)} bad row(s); see {run.path / 'skipped_rows.jsonl'}[/]")
+    run.write_data_report(report, skipped, console)
     if n_overlap:
         console.print(f"[yellow]{n_overlap} validation row(s) also appear in the training data[/]")
 

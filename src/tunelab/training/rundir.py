@@ -38,6 +38,15 @@ class RunDir:
         tmp.replace(p)
         return p
 
+    def write_data_report(self, report: dict[str, Any], skipped: list[Any], console: Any) -> None:
+        """data_report.json, and the rows skipped with data.on_error: skip in skipped_rows.jsonl."""
+        self.write_json("data_report.json", report)
+        if skipped:
+            with (self.path / "skipped_rows.jsonl").open("w") as f:
+                for p in skipped:
+                    f.write(json.dumps(p.to_dict()) + "\n")
+            console.print(f"[yellow]Skipped {len(skipped)} bad row(s); see {self.path / 'skipped_rows.jsonl'}[/]")
+
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())
 

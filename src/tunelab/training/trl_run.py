@@ -3,7 +3,6 @@ starting model, callbacks, and the run directory's bookkeeping, so each recipe k
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -130,15 +129,6 @@ def callbacks(run: RunDir, console: Console, extra: list[Any] | None) -> tuple[l
     interrupt = GracefulInterrupt(console)
     return [SeenTokens(counter), MetricsLogger(run.metrics, counter), RichProgress(counter, console), interrupt,
             *(extra or [])], interrupt
-
-
-def write_data_report(run: RunDir, report: dict[str, Any], skipped: list[Problem], console: Console) -> None:
-    run.write_json("data_report.json", report)
-    if skipped:
-        with (run.path / "skipped_rows.jsonl").open("w") as f:
-            for p in skipped:
-                f.write(json.dumps(p.to_dict()) + "\n")
-        console.print(f"[yellow]Skipped {len(skipped)} bad row(s); see {run.path / 'skipped_rows.jsonl'}[/]")
 
 
 def quiet(trainer: Any) -> Any:
