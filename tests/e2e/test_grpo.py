@@ -78,6 +78,15 @@ def test_online_rl_trains_an_adapter(varied_model: Path, tmp_path: Path, method:
     assert lora_b and any(bool(v.abs().sum() > 0) for v in lora_b)
     assert (run / "tokenizer").is_dir() and (run / "resolved.json").is_file()
 
+    # the report says what RL did: held-out accuracy base vs tuned, the reward curves, marked example answers
+    assert "Report:" in r.stderr and (run / "report.html").is_file()
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["preference"]["kind"] == "online_rl" and "preference_curves" in rep["charts"]
+    assert rep["verdict"]["metric"] == "numeric_accuracy" and rep["verdict"]["base"] == summary["base_reward"]
+    preds = json.loads((run / "predictions.json").read_text())
+    assert len(preds) == 3 and all({"prompt", "answer", "predicted", "base_predicted"} <= set(p) for p in preds)
+    assert len(rep["examples"]["rows"]) == 3 and all(isinstance(x["tuned_ok"], bool) for x in rep["examples"]["rows"])
+
     from tunelab.models.load import load
 
     loaded = load(str(run))  # what generate/chat/serve/export load

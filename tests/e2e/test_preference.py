@@ -71,6 +71,13 @@ def test_each_method_trains_through_the_cli(method: str, tiny_model: Path, tmp_p
         assert any(k.startswith("rewards/") or k.startswith("eval_rewards/") for k in logged), logged
     if method == "dpo":
         assert 0 <= summary["preference_accuracy"] <= 1 and "eval_rewards_margins" in summary
+    if method in ("orpo", "cpo", "simpo"):  # no reference model: the starting model's own ranking is the baseline
+        assert 0 <= summary["base_preference_accuracy"] <= 1
+    # the report judges held-out pairs and draws the method's curves
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["preference"]["kind"] == ("reward" if method == "reward" else "pairs")
+    assert rep["verdict"]["kind"] in ("better", "worse", "unclear", "same", "no_metrics", "no_comparison")
+    assert "preference_curves" in rep["charts"], rep["preference"]["panels"]
 
 
 def test_dpo_variants_and_errors_through_the_cli(tiny_model: Path, tmp_path: Path) -> None:

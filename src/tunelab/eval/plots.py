@@ -128,3 +128,25 @@ def base_vs_tuned_bars(names: Sequence[str], base: Sequence[float | None], tuned
     ax.grid(False, axis="x")
     ax.legend(frameon=False, fontsize=8)
     return _png(fig)
+
+
+def metric_panels(panels: Sequence[tuple[str, dict[str, Sequence[tuple[float, float]]]]],
+                  chance: dict[str, float] | None = None) -> bytes:
+    """Side-by-side panels of metrics over steps: (y label, {series name: [(step, value)]}) each.
+    `chance` draws a dashed line at that value in the panel of that y label (e.g. 50% pairwise accuracy)."""
+    colors = (BLUE, ORANGE, "#059669", "#7c3aed", GREY)
+    fig = Figure(figsize=(4.2 * len(panels), 3.2))
+    for k, (ylabel, series) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), k + 1)
+        for (name, points), color in zip(series.items(), colors, strict=False):
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, color=color, linewidth=1.5, marker="o" if len(xs) <= 30 else None, markersize=3,
+                    label=name)
+        if chance and ylabel in chance:
+            ax.axhline(chance[ylabel], color=GREY, linestyle="--", linewidth=1, label="chance")
+        ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
+        _style(ax)
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return _png(fig)

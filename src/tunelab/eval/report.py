@@ -25,6 +25,9 @@ def charts(run: Run, facts: dict[str, Any]) -> dict[str, bytes]:
     data = facts.get("data") or {}
     if data.get("length_histogram"):
         out["length_histogram"] = plots.length_histogram(data["length_histogram"])
+    pref = facts.get("preference") or {}
+    if pref.get("panels"):
+        out["preference_curves"] = plots.metric_panels(pref["panels"], pref.get("chance"))
     conf = facts.get("confusion")
     if conf:
         out["confusion_matrix"] = plots.confusion_matrix(conf["labels"], conf["matrix"])
@@ -65,4 +68,17 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     return html_path, json_path
 
 
-__all__ = ["load_run", "write_report"]
+def report_completed(result: Any, console: Any) -> None:
+    """The report of a run that has just completed, written beside it; its path is printed."""
+    if result.status != "completed":
+        return
+    try:
+        html, _ = write_report(result.run_dir)
+    except Exception as exc:  # the run itself is complete and saved: a report problem must not undo that
+        console.print(f"[yellow]The report could not be written ({type(exc).__name__}: {exc}); the run is "
+                      f"complete. Try again with `tunelab report {result.run_dir}`[/]")
+        return
+    console.print(f"Report: {html}")
+
+
+__all__ = ["load_run", "report_completed", "write_report"]

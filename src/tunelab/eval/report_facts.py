@@ -338,9 +338,11 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     if num(r.get("trainable_params")) and num(r.get("total_params")):
         add("trainable parameters", f"{r['trainable_params']:,} of {r['total_params']:,} "
                                     f"({r['trainable_params'] / r['total_params']:.2%})")
-    rows = [f"{s[k]:,} {w}" for k, w in (("train_rows", "train"), ("validation_rows", "validation"),
-                                          ("eval_rows", "scored")) if isinstance(s.get(k), int)]
-    add("rows", " / ".join(rows))
+    for unit in ("rows", "pairs", "prompts"):
+        rows = [f"{s[k]:,} {w}" for k, w in ((f"train_{unit}", "train"), (f"validation_{unit}", "validation"),
+                                              ("eval_rows" if unit != "pairs" else "", "scored"))
+                if isinstance(s.get(k), int)]
+        add(unit, " / ".join(rows))
     add("steps", s.get("steps"))
     add("training time", _duration(num(s.get("train_seconds"))) if num(s.get("train_seconds")) is not None else None)
     add("tokens/s", f"{s['tokens_per_s']:,.0f}" if num(s.get("tokens_per_s")) is not None else None)
@@ -377,6 +379,12 @@ def data_facts(run: Run) -> dict[str, Any] | None:
            "train_validation_overlap": d.get("train_validation_overlap"),
            "tokens_per_epoch": d.get("est_tokens_per_epoch"),
            "length_histogram": [list(b) for b in d.get("length_histogram") or [] if len(b) == 3]}
+    for unit in ("pairs", "prompts"):  # preference and RL runs count pairs or prompts, not rows
+        if d.get(f"train_{unit}") is not None:
+            out.update(unit=unit, train_rows=d[f"train_{unit}"], validation_rows=d.get(f"validation_{unit}"),
+                       skipped=d.get("skipped"), too_long=d.get("too_long"))
+            if isinstance(d.get("format"), dict):
+                out["format"] = ", ".join(sorted(set(map(str, d["format"].values()))))
     if isinstance(labels, dict) and labels:
         out["labels"] = len(labels)
         out["smallest_label"] = min(labels.values())
@@ -547,8 +555,19 @@ def build(run: Run) -> dict[str, Any]:
         missing["examples"] = f"No example outputs (no eval.json or predictions.json). Run `{hint}`."
     elif not any(r.get("base") is not None for r in ex["rows"]):
         missing["example_base"] = f"The examples have no base-model outputs. Run `{hint}` to add them."
+    from .report_preference import preference_facts  # it reads this module's helpers
+
+    pref = preference_facts(run)
+    if pref is not None:
+        rl_examples = pref.pop("examples", None)
+        if rl_examples:  # RL predictions: prompt, reference answer, tuned and base answers, each marked
+            ex = {"source": "predictions.json", "rows": rl_examples}
+            missing.pop("examples", None)
+            if any(r.get("base") is not None for r in rl_examples):
+                missing.pop("example_base", None)
+        _preference_missing(pref, metrics, missing)
     probes = probe_facts(run)
-    if probes is None:
+    if probes is None and not (pref and pref["kind"] == "reward"):
         missing["probes"] = (f"No forgetting or bias probes for this run (no probes.json). Run "
                              f"`tunelab probe {run.path}` to measure them.")
     warnings = []
@@ -561,7 +580,8 @@ def build(run: Run) -> dict[str, Any]:
         "tunelab_version": __version__, "run": str(run.path), "name": run.summary.get("name") or run.path.name,
         "status": status or "unknown", "task": run.task, "classification": run.classification,
         "warnings": warnings,
-        "verdict": _with_probes(verdict(run, comp, metrics), probes), "comparison": comp,
+        "verdict": _with_probes(pref["verdict"] if pref and comp is None else verdict(run, comp, metrics), probes),
+        "comparison": comp, "preference": pref,
         "facts": dict(run_facts(run)), "resolved": run.resolved, "data": data_facts(run),
         "loss": {"train_points": len(train), "eval": [list(p) for p in evals],
                  "first_train_loss": train[0][1] if train else None, "last_train_loss": train[-1][1] if train else None,
@@ -573,6 +593,16 @@ def build(run: Run) -> dict[str, Any]:
                     "weakest_classes": _weakest(tuned_m, base_m)},
         "confusion": conf, "examples": ex, "missing": missing, "probes": probes,
     }
+
+
+def _preference_missing(pref: dict[str, Any], metrics: dict[str, Any], missing: dict[str, str]) -> None:
+    """A preference run's own numbers stand in for task metrics; a reward model has no outputs to show."""
+    if not metrics["tuned"]:
+        missing.pop("metrics", None)
+        missing.pop("base", None)
+    if pref["kind"] == "reward":
+        for key in ("examples", "example_base", "probes"):
+            missing.pop(key, None)
 
 
 def _with_probes(v: dict[str, Any], probes: dict[str, Any] | None) -> dict[str, Any]:

@@ -111,20 +111,37 @@ def _metrics_html(f: dict[str, Any]) -> str:
     return out
 
 
+def _preference_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+    pref = f["preference"]
+    out = f'<p class="sub">{_e(pref["explain"])}</p>' + _table([[_e(k), _e(v)] for k, v in pref["rows"]], cls="facts")
+    if "preference_curves" in imgs:
+        out += _img(imgs["preference_curves"], "preference and reward metrics over training steps")
+    else:
+        out += _note("No preference metrics were logged during training (metrics.jsonl is missing or has none).")
+    return out
+
+
 def _data_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     d = f.get("data")
     if d is None:
         return _note(f["missing"]["data"])
-    rows = [["source", _e(d.get("source"))], ["rows", _e(d.get("rows"))], ["valid rows", _e(d.get("valid_rows"))]]
-    errs, warns = d.get("errors") or 0, d.get("warnings") or 0
-    rows.append(["errors", f'<span class="{"bad" if errs else ""}">{_e(errs)}</span>'])
-    rows.append(["warnings", f'<span class="{"warn" if warns else ""}">{_e(warns)}</span>'])
-    rows.append(["exact duplicates", _e(d.get("duplicates"))])
+    rows = []
+    if d.get("unit") is None:  # an SFT data report; preference and RL runs report pairs or prompts below
+        rows = [["source", _e(d.get("source"))], ["rows", _e(d.get("rows"))], ["valid rows", _e(d.get("valid_rows"))]]
+        errs, warns = d.get("errors") or 0, d.get("warnings") or 0
+        rows.append(["errors", f'<span class="{"bad" if errs else ""}">{_e(errs)}</span>'])
+        rows.append(["warnings", f'<span class="{"warn" if warns else ""}">{_e(warns)}</span>'])
+        rows.append(["exact duplicates", _e(d.get("duplicates"))])
     if d.get("max_length"):
         rows.append([f"over {_e(d['max_length'])} tokens",
                      f"{_e(d.get('truncated', 0))} truncated, {_e(d.get('dropped_too_long', 0))} dropped"])
     if d.get("train_rows") is not None:
-        rows.append(["train / validation rows", f"{_e(d['train_rows'])} / {_e(d.get('validation_rows'))}"])
+        unit = d.get("unit") or "rows"
+        rows.append([f"train / validation {unit}", f"{_e(d['train_rows'])} / {_e(d.get('validation_rows'))}"])
+    if d.get("format"):
+        rows.append(["format", _e(d["format"])])
+    if d.get("skipped"):
+        rows.append(["left out", f'<span class="warn">{_e(d["skipped"])}</span> (listed in skipped_rows.jsonl)'])
     ov = d.get("train_validation_overlap")
     if ov is not None:
         rows.append(["validation rows also in training",
@@ -145,18 +162,19 @@ def _examples_html(f: dict[str, Any]) -> str:
         return _note(f["missing"]["examples"])
     exact = f["classification"]
 
-    def cell(v: Any, ref: Any) -> str:
+    def cell(v: Any, ref: Any, ok: bool | None = None) -> str:
         if v is None:
             return "–"
         text = str(v)
         text = text if len(text) <= 400 else text[:399] + "…"
-        if not exact:
+        if ok is None and not exact:
             return _e(text)
-        ok = v == ref
+        ok = v == ref if ok is None else ok
         return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(text)}</span>'
 
     rows = [[_e(r["input"] if len(r["input"]) <= 400 else r["input"][:399] + "…"), _e(r.get("reference")),
-             cell(r.get("tuned"), r.get("reference")), cell(r.get("base"), r.get("reference"))] for r in ex["rows"]]
+             cell(r.get("tuned"), r.get("reference"), r.get("tuned_ok")),
+             cell(r.get("base"), r.get("reference"), r.get("base_ok"))] for r in ex["rows"]]
     head = ["input", "expected label" if exact else "reference", "tuned", "base"]
     out = f'<p class="sub">{len(rows)} rows from {_e(ex["source"])}.'
     if exact and ex["source"] == "predictions.json":
@@ -273,7 +291,12 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         cls = "probeline warnline" if probes["warnings"] else "probeline"
         parts += [f'<div class="{cls}">{_md(x)}</div>' for x in probes["sentences"]]
 
-    parts.append("<h2>Task metrics</h2>" + _metrics_html(f))
+    pref = f.get("preference")
+    if pref:
+        title = {"reward": "Reward model", "pairs": "Preference tuning", "online_rl": "Online RL"}[pref["kind"]]
+        parts.append(f"<h2>{title}</h2>" + _preference_html(f, imgs))
+    if not pref or f["metrics"]["tuned"]:
+        parts.append("<h2>Task metrics</h2>" + _metrics_html(f))
     if f["classification"]:
         parts.append("<h2>Confusion matrix</h2>")
         conf = f.get("confusion")
@@ -289,10 +312,10 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
                 parts.append("<h3>Most frequent mistakes</h3>" + _table(
                     [[_e(t["true"]), _e(t["predicted"]), str(t["count"])] for t in conf["top_confusions"]],
                     ["true label", "predicted", "rows"]))
-    parts.append("<h2>Examples: base vs tuned</h2>" + _examples_html(f))
-
-    parts.append("<h2>Forgetting</h2>" + _forgetting_html(f, imgs))
-    parts.append("<h2>Bias and fairness</h2>" + _bias_html(f, imgs))
+    if not pref or pref["kind"] != "reward":  # a reward model writes no answers: nothing to show or probe
+        parts.append("<h2>Examples: base vs tuned</h2>" + _examples_html(f))
+        parts.append("<h2>Forgetting</h2>" + _forgetting_html(f, imgs))
+        parts.append("<h2>Bias and fairness</h2>" + _bias_html(f, imgs))
 
     parts.append("<h2>Loss</h2>")
     if "loss_curve" in imgs:

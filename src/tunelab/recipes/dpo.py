@@ -92,12 +92,18 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
     trainer = trl_run.quiet(trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train),
                                         eval_dataset=_dataset(cfg, val) if val else None,
                                         processing_class=tokenizer, callbacks=cbs, **extra))
+    base_acc = None
+    if val and cfg.method in ("orpo", "cpo", "simpo") and cfg.eval.compare_base and not resume:
+        # no reference model: the starting model already ranks pairs by its own likelihood; that is the baseline
+        base_acc = trl_run.eval_metrics(trainer.evaluate()).get("eval_rewards_accuracies")
     out, seconds = trl_run.train(trainer, run, resume, console)
     summary: dict[str, Any] = {"method": cfg.method, "task": "chat", "base_model": cfg.model.base,
                                "train_pairs": len(train), "validation_pairs": len(val),
                                "precision": "bf16" if bf16 else "fp32", "steps": trainer.state.global_step,
                                "train_loss": out.training_loss, "train_seconds": round(seconds, 1),
                                "tokens_seen": int(trainer.state.num_input_tokens_seen or 0)}
+    if base_acc is not None and not math.isnan(base_acc):
+        summary["base_preference_accuracy"] = base_acc
     if interrupt.requested:
         run.status("interrupted", **summary)
         console.print(f"[yellow]Stopped at step {trainer.state.global_step}; continue with --resume[/]")
@@ -110,7 +116,9 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
         if acc is not None and not math.isnan(acc):
             # held-out pairs whose implicit reward ranks the chosen answer above the rejected one
             summary["preference_accuracy"] = acc
-            console.print(f"Held-out preference accuracy: [bold]{acc:.1%}[/] "
+            before = summary.get("base_preference_accuracy")
+            console.print("Held-out preference accuracy: " + (f"before {before:.1%} -> " if before is not None else "")
+                          + f"[bold]{acc:.1%}[/] "
                           f"(margin {metrics.get('eval_rewards_margins', float('nan')):.3f})")
     run.status("completed", **summary)
     return RunResult(run.path, "completed", run.read_json("summary.json"))

@@ -36,11 +36,15 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     reward_funcs = rewards.build(cfg.rl.rewards, tokenizer)  # user modules and reward models load here, not later
     run_dir = open_run(cfg, resume)
     try:
-        return _train(run_dir, cfg, resume, console, callbacks, base, tokenizer, bf16, train, val, skipped, report,
-                      reward_funcs)
+        result = _train(run_dir, cfg, resume, console, callbacks, base, tokenizer, bf16, train, val, skipped,
+                        report, reward_funcs)
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         run_dir.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    from ..eval.report import report_completed
+
+    report_completed(result, console)
+    return result
 
 
 def _prompts(cfg: TunelabConfig, tokenizer: Any) -> tuple[list[Any], list[Any], list[Problem], dict[str, Any]]:
@@ -151,6 +155,16 @@ def _use_reference(trainer: Any, ref: Any) -> None:
     trainer.ref_model = trainer.accelerator.prepare_model(ref.to(trainer.accelerator.device), evaluation_mode=True)
 
 
+def _base_answers(run: RunDir, n: int) -> list[str] | None:
+    path = run.path / "base_predictions.json"
+    got = run.read_json(path.name) if path.is_file() else None
+    return got if isinstance(got, list) and len(got) == n else None
+
+
+def _last_user(prompt: list[dict[str, Any]]) -> str:
+    return next((m["content"] for m in reversed(prompt) if m["role"] == "user"), "")
+
+
 def _reward_summary(run: RunDir) -> dict[str, Any]:
     """First and last logged mean reward (total and per function) from metrics.jsonl."""
     import json
@@ -184,7 +198,8 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
                                "rewards": list(cfg.rl.rewards), "precision": "bf16" if bf16 else "fp32"}
     if scored and not resume:
         t0 = time.perf_counter()
-        summary["base_reward"], _ = _score(model, tokenizer, scored, cfg)
+        summary["base_reward"], base_answers = _score(model, tokenizer, scored, cfg)
+        run.write_json("base_predictions.json", base_answers)  # kept for the paired comparison, also on --resume
         console.print(f"base model numeric reward: [bold]{summary['base_reward']:.1%}[/] on {len(scored)} "
                       f"validation prompts ({time.perf_counter() - t0:.0f} s)")
 
@@ -243,8 +258,11 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
         summary["tuned_reward"], answers = _score(trainer.model, tokenizer, scored, cfg)
         if merged:
             trainer.model.unmerge_adapter()
-        run.write_json("predictions.json", [{"where": r.where, "answer": r.answer, "predicted": a}
-                                            for r, a in zip(scored, answers, strict=True)])
+        base_answers = _base_answers(run, len(scored))
+        run.write_json("predictions.json", [
+            {"where": r.where, "prompt": _last_user(r.prompt), "answer": r.answer, "predicted": a}
+            | ({"base_predicted": base_answers[i]} if base_answers else {})
+            for i, (r, a) in enumerate(zip(scored, answers, strict=True))])
         console.print(f"numeric reward: base {summary.get('base_reward', float('nan')):.1%} -> tuned "
                       f"[bold]{summary['tuned_reward']:.1%}[/] on {len(scored)} validation prompts "
                       f"({time.perf_counter() - t0:.0f} s)")

@@ -219,11 +219,9 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         run.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    if result.status == "completed":
-        from ..eval.report import write_report
+    from ..eval.report import report_completed
 
-        html, _ = write_report(result.run_dir)
-        console.print(f"Report: {html}")
+    report_completed(result, console)
     return result
 
 

@@ -87,10 +87,15 @@ def run_on_pairs(cfg: TunelabConfig, resume: bool, console: Console | None, call
     train, val, skipped, report = preference_pairs(cfg)
     run_dir = open_run(cfg, resume)
     try:
-        return train_fn(run_dir, cfg, resume, console, callbacks, base, tokenizer, bf16, train, val, skipped, report)
+        result = train_fn(run_dir, cfg, resume, console, callbacks, base, tokenizer, bf16, train, val, skipped,
+                          report)
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         run_dir.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    from ..eval.report import report_completed
+
+    report_completed(result, console)
+    return result
 
 
 def messages(msgs: list[dict[str, Any]]) -> list[dict[str, str]]:
