@@ -1,6 +1,7 @@
 """Preference tuning on real human preferences: Anthropic hh-rlhf helpful-base pairs, default model.
 
-    python bench/preference_hh.py [--train-pairs 800] [--eval-pairs 200] [--win-prompts 100] [--json PATH]
+    python bench/preference_hh.py [--train-pairs 800] [--dpo-pairs N] [--eval-pairs 200] [--win-prompts 100]
+                                  [--work DIR] [--json PATH]
 
 1. A seeded 15% of the pairs is held out; training pairs come from the rest. Only pairs whose whole
    transcript fits --max-chars are used (CPU time; the filter is the same on both sides).
@@ -9,7 +10,9 @@
    whose implicit reward ranks the chosen answer first (goal >= 58%).
 4. Greedy answers of the base and of the DPO model to held-out prompts, scored by the trained reward
    model: the DPO model's win rate (ties count half; goal >= 55%).
-Each step runs through tunelab's own API (`tunelab.train`), as `tunelab train` would.
+Each step runs through tunelab's own API (`tunelab.train`), as `tunelab train` would. With --work, a training
+that completed there with the same arguments is reused (its figures are read back), so a long run that was
+stopped continues where it was.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import gzip
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -50,13 +54,20 @@ def split_rows(max_chars: int, n_train: int, n_eval: int, seed: int) -> tuple[li
     return train, test, len(lines)
 
 
-def train(name: str, method: str, work: Path, overrides: list[str]) -> dict[str, Any]:
-    cfg = tunelab.load_config(None, [
-        f"name={name}", f"method={method}", f"output_dir={work / 'runs'}", f"data.train={work / 'train.jsonl'}",
-        f"data.validation={work / 'test.jsonl'}", "eval.probes.enabled=false",
-        "data.on_error=skip", *overrides])  # hh-rlhf has a few broken rows (empty replies, typos in roles)
+def train(name: str, method: str, work: Path, train_file: str, overrides: list[str]) -> dict[str, Any]:
+    overrides = [f"name={name}", f"method={method}", f"output_dir={work / 'runs'}", f"data.train={work / train_file}",
+                 f"data.validation={work / 'test.jsonl'}", "eval.probes.enabled=false",
+                 "data.on_error=skip", *overrides]  # hh-rlhf has a few broken rows (empty replies, typos in roles)
+    run, stamp = work / "runs" / name, work / f"{name}.args.json"
+    done = run / "summary.json"
+    if done.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == overrides and \
+            json.loads(done.read_text()).get("status") == "completed":
+        print(f"  reusing the completed run {run}", flush=True)
+        return json.loads(done.read_text()) | {"run_dir": str(run), "reused": True}
+    shutil.rmtree(run, ignore_errors=True)  # this bench's own earlier, unfinished or different run
+    stamp.write_text(json.dumps(overrides))
     t0 = time.perf_counter()
-    result = tunelab.train(cfg)
+    result = tunelab.train(tunelab.load_config(None, overrides))
     return result.summary | {"run_dir": str(result.run_dir), "wall_s": round(time.perf_counter() - t0, 1)}
 
 
@@ -75,6 +86,7 @@ def reward_scores(reward_run: str, prompts: list[list[dict[str, str]]], answers:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-pairs", type=int, default=800)
+    ap.add_argument("--dpo-pairs", type=int, help="DPO trains on the first N training pairs (default: all)")
     ap.add_argument("--eval-pairs", type=int, default=200)
     ap.add_argument("--win-prompts", type=int, default=100)
     ap.add_argument("--max-chars", type=int, default=1000, help="longest transcript used (characters)")
@@ -88,7 +100,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.train_pairs, args.eval_pairs, args.win_prompts = 64, 32, 16
+    from scipy.stats import binomtest
+
     from tunelab.data.preference import load_pairs
+    from tunelab.eval.report_preference import wilson
     from tunelab.eval.scoring import generate_answers
 
     with tempfile.TemporaryDirectory(prefix="tunelab-hh-") as tmp:
@@ -96,22 +111,26 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         train_rows, test_rows, total = split_rows(args.max_chars, args.train_pairs, args.eval_pairs, args.seed)
         (work / "train.jsonl").write_text("".join(train_rows))
+        dpo_rows = train_rows[: args.dpo_pairs or len(train_rows)]
+        (work / "train_dpo.jsonl").write_text("".join(dpo_rows))
         (work / "test.jsonl").write_text("".join(test_rows))
         common = [f"model.max_length={args.max_length}", f"train.epochs={args.epochs}", f"train.seed={args.seed}",
                   "train.batch_size=8"]
         result: dict[str, Any] = {"machine": machine(), "data": {
             "source": "hh-rlhf helpful-base train", "pairs_in_file": total, "held_out_share": 0.15,
-            "train_pairs": len(train_rows), "eval_pairs": len(test_rows), "max_chars": args.max_chars}}
+            "train_pairs": len(train_rows), "dpo_train_pairs": len(dpo_rows), "eval_pairs": len(test_rows),
+            "max_chars": args.max_chars}, "args": {k: str(v) for k, v in vars(args).items()}}
         print(f"reward model on {len(train_rows)} pairs ...", flush=True)
-        reward = train("hh-reward", "reward", work, common)
+        reward = train("hh-reward", "reward", work, "train.jsonl", common)
         result["reward_model"] = {k: reward.get(k) for k in (
-            "pairwise_accuracy", "base_pairwise_accuracy", "train_loss", "steps", "train_seconds", "wall_s")}
+            "pairwise_accuracy", "base_pairwise_accuracy", "eval_margin", "pairs_dropped_too_long", "train_loss",
+            "steps", "train_seconds", "tokens_seen", "precision", "wall_s", "reused")}
         print(f"  held-out pairwise accuracy {reward.get('pairwise_accuracy')}", flush=True)
-        print("DPO from the base ...", flush=True)
-        dpo = train("hh-dpo", "dpo", work, common)
+        print(f"DPO from the base on {len(dpo_rows)} pairs ...", flush=True)
+        dpo = train("hh-dpo", "dpo", work, "train_dpo.jsonl", common)
         result["dpo"] = {k: dpo.get(k) for k in (
-            "preference_accuracy", "eval_rewards_margins", "train_loss", "eval_loss", "steps", "train_seconds",
-            "wall_s")}
+            "preference_accuracy", "eval_rewards_margins", "eval_rewards_chosen", "eval_rewards_rejected",
+            "train_loss", "eval_loss", "steps", "train_seconds", "tokens_seen", "precision", "wall_s", "reused")}
         print(f"  held-out preference accuracy {dpo.get('preference_accuracy')}", flush=True)
 
         pairs, _, _ = load_pairs(work / "test.jsonl")
@@ -130,6 +149,16 @@ def main() -> None:
                               "mean_reward_base": round(sum(base_scores) / len(base_scores), 4),
                               "mean_reward_dpo": round(sum(dpo_scores) / len(dpo_scores), 4),
                               "seconds": round(time.perf_counter() - t0, 1)}
+        decided = [d > b for d, b in zip(dpo_scores, base_scores, strict=True) if d != b]
+        result["win_rate"]["sign_test_p"] = round(binomtest(sum(decided), len(decided)).pvalue, 4) if decided else None
+        result["win_rate"]["examples"] = [
+            {"prompt": p[-1]["content"], "base": b, "dpo": d, "base_score": round(bs, 3), "dpo_score": round(ds, 3)}
+            for p, b, d, bs, ds in list(zip(prompts, base_answers, dpo_answers, base_scores, dpo_scores,
+                                            strict=True))[:3]]
+        for part, key, summ in (("reward_model", "pairwise_accuracy", reward), ("dpo", "preference_accuracy", dpo)):
+            if result[part].get(key) is not None:
+                n = int(summ.get("validation_pairs") or len(test_rows))
+                result[part]["ci95"] = [round(x, 3) for x in wilson(result[part][key], n)]
         print(f"  DPO win rate over base (reward model judge): {result['win_rate']['dpo_over_base']}", flush=True)
         result["goals"] = {"reward_pairwise_accuracy>=0.60": (reward.get("pairwise_accuracy") or 0) >= 0.60,
                            "dpo_preference_accuracy>=0.58": (dpo.get("preference_accuracy") or 0) >= 0.58,
