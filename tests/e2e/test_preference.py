@@ -81,14 +81,27 @@ def test_each_method_trains_through_the_cli(method: str, tiny_model: Path, tmp_p
 
 
 def test_dpo_variants_and_errors_through_the_cli(tiny_model: Path, tmp_path: Path) -> None:
+    # with the probes on (the default), the DPO model is probed for forgetting and bias like an SFT model
     r = tunelab_cli("train", write_config(tmp_path, tiny_model, "dpo", ("preference.loss_type", "ipo"),
-                                          ("preference.beta", 0.5)), cwd=tmp_path, timeout=300)
+                                          ("preference.beta", 0.5), ("eval.probes", {"enabled": True})),
+                    cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "pref-dpo"
+    probes = json.loads((run / "probes.json").read_text())
+    assert probes["sides"] == ["base", "tuned"] and "forgetting" in probes and "bias" in probes
+    assert "probes" not in json.loads((run / "report.json").read_text())["missing"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "hi", "chosen": "same", "rejected": "same"}) + "\n")
     cfg = write_config(tmp_path, tiny_model, "dpo", ("data.train", str(bad)))
     r = tunelab_cli("train", cfg, cwd=tmp_path)
     assert r.returncode == 2 and "bad.jsonl:1" in r.stderr
+    assert not (tmp_path / "runs" / "pref-dpo-2").exists()
+    # a broken probe file is found before anything trains
+    broken = tmp_path / "probes.yaml"
+    broken.write_text("templates: [\n")
+    cfg = write_config(tmp_path, tiny_model, "dpo", ("eval.probes", {"enabled": True, "bias_files": [str(broken)]}))
+    r = tunelab_cli("train", cfg, cwd=tmp_path)
+    assert r.returncode == 2 and "probes.yaml" in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / "runs" / "pref-dpo-2").exists()
 
 

@@ -127,6 +127,21 @@ def write_probes(run_dir: str | Path, result: dict[str, Any]) -> Path:
     return path
 
 
+def probe_saved_run(run_dir: str | Path, settings: ProbesConfig, *, batch_size: int, console: Console) -> None:
+    """Probes of a run that has just saved its model (preference and RL runs), loaded as `tunelab probe` loads
+    it, into probes.json. A failure is reported, not raised: the trained model is saved already."""
+    from ..models.load import load
+
+    try:
+        result = run_probes(subject_for(load(str(run_dir))), settings, batch_size=batch_size, console=console)
+    except Exception as exc:
+        console.print(f"[yellow]Probes failed ({type(exc).__name__}: {exc}); the run is complete without them. "
+                      f"Retry with `tunelab probe {run_dir}`[/]")
+        return
+    write_probes(run_dir, result)
+    console.print(summary_line(result) + f" ({result['seconds']:.0f} s)", highlight=False)
+
+
 def subject_for(lm: Any) -> Subject:
     """A Subject from a loaded run or model (`tunelab probe`): its labels, prompt and base as it was trained."""
     from ..data.templates import label_display

@@ -31,6 +31,7 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     console = console or Console(stderr=True)
     trl_run.threads(cfg)
     rewards.check(cfg.rl.rewards, cfg.rl.reward_weights)  # a typo in rl.rewards fails before any loading
+    trl_run.check_probes(cfg)
     base, tokenizer, bf16 = trl_run.start(cfg)
     train, val, skipped, report = _prompts(cfg, tokenizer)
     reward_funcs = rewards.build(cfg.rl.rewards, tokenizer)  # user modules and reward models load here, not later
@@ -267,4 +268,8 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
                       f"[bold]{summary['tuned_reward']:.1%}[/] on {len(scored)} validation prompts "
                       f"({time.perf_counter() - t0:.0f} s)")
     run.status("completed", **summary)
+    if cfg.eval.probes.enabled:  # loaded back as `tunelab probe` loads it, which needs a completed run
+        from ..probes.run import probe_saved_run
+
+        probe_saved_run(run.path, cfg.eval.probes, batch_size=cfg.eval.batch_size, console=console)
     return RunResult(run.path, "completed", run.read_json("summary.json"))

@@ -48,6 +48,14 @@ def start(cfg: TunelabConfig) -> tuple[Any, Any, bool]:
     return base, tokenizer, hardware.use_bf16(cfg.model.precision)
 
 
+def check_probes(cfg: TunelabConfig) -> None:
+    """A bad probe file is found now, not after training (a reward model writes no answers: it is not probed)."""
+    if cfg.eval.probes.enabled and cfg.method != "reward":
+        from ..probes.run import probe_sets
+
+        probe_sets(cfg.eval.probes)
+
+
 def preference_pairs(cfg: TunelabConfig) -> tuple[list[Any], list[Any], list[Problem], dict[str, Any]]:
     """Training and validation pairs, every problem found before anything is written."""
     from ..data.preference import load_pairs
@@ -83,6 +91,7 @@ def run_on_pairs(cfg: TunelabConfig, resume: bool, console: Console | None, call
 
     console = console or Console(stderr=True)
     threads(cfg)
+    check_probes(cfg)
     base, tokenizer, bf16 = start(cfg)
     train, val, skipped, report = preference_pairs(cfg)
     run_dir = open_run(cfg, resume)
