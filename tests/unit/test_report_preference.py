@@ -88,7 +88,8 @@ def test_dpo_against_chance_with_curves(tmp_path: Path) -> None:
                                      "eval_rewards_rejected": -0.18, "eval_loss": 0.66}, metrics)
     page, rep = report(run)
     v = rep["verdict"]
-    assert v["kind"] == "better" and "After DPO" in v["text"] and "implicit reward" in v["text"]
+    assert v["kind"] == "better" and "After DPO the preferred answer gained more" in v["text"]
+    assert "implicit reward" in v["text"]
     assert "Preference tuning" in page and "Examples: base vs tuned" in page  # a DPO model writes answers
     assert "probes" in rep["missing"] and "metrics" not in rep["missing"]
     assert rep["preference"]["panels"][0][0] == "preference accuracy"

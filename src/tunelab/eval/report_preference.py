@@ -127,10 +127,13 @@ def _pairs(run: Run, method: str) -> dict[str, Any]:
              "text": f"After {name} the model {head} than before: {_p(base)} → {_p(acc)} of {n} held-out pairs "
                      f"({fmt_diff(d, True)} points, judged by its own likelihood of each answer)."}
     else:
-        tail = (", judged by its implicit reward (how much more likely than the starting model it makes each "
-                "answer)") if method in ("dpo", "kto") else ""
-        v = _against_chance(acc, n if isinstance(n, int) else None, f"After {name} the model favours the preferred "
-                            "answer, more than the starting model did, on", tail)
+        if method in ("dpo", "kto"):
+            what = f"After {name} the preferred answer gained more than the rejected one on"
+            tail = (", by the implicit reward (how much likelier the tuned model makes an answer than the starting "
+                    "model did)")
+        else:
+            what, tail = f"After {name} the model finds the preferred answer likelier than the rejected one on", ""
+        v = _against_chance(acc, n if isinstance(n, int) else None, what, tail)
     explain = ("DPO needs no separate reward model: each answer's implicit reward is beta × how much more likely "
                "the tuned model makes it than the starting model. On a held-out pair the model is right when the "
                "preferred answer gained more; with no change at all every pair is a tie, and a coin toss is right "
