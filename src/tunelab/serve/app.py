@@ -457,6 +457,9 @@ def _error_handlers(app: FastAPI, state: State) -> None:
         return JSONResponse(APIError(500, f"internal error: {exc}", type="server_error").body(), status_code=500)
 
 
+DRAIN_BYTES = 64 * 1024 * 1024  # past this a too-large body is not read at all: the connection just closes
+
+
 class BodyLimit:
     """Refuse request bodies over `limit` bytes with 413, whether or not they declare their length."""
 
@@ -468,6 +471,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._drain(receive, int(declared))
             return await self._too_large(send)
         if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
             # no declared length (chunked upload): read it all here, counting, then hand it on
@@ -490,6 +494,16 @@ class BodyLimit:
 
             return await self.app(scope, replaying, send)
         return await self.app(scope, receive, send)
+
+    async def _drain(self, receive: Any, declared: int) -> None:
+        """Read and drop a too-large body (up to DRAIN_BYTES) before answering: a client still sending when the
+        server closes gets a broken pipe instead of the 413 that says what was wrong."""
+        if declared > DRAIN_BYTES:
+            return
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
 
     async def _too_large(self, send: Any) -> None:
         body = json.dumps(APIError(413, f"request body over {self.limit} bytes", code="request_too_large")
