@@ -140,8 +140,14 @@ def metric_panels(panels: Sequence[tuple[str, dict[str, Sequence[tuple[float, fl
         ax = fig.add_subplot(1, len(panels), k + 1)
         for (name, points), color in zip(series.items(), colors, strict=False):
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, color=color, linewidth=1.5, marker="o" if len(xs) <= 30 else None, markersize=3,
-                    label=name)
+            if len(xs) <= 30:
+                ax.plot(xs, ys, color=color, linewidth=1.5, marker="o", markersize=3, label=name)
+                continue
+            # per-step values of a small batch are noisy: faint raw line, and a moving average to read
+            w = max(3, len(xs) // 10)
+            avg = np.convolve(ys, np.ones(w) / w, mode="valid")
+            ax.plot(xs, ys, color=color, linewidth=0.8, alpha=0.25)
+            ax.plot(xs[w - 1:], avg, color=color, linewidth=1.8, label=f"{name} (mean of {w} steps)")
         if chance and ylabel in chance:
             ax.axhline(chance[ylabel], color=GREY, linestyle="--", linewidth=1, label="chance")
         ax.set_xlabel("step")
