@@ -338,11 +338,10 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
     if num(r.get("trainable_params")) and num(r.get("total_params")):
         add("trainable parameters", f"{r['trainable_params']:,} of {r['total_params']:,} "
                                     f"({r['trainable_params'] / r['total_params']:.2%})")
-    for unit in ("rows", "pairs", "prompts"):
-        rows = [f"{s[k]:,} {w}" for k, w in ((f"train_{unit}", "train"), (f"validation_{unit}", "validation"),
-                                              ("eval_rows" if unit != "pairs" else "", "scored"))
-                if isinstance(s.get(k), int)]
-        add(unit, " / ".join(rows))
+    unit = next((u for u in ("pairs", "prompts") if f"train_{u}" in s), "rows")  # what preference/RL runs count
+    rows = [f"{s[k]:,} {w}" for k, w in ((f"train_{unit}", "train"), (f"validation_{unit}", "validation"),
+                                          ("eval_rows", "scored")) if isinstance(s.get(k), int)]
+    add(unit, " / ".join(rows))
     add("steps", s.get("steps"))
     add("training time", _duration(num(s.get("train_seconds"))) if num(s.get("train_seconds")) is not None else None)
     add("tokens/s", f"{s['tokens_per_s']:,.0f}" if num(s.get("tokens_per_s")) is not None else None)
