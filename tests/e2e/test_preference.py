@@ -71,6 +71,9 @@ def test_each_method_trains_through_the_cli(method: str, tiny_model: Path, tmp_p
         assert any(k.startswith("rewards/") or k.startswith("eval_rewards/") for k in logged), logged
     if method == "dpo":
         assert 0 <= summary["preference_accuracy"] <= 1 and "eval_rewards_margins" in summary
+    # the evaluation at the last step is the held-out result: the run does not score the same model twice
+    final_evals = [row for row in metrics(run) if "eval_loss" in row and row["step"] == 3]
+    assert len(final_evals) == 1 and summary["eval_loss"] == pytest.approx(final_evals[0]["eval_loss"])
     if method in ("orpo", "cpo", "simpo"):  # no reference model: the starting model's own ranking is the baseline
         assert 0 <= summary["base_preference_accuracy"] <= 1
     # the report judges held-out pairs and draws the method's curves

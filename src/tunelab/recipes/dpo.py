@@ -110,7 +110,7 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
         return RunResult(run.path, "interrupted", run.read_json("summary.json"))
     trl_run.save(run, cfg, trainer.model, tokenizer)
     if val:
-        metrics = trl_run.eval_metrics(trainer.evaluate())
+        metrics = trl_run.final_eval(trainer)
         summary |= metrics
         acc = metrics.get("eval_rewards_accuracies")
         if acc is not None and not math.isnan(acc):

@@ -79,7 +79,7 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
     trl_run.save(run, cfg, trainer.model, tokenizer)
     (run.path / "labels.json").write_text(json.dumps(["reward"]))  # one score: loads as a 1-output head
     if val:
-        metrics = trl_run.eval_metrics(trainer.evaluate())
+        metrics = trl_run.final_eval(trainer)
         summary |= metrics
         if "eval_accuracy" in metrics:
             summary["pairwise_accuracy"] = metrics["eval_accuracy"]
