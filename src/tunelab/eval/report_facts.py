@@ -391,17 +391,18 @@ def data_facts(run: Run) -> dict[str, Any] | None:
     return out
 
 
-def loss_points(run: Run) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-    train, evals = [], []
+def series(run: Run, key: str) -> list[tuple[float, float]]:
+    """(step, value) of one logged metric, in logging order."""
+    out = []
     for row in run.metrics or []:
-        step = num(row.get("step"))
-        if step is None:
-            continue
-        if num(row.get("loss")) is not None:
-            train.append((step, float(row["loss"])))
-        if num(row.get("eval_loss")) is not None:
-            evals.append((step, float(row["eval_loss"])))
-    return train, evals
+        step, v = num(row.get("step")), num(row.get(key))
+        if step is not None and v is not None:
+            out.append((step, v))
+    return out
+
+
+def loss_points(run: Run) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    return series(run, "loss"), series(run, "eval_loss")
 
 
 def confusion(run: Run) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .metrics import bootstrap_diff
-from .report_facts import Run, fmt_diff, num
+from .report_facts import Run, fmt_diff, num, series
 
 PAIR_METHODS = ("dpo", "kto", "orpo", "cpo", "simpo")
 RL_METHODS = ("grpo", "rloo")
@@ -29,16 +29,6 @@ def wilson(share: float, n: int) -> tuple[float, float]:
 
     ci = binomtest(max(0, min(n, round(share * n))), n).proportion_ci(confidence_level=0.95, method="wilson")
     return float(ci.low), float(ci.high)
-
-
-def series(run: Run, key: str) -> list[tuple[float, float]]:
-    """(step, value) of one logged metric, in logging order."""
-    out = []
-    for row in run.metrics or []:
-        step, v = num(row.get("step")), num(row.get(key))
-        if step is not None and v is not None:
-            out.append((step, v))
-    return out
 
 
 def _panels(run: Run, spec: list[tuple[str, dict[str, str]]]) -> list[tuple[str, dict[str, Any]]]:
@@ -148,21 +138,24 @@ def _pairs(run: Run, method: str) -> dict[str, Any]:
                                                        "validation": "eval_rewards/margins"})])}
 
 
-def _rl_rows(run: Run) -> tuple[list[float], list[float]] | None:
-    """Per held-out prompt: numeric reward of the base's and the tuned model's greedy answers."""
+def _scored_predictions(run: Run) -> list[dict[str, Any]]:
+    """Held-out RL predictions, each with the numeric reward of the tuned (and base) answer, scored once."""
     from ..training.rewards import numeric
 
-    preds = [p for p in run.predictions or [] if "predicted" in p and "base_predicted" in p]
-    if not preds or len(preds) != len(run.predictions or []):
-        return None
+    preds = [p for p in run.predictions or [] if "predicted" in p]
     answers = [p.get("answer") for p in preds]
-    return (numeric([], [str(p["base_predicted"]) for p in preds], answer=answers),
-            numeric([], [str(p["predicted"]) for p in preds], answer=answers))
+    tuned = numeric([], [str(p["predicted"]) for p in preds], answer=answers)
+    base = numeric([], [str(p.get("base_predicted", "")) for p in preds], answer=answers)
+    return [{"input": str(p.get("prompt") or p.get("where") or ""), "reference": p.get("answer"),
+             "tuned": p["predicted"], "base": p.get("base_predicted"), "tuned_ok": t == 1.0,
+             "base_ok": b == 1.0 if "base_predicted" in p else None}
+            for p, t, b in zip(preds, tuned, base, strict=True)]
 
 
 def _online(run: Run, method: str) -> dict[str, Any]:
     s = run.summary
     base, tuned, n = num(s.get("base_reward")), num(s.get("tuned_reward")), s.get("eval_rows")
+    scored = _scored_predictions(run)
     first, last = num(s.get("reward_first")), num(s.get("reward_last"))
     rows = [("held-out accuracy, base → tuned", f"{_p(base)} → {_p(tuned)}" if base is not None and tuned is not None
              else _p(tuned) if tuned is not None else "–"),
@@ -187,9 +180,8 @@ def _online(run: Run, method: str) -> dict[str, Any]:
              "text": f"After {name}: {_p(tuned)} of {n} held-out prompts answered right (final number).{trend}"}
     else:
         d, ci = tuned - base, None
-        paired = _rl_rows(run)
-        if paired:
-            _, lo, hi = bootstrap_diff(paired[1], paired[0])
+        if scored and all(r["base_ok"] is not None for r in scored):
+            _, lo, hi = bootstrap_diff([float(r["tuned_ok"]) for r in scored], [float(r["base_ok"]) for r in scored])
             ci = [lo, hi]
         detail = f"{fmt_diff(d, True)} points" + (f", 95% CI {fmt_diff(ci[0], True)} to {fmt_diff(ci[1], True)}"
                                                   if ci else ", no confidence interval")
@@ -213,26 +205,16 @@ def _online(run: Run, method: str) -> dict[str, Any]:
     return {"kind": "online_rl", "method": method, "rows": rows, "verdict": v, "chance": {},
             "panels": _panels(run, [("mean reward per answer", reward_keys), ("KL to the starting model", {"kl": "kl"}),
                                     ("answer length (tokens)", {"mean": "completions/mean_length"})]),
-            "examples": _rl_examples(run),
+            "examples": _rl_examples(scored),
             "explain": f"{name} samples several answers per training prompt and makes the ones that score above the "
                        "others more likely; the KL term keeps the model near where it started. Held-out accuracy: "
                        "greedy answers to validation prompts whose final number matches the reference."}
 
 
-def _rl_examples(run: Run) -> list[dict[str, Any]] | None:
-    from ..training.rewards import numeric
-
-    preds = [p for p in run.predictions or [] if "predicted" in p]
-    if not preds:
+def _rl_examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The answers tuning changed first."""
+    if not rows:
         return None
-    rows = []
-    for p in preds:
-        ref = p.get("answer")
-        tuned_ok = numeric([], [str(p["predicted"])], answer=[ref])[0] == 1.0
-        base_ok = numeric([], [str(p["base_predicted"])], answer=[ref])[0] == 1.0 if "base_predicted" in p else None
-        rows.append({"input": str(p.get("prompt") or p.get("where") or ""), "reference": ref,
-                     "tuned": p["predicted"], "base": p.get("base_predicted"), "tuned_ok": tuned_ok,
-                     "base_ok": base_ok})
     changed = [r for r in rows if r["base_ok"] is not None and r["tuned_ok"] != r["base_ok"]]
     return (changed + [r for r in rows if r not in changed])[:MAX_EXAMPLES]
 
