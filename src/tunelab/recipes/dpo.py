@@ -121,8 +121,4 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
                           + f"[bold]{acc:.1%}[/] "
                           f"(margin {metrics.get('eval_rewards_margins', float('nan')):.3f})")
     run.status("completed", **summary)
-    if cfg.eval.probes.enabled:  # loaded back as `tunelab probe` loads it, which needs a completed run
-        from ..probes.run import probe_saved_run
-
-        probe_saved_run(run.path, cfg.eval.probes, batch_size=cfg.eval.batch_size, console=console)
     return RunResult(run.path, "completed", run.read_json("summary.json"))

@@ -42,9 +42,7 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         run_dir.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
-    from ..eval.report import report_completed
-
-    report_completed(result, console)
+    trl_run.finish(result, cfg, console)
     return result
 
 
@@ -268,8 +266,4 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
                       f"[bold]{summary['tuned_reward']:.1%}[/] on {len(scored)} validation prompts "
                       f"({time.perf_counter() - t0:.0f} s)")
     run.status("completed", **summary)
-    if cfg.eval.probes.enabled:  # loaded back as `tunelab probe` loads it, which needs a completed run
-        from ..probes.run import probe_saved_run
-
-        probe_saved_run(run.path, cfg.eval.probes, batch_size=cfg.eval.batch_size, console=console)
     return RunResult(run.path, "completed", run.read_json("summary.json"))

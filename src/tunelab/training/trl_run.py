@@ -101,10 +101,22 @@ def run_on_pairs(cfg: TunelabConfig, resume: bool, console: Console | None, call
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         run_dir.status("failed", error=f"{type(exc).__name__}: {exc}")
         raise
+    finish(result, cfg, console)
+    return result
+
+
+def finish(result: Any, cfg: TunelabConfig, console: Console) -> None:
+    """After a completed run: the probes of the tuned model (loaded back as `tunelab probe` loads it), then the
+    report, which shows them."""
+    if result.status != "completed":
+        return
+    if cfg.eval.probes.enabled and cfg.method != "reward":
+        from ..probes.run import probe_saved_run
+
+        probe_saved_run(result.run_dir, cfg.eval.probes, batch_size=cfg.eval.batch_size, console=console)
     from ..eval.report import report_completed
 
     report_completed(result, console)
-    return result
 
 
 def messages(msgs: list[dict[str, Any]]) -> list[dict[str, str]]:
