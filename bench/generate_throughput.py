@@ -55,8 +55,8 @@ def main() -> None:
     a = ap.parse_args()
     from transformers import AutoModelForCausalLM
 
+    from tunelab.device import cpu_flags
     from tunelab.models.load import load_tokenizer, resolve
-    from tunelab.training.hardware import cpu_flags
 
     path = resolve(None).path
     tok = load_tokenizer(path)

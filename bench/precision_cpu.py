@@ -13,7 +13,7 @@ import platform
 import torch
 from lora_step import lora_model, median, step_times
 
-from tunelab.training.hardware import cpu_flags, matmul_peak_gflops
+from tunelab.device import cpu_flags, matmul_peak_gflops
 
 
 def measure(weights: torch.dtype, autocast: bool, batch: int, seq: int, steps: int) -> float:

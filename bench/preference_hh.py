@@ -103,8 +103,8 @@ def main() -> None:
     from scipy.stats import binomtest
 
     from tunelab.data.preference import load_pairs
-    from tunelab.eval.report_preference import wilson
     from tunelab.eval.scoring import generate_answers
+    from tunelab.report.preference import wilson
 
     with tempfile.TemporaryDirectory(prefix="tunelab-hh-") as tmp:
         work = args.work or Path(tmp)

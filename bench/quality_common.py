@@ -15,7 +15,7 @@ import torch
 
 from tunelab.config import load_config
 from tunelab.eval.evaluate import evaluate
-from tunelab.recipes.sft import run
+from tunelab.recipes.dispatch import run
 
 Row = tuple[str, str]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -38,7 +38,7 @@ def holdout(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], lis
 
 
 def machine() -> dict[str, Any]:
-    from tunelab.training.hardware import cpu_flags
+    from tunelab.device import cpu_flags
 
     return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "avx512_bf16": "avx512_bf16" in cpu_flags(), "amx": "amx_bf16" in cpu_flags()}

@@ -150,7 +150,7 @@ def arm_tunelab(work: Path, extra: list[str]) -> dict[str, Any]:
     from rich.console import Console
 
     from tunelab.config import load_config
-    from tunelab.recipes.sft import run
+    from tunelab.recipes.dispatch import run
 
     cfg = load_config(None, [
         "name=throughput", f"output_dir={work / 'tunelab-runs'}", f"data.train={work / 'train.jsonl'}",
@@ -200,7 +200,7 @@ def model_flops_per_token(work: Path) -> dict[str, float]:
 
 
 def machine() -> dict[str, Any]:
-    from tunelab.training.hardware import cpu_flags
+    from tunelab.device import cpu_flags
 
     model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                   if ln.startswith("model name")), platform.machine())
@@ -224,7 +224,7 @@ def main() -> None:
         child(a.child[0], Path(a.child[1]), Path(a.child[2]), extra)
         return
 
-    from tunelab.training.hardware import measure_matmul_gflops
+    from tunelab.device import measure_matmul_gflops
 
     n_each = 32 if a.quick else a.rows
     work = a.work or Path(tempfile.mkdtemp(prefix="tunelab-throughput-"))

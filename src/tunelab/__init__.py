@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .version import __version__
 
 if TYPE_CHECKING:
     from .config import TunelabConfig
     from .models.load import LoadedModel
-    from .recipes.sft import RunResult
+    from .runs import RunResult
 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> TunelabConfig:
@@ -48,4 +48,4 @@ def generate(ref: str | Any, prompt: str, **kwargs: Any) -> str:
     return _generate(ref, prompt, **kwargs)
 
 
-__all__ = ["check_data", "generate", "load", "load_config", "train"]
+__all__ = ["__version__", "check_data", "generate", "load", "load_config", "train"]

@@ -8,26 +8,8 @@ from typing import Any
 
 import torch
 
-from .data.templates import DEFAULT_CLASSIFY_PROMPT, Message
+from .data.templates import Message, trained_system_prompt
 from .models.load import LoadedModel, load
-
-
-def run_config(lm: LoadedModel) -> dict[str, Any]:
-    run = lm.resolved.run
-    if run is None:
-        return {}
-    import yaml
-
-    return yaml.safe_load((run / "config.yaml").read_text()) or {}
-
-
-def run_system_prompt(lm: LoadedModel) -> str | None:
-    """The system prompt a run was trained with, so replies match training."""
-    cfg = run_config(lm)
-    prompt = (cfg.get("data") or {}).get("system_prompt")
-    if cfg.get("task") == "classification":
-        return prompt or DEFAULT_CLASSIFY_PROMPT
-    return prompt
 
 
 def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: int = 256,
@@ -35,8 +17,8 @@ def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: in
     """Yield the reply text piece by piece."""
     from transformers import TextIteratorStreamer
 
-    tok = lm.tokenizer
-    if run_config(lm).get("method") == "reward":
+    tok, cfg = lm.tokenizer, lm.run_config()
+    if cfg is not None and cfg.method == "reward":
         from .models.load import ModelError
 
         raise ModelError(f"{lm.resolved.run} is a reward model: it scores answers and writes none. Use it in "
@@ -46,7 +28,7 @@ def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: in
 
         yield predict_head(lm.model, tok, [messages[-1]["content"]], lm.labels)[0]
         return
-    if run_config(lm).get("task") == "completion":  # trained on raw text: no chat template
+    if cfg is not None and cfg.task == "completion":  # trained on raw text: no chat template
         enc = tok(messages[-1]["content"], return_tensors="pt", add_special_tokens=False)
     else:
         enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
@@ -79,7 +61,7 @@ def _generate(model: Any, kwargs: dict[str, Any], streamer: Any, failure: list[B
 def generate(ref: str | LoadedModel | None, prompt: str, *, system: str | None = None,
              on_text: Callable[[str], None] | None = None, **kwargs: Any) -> str:
     lm = ref if isinstance(ref, LoadedModel) else load(ref)
-    system = system or run_system_prompt(lm)
+    system = system or trained_system_prompt(lm.run_config())
     messages: list[Message] = ([{"role": "system", "content": system}] if system else [])
     messages.append({"role": "user", "content": prompt})
     parts = []

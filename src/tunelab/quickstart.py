@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 
@@ -10,7 +9,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import TunelabConfig, load_config
-from .recipes.sft import RunResult, run
+from .recipes.dispatch import run
+from .runs import RunDir, RunResult
 
 
 def banking77_csv() -> Path:
@@ -30,7 +30,7 @@ def quickstart_config(rows: int, output_dir: str, eval_rows: int = 300,
 
 
 def side_by_side(run_dir: Path, console: Console, n: int = 8) -> None:
-    preds = json.loads((run_dir / "predictions.json").read_text())
+    preds = RunDir(run_dir).predictions() or []
     t = Table(title="Validation examples: base vs tuned", show_lines=False)
     for col in ("customer message", "true intent", "base model", "tuned model"):
         t.add_column(col, overflow="fold")
@@ -58,7 +58,8 @@ def quickstart(rows: int = 3000, output_dir: str = "runs", console: Console | No
     console.print(f"Accuracy on {s['eval_rows']} held-out messages: base [bold]{s['base_accuracy']:.1%}[/] -> "
                   f"tuned [bold green]{s['tuned_accuracy']:.1%}[/]  (trained {s['train_rows']} rows in "
                   f"{s['train_seconds'] / 60:.1f} min)")
-    console.print(f"Run directory: {result.run_dir}  (summary.json, metrics.jsonl, adapter/)\n"
+    console.print(f"Report:        {RunDir(result.run_dir).report_html}\n"
+                  f"Run directory: {result.run_dir}\n"
                   f"Chat with it:  tunelab chat {result.run_dir}\n"
                   f"Ask once:      tunelab generate {result.run_dir} \"I still haven't received my card\"")
     return result

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import tunelab
 from tests.e2e.test_train_cli import LABELED, config, tunelab_cli, write_chat, write_labeled
+from tunelab.runs import RunDir
 
 
 def _classification_run(tiny_model: Path, tmp_path: Path) -> tuple[Path, Path]:
@@ -29,7 +30,8 @@ def test_eval_classification_compare_base_json(tiny_model: Path, tmp_path: Path)
     assert c["metric"] == "accuracy" and c["wins"] + c["losses"] + c["ties"] == len(LABELED)
     assert c["ci95"][0] <= c["diff"] <= c["ci95"][1]
     assert len(res["confusion"]["matrix"]) == len(res["confusion"]["labels"])
-    assert json.loads((run / "eval.json").read_text())["comparison"] == c
+    kept = RunDir(run).evaluations()  # kept beside the run's own scores, named after the data
+    assert kept["tickets"]["comparison"] == c and kept["tickets"]["data"] == str(data)
 
 
 def test_eval_generation_on_chat_data_and_bad_rows(tiny_model: Path, tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ import pytest
 import tunelab
 from tests.e2e.test_train_cli import config, metrics, tunelab_cli, write_chat, write_labeled
 from tunelab.config import ConfigError
+from tunelab.runs import RunDir
 
 
 def _embedded_pngs(html: str) -> list[bytes]:
@@ -80,12 +81,12 @@ def test_generation_metric_during_training_and_after(tiny_model: Path, tmp_path:
     result = tunelab.train(cfg)
     evals = [m for m in metrics(result.run_dir) if "eval_loss" in m]
     assert evals and all({"eval_token_f1", "eval_rouge_l", "eval_exact_match"} <= set(m) for m in evals)
-    ev = json.loads((result.run_dir / "eval.json").read_text())
+    ev = RunDir(result.run_dir).evaluations()["validation"]  # training's own, beside any later `tunelab eval`
     assert ev["task"] == "generation" and ev["rows"] == 4 and "base" in ev
     assert ev["comparison"]["metric"] == "token_f1"
     assert "tuned_token_f1" in result.summary
     report = json.loads((result.run_dir / "report.json").read_text())
-    assert report["metrics"]["source"] == "eval.json" and "token_f1" in report["metrics"]["tuned"]
+    assert report["metrics"]["source"] == "evals/validation.json" and "token_f1" in report["metrics"]["tuned"]
 
     labeled = write_labeled(tmp_path / "t.csv")
     with pytest.raises(ConfigError, match="token_f1"):

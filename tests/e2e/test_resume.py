@@ -18,8 +18,8 @@ from transformers import TrainerCallback
 
 import tunelab
 from tunelab.models.load import ModelError
-from tunelab.recipes import sft
-from tunelab.training.rundir import RunDirError
+from tunelab.recipes import dispatch
+from tunelab.runs import RunDirError
 
 STEPS = 6
 
@@ -95,7 +95,7 @@ def test_interrupt_then_resume_reproduces(workdir: Path, tiny_model: Path, refer
     stop = int(case[-1])
     cfg_path = write_config(workdir, tiny_model, f"B-{case}")
     before = signal.getsignal(signal.SIGINT)
-    result = sft.run(tunelab.load_config(str(cfg_path)), callbacks=[SigintDuringStep(stop)])
+    result = dispatch.run(tunelab.load_config(str(cfg_path)), callbacks=[SigintDuringStep(stop)])
     assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
 
     run = result.run_dir
@@ -108,7 +108,7 @@ def test_interrupt_then_resume_reproduces(workdir: Path, tiny_model: Path, refer
     with pytest.raises(ModelError, match="did not finish"):
         tunelab.load(str(run))
     with pytest.raises(RunDirError, match="--resume"):  # starting it afresh would clobber it
-        sft.run(tunelab.load_config(str(cfg_path)))
+        dispatch.run(tunelab.load_config(str(cfg_path)))
 
     if case.startswith("crash"):  # killed hard after step 4: no interrupt checkpoint, the run marked failed
         shutil.rmtree(run / "checkpoints" / "checkpoint-4")
@@ -131,5 +131,5 @@ def test_interrupt_then_resume_reproduces(workdir: Path, tiny_model: Path, refer
 def test_resume_of_unknown_run_is_a_clear_error(workdir: Path, tiny_model: Path) -> None:
     cfg = tunelab.load_config(str(write_config(workdir, tiny_model, "never-started")))
     with pytest.raises(RunDirError, match="nothing to resume"):
-        sft.run(cfg, resume=True)
+        dispatch.run(cfg, resume=True)
     assert not (workdir / "runs" / "never-started").exists()

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from tests.conftest import build_tiny_model
-from tunelab.serve.app import ServeSettings
 from tunelab.serve.server import BackgroundServer, build
+from tunelab.serve.state import ServeSettings
 
 PROMPTS = ["where is my card", "hello", "how do I reset my password", "the capital of France", "top up",
            "my card was stolen", "exchange rate", "hello world", "card arrival", "quick brown fox",

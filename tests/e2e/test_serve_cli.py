@@ -18,7 +18,7 @@ import torch
 
 from tests.conftest import build_tiny_model
 from tests.e2e.test_train_cli import config, tunelab_cli, write_chat
-from tunelab.recipes import sft
+from tunelab.recipes import dispatch
 
 SYSTEM = "You answer bank customers."
 
@@ -46,7 +46,7 @@ def wait_up(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None
 def test_serve_monitor_feedback_through_the_cli(tmp_path: Path) -> None:
     base = build_tiny_model(tmp_path / "chatty", init_std=0.2)
     data = write_chat(tmp_path / "data" / "train.jsonl", 40)
-    run = sft.run(config(base, tmp_path, "bot", data, "train.max_steps=2", f"data.system_prompt={SYSTEM}",
+    run = dispatch.run(config(base, tmp_path, "bot", data, "train.max_steps=2", f"data.system_prompt={SYSTEM}",
                          "eval.compare_base=false")).run_dir
     port, serve_data = free_port(), tmp_path / "serve"
     env = os.environ | {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}

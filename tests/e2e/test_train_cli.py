@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 import tunelab
 from tunelab.config import ConfigError, TunelabConfig
-from tunelab.recipes import sft
+from tunelab.recipes import dispatch
 
 CHATS = [
     ("hello", "the quick brown fox jumps over the lazy dog"),
@@ -237,7 +237,7 @@ def test_loss_goes_down_and_lora_leaves_base_alone(tiny_model: Path, tmp_path: P
     keep = _KeepModel()
     cfg = config(tiny_model, tmp_path, "toy", data, "train.max_steps=20", "train.batch_size=3",
                  "train.learning_rate=1e-2", "train.lr_scheduler=constant", "train.warmup_ratio=0")
-    result = sft.run(cfg, callbacks=[keep.callback])
+    result = dispatch.run(cfg, callbacks=[keep.callback])
     assert result.status == "completed"
 
     losses = [step_losses(result.run_dir)[s] for s in range(1, 21)]

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 from tests.e2e.test_train_cli import config, metrics, tunelab_cli, write_chat
-from tunelab.recipes import sft
+from tunelab.recipes import dispatch
 
 
 def test_dora_trains_a_dora_adapter(tiny_model: Path, tmp_path: Path) -> None:
     data = write_chat(tmp_path / "chat.jsonl")
     cfg = config(tiny_model, tmp_path, "dora", data, "peft.method=dora", "train.max_steps=3", "train.batch_size=4")
-    result = sft.run(cfg)
+    result = dispatch.run(cfg)
     adapter_cfg = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
     assert result.status == "completed" and adapter_cfg["use_dora"] is True
 
@@ -23,7 +23,7 @@ def test_early_stopping_stops_when_validation_loss_stops_improving(tiny_model: P
     cfg = config(tiny_model, tmp_path, "early", data, "data.val_fraction=0.2", "train.max_steps=30",
                  "train.batch_size=4", "train.eval_every=1", "train.early_stopping.patience=2",
                  "train.early_stopping.min_delta=100")
-    result = sft.run(cfg)
+    result = dispatch.run(cfg)
     evals = [m for m in metrics(result.run_dir) if "eval_loss" in m]
     assert result.status == "completed"
     assert result.summary["steps"] == 3 and len(evals) == 3
@@ -33,7 +33,7 @@ def test_early_stopping_stops_when_validation_loss_stops_improving(tiny_model: P
 def test_auto_hyperparameters_are_resolved_and_saved(tiny_model: Path, tmp_path: Path) -> None:
     data = write_chat(tmp_path / "chat.jsonl", n=30)
     cfg = config(tiny_model, tmp_path, "auto", data, "train.max_steps=1")
-    result = sft.run(cfg)
+    result = dispatch.run(cfg)
     resolved = json.loads((result.run_dir / "resolved.json").read_text())
     assert resolved["epochs"] == 10  # 30 rows -> the most passes
     assert resolved["learning_rate"] == 1e-3  # LoRA on a small model
@@ -56,7 +56,7 @@ def test_accuracy_is_logged_at_each_evaluation_and_can_pick_the_best(tiny_model:
     cfg = config(tiny_model, tmp_path, "monitor", data, "task=classification",
                  "data.columns={text: text, label: category}", "data.val_fraction=0.25", "train.max_steps=4",
                  "train.batch_size=4", "train.eval_every=2", "train.monitor=accuracy")
-    result = sft.run(cfg)
+    result = dispatch.run(cfg)
     evals = [m for m in metrics(result.run_dir) if "eval_loss" in m]
     assert [m["step"] for m in evals] == [2, 4]
     assert all(0.0 <= m["eval_accuracy"] <= 1.0 for m in evals)

@@ -78,9 +78,9 @@ def test_run_directory_is_base_plus_adapter(run_dir: Path, tiny_model: Path, as_
 
 
 def test_run_system_prompt_is_used(run_dir: Path) -> None:
-    from tunelab.inference import run_system_prompt
+    from tunelab.data.templates import trained_system_prompt
 
-    assert run_system_prompt(tunelab.load(str(run_dir))) == "You are terse."
+    assert trained_system_prompt(tunelab.load(str(run_dir)).run_config()) == "You are terse."
 
 
 @pytest.mark.parametrize("status", ["running", "interrupted", "failed"])

@@ -15,9 +15,8 @@ import yaml
 from typer.testing import CliRunner
 
 from tunelab.cli.main import app
-from tunelab.eval import plots
-from tunelab.eval.report import write_report
-from tunelab.training.rundir import RunDirError
+from tunelab.report import plots, write_report
+from tunelab.runs import RunDirError
 
 LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "password_reset"]
 EVAL_COMPARISON = {"metric": "accuracy", "tuned": 0.75, "base": 0.03, "diff": 0.72, "ci95": [0.68, 0.76],

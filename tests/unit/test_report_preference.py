@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from tests.unit.test_report import images, png_size, self_contained, write_json
-from tunelab.eval.report import write_report
-from tunelab.eval.report_preference import wilson
+from tunelab.report import write_report
+from tunelab.report.preference import wilson
 
 
 def pref_run(root: Path, method: str, summary: dict[str, Any], metrics: list[dict[str, Any]],
@@ -124,9 +124,11 @@ def test_kto_says_it_has_no_pairwise_accuracy(tmp_path: Path) -> None:
 
 
 def gsm_predictions(n: int, base_right: int, tuned_right: int) -> list[dict[str, Any]]:
+    """RL predictions as training writes them: each answer marked right or wrong when it was scored."""
     return [{"where": f"test.jsonl:{i + 1}", "prompt": f"What is {i} + 1?", "answer": f"... #### {i + 1}",
-             "predicted": f"#### {i + 1 if i < tuned_right else 0}",
-             "base_predicted": f"#### {i + 1 if i < base_right else 0}"} for i in range(n)]
+             "predicted": f"#### {i + 1 if i < tuned_right else 0}", "correct": i < tuned_right,
+             "base_predicted": f"#### {i + 1 if i < base_right else 0}", "base_correct": i < base_right}
+            for i in range(n)]
 
 
 def test_grpo_paired_interval_examples_and_reward_curves(tmp_path: Path) -> None:

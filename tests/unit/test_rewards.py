@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tunelab.config import ConfigError
-from tunelab.training import rewards
+from tunelab import rewards
+from tunelab.config import ConfigError, load_config
 
 
 def chat(text: str) -> list[dict[str, str]]:
@@ -86,8 +86,8 @@ def test_directory_that_is_not_a_reward_model(tmp_path: Path) -> None:
 
 
 def test_weights_must_match() -> None:
-    with pytest.raises(ConfigError, match="reward_weights"):
-        rewards.check(["numeric", "format"], [1.0])
+    with pytest.raises(ConfigError, match="reward_weights"):  # checked with the config, before anything loads
+        load_config(None, ["method=grpo", "rl.rewards=[numeric, format]", "rl.reward_weights=[1.0]"])
     with pytest.raises(ConfigError, match="empty"):
         rewards.check([])
 
@@ -104,6 +104,7 @@ def test_reward_model_run_scores_each_answer(tiny_model: Path, tmp_path: Path) -
     AutoTokenizer.from_pretrained(tiny_model).save_pretrained(run / "tokenizer")
     (run / "config.yaml").write_text(f"method: reward\nmodel:\n  base: {tiny_model}\n")
     (run / "summary.json").write_text('{"status": "completed"}')
+    (run / "labels.json").write_text('["reward"]')  # a reward run's head has one output, as training saves it
 
     f = rewards.build([str(run)], None)[0]
     scores = f(PROMPTS[:2], [chat("the capital of France is Paris"), chat("hello")])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tunelab
-from tunelab.training.rundir import RunDirError, open_run, resumable
+from tunelab.runs import RunDirError, open_run, resumable
 
 
 def _run(root: Path, name: str, status: str, age: float = 0.0) -> Path:
@@ -44,13 +44,13 @@ def test_a_failed_run_resumed_loses_its_old_error(tmp_path: Path) -> None:
     (d / "summary.json").write_text(json.dumps({"status": "failed", "error": "boom"}))
     cfg = tunelab.load_config(None, ["name=f", f"output_dir={tmp_path}"])
     run = open_run(cfg, resume=True)
-    assert run.read_json("summary.json") == {"status": "running", "updated": run.read_json("summary.json")["updated"]}
+    assert run.summary() == {"status": "running", "updated": run.summary()["updated"]}
 
 
 def test_trim_metrics_survives_a_line_cut_short(tmp_path: Path) -> None:
     d = _run(tmp_path, "m", "interrupted")
     (d / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
-    from tunelab.training.rundir import RunDir
+    from tunelab.runs import RunDir
 
     RunDir(d).trim_metrics(1)
     assert (d / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'

@@ -181,7 +181,7 @@ def test_max_batch_tokens_trains_the_same(tiny_model: Path, tmp_path: Path) -> N
 
 # --- frozen weights held in bf16 ---------------------------------------------------------------------
 
-@pytest.mark.skipif(not __import__("tunelab.training.hardware", fromlist=["x"]).cpu_has_bf16(),
+@pytest.mark.skipif(not __import__("tunelab.device", fromlist=["x"]).cpu_has_bf16(),
                     reason="bf16 training needs a CPU with bf16 support")
 def test_frozen_bf16_trains_the_same_and_restores_fp32(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """Under bf16 autocast, frozen weights held in bf16 give the same steps as fp32 ones cast at every use;

@@ -26,13 +26,10 @@ def quiet_libraries() -> None:
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn the errors a user can fix into a red message and exit status 2."""
-    from ..config import ConfigError
-    from ..data.records import DataError
-    from ..models.load import ModelError
-    from ..training.rundir import RunDirError
+    from ..errors import TunelabError
 
     try:
         yield
-    except (ConfigError, DataError, ModelError, RunDirError, FileNotFoundError) as exc:
+    except (TunelabError, FileNotFoundError) as exc:
         console.print(f"[red bold]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from ..config import default
 from .common import console, out, user_errors
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ def check_cmd(
     format: str = typer.Option("auto", "--format", "-f", help="chat|alpaca|sharegpt|completion|text|classification; "
                                "preference: trl|openai_dpo|hh_rlhf"),
     model: str | None = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens."),
-    max_length: int = typer.Option(512, "--max-length", help="Longest example in tokens."),
+    max_length: int = typer.Option(default("model.max_length"), "--max-length", help="Longest example in tokens."),
     column: list[str] = typer.Option([], "--column", help="Column mapping ours=yours, e.g. label=category."),
     text_column: str | None = typer.Option(None, "--text-column", help="Your column holding the text."),
     label_column: str | None = typer.Option(None, "--label-column", help="Your column holding the label."),

@@ -31,13 +31,14 @@ def chat_cmd(
     temperature: float = typer.Option(0.0, "--temperature", "-t"),
 ) -> None:
     """Talk to a model; /reset clears the history, /exit or Ctrl-D leaves."""
-    from ..inference import describe, run_system_prompt, stream_reply
+    from ..data.templates import trained_system_prompt
+    from ..inference import describe, stream_reply
     from ..models.load import load
 
     with user_errors():
         lm = load(model)
     console.print(f"[bold]{describe(lm)}[/]  (/reset, /exit)")
-    system = system or run_system_prompt(lm)
+    system = system or trained_system_prompt(lm.run_config())
     history: list[dict[str, str]] = []
     while True:
         try:

@@ -16,6 +16,7 @@ from .probe import probe_cmd
 from .quickstart import quickstart_cmd
 from .report import report_cmd
 from .serve import feedback_app, monitor_cmd, serve_cmd
+from .status import status_cmd
 from .train import train_cmd
 
 app = typer.Typer(
@@ -27,6 +28,7 @@ app.command("quickstart")(quickstart_cmd)
 app.command("init")(init_cmd)
 app.add_typer(data_cli.app, name="data")
 app.command("train", epilog=keys_help())(train_cmd)
+app.command("status")(status_cmd)
 app.command("generate")(generate_cmd)
 app.command("chat")(chat_cmd)
 app.command("report")(report_cmd)

@@ -23,7 +23,8 @@ def probe_cmd(
     """Did tuning make the model forget general knowledge, or treat people differently? Base vs tuned."""
     from ..config.evaluation import ProbesConfig
     from ..models.load import load
-    from ..probes.run import run_probes, subject_for, summary_line, write_probes
+    from ..probes.run import run_probes, subject_for, summary_line
+    from ..runs import RunDir
 
     with user_errors():
         settings = ProbesConfig(questions=questions, texts=texts, bias_files=bias_file, forgetting=not no_forgetting,
@@ -31,7 +32,7 @@ def probe_cmd(
         lm = load(model)
         result = run_probes(subject_for(lm), settings, console=console)
         if lm.resolved.run is not None:
-            path = write_probes(lm.resolved.run, result)
+            path = RunDir(lm.resolved.run).write_probes(result)
             console.print(f"Wrote {path}; `tunelab report {lm.resolved.run}` shows it", highlight=False)
     if as_json:
         out.print_json(json.dumps(result))

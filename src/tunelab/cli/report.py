@@ -14,7 +14,7 @@ def report_cmd(
     open_: bool = typer.Option(False, "--open/--no-open", help="Open the report in a web browser."),
 ) -> None:
     """Write report.html and report.json into the run directory and print the HTML file's path."""
-    from ..eval.report import write_report
+    from ..report import write_report
 
     path = Path(run)
     if not path.exists() and not path.is_absolute() and (Path("runs") / run).is_dir():

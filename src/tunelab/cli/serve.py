@@ -40,8 +40,8 @@ def serve_cmd(
 ) -> None:
     """Serve a model and its adapters behind an OpenAI-compatible API."""
     from ..models.load import ModelError
-    from ..serve.app import ServeSettings
     from ..serve.server import build, serve
+    from ..serve.state import ServeSettings
 
     if dtype not in ("fp32", "bf16", "fp16"):
         raise typer.BadParameter(f"{dtype!r}: expected fp32, bf16 or fp16", param_hint="--dtype")
@@ -76,8 +76,8 @@ def monitor_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Latency, errors, token use per model, and drift of recent prompts from each adapter's training data."""
-    from ..serve.app import data_dir
     from ..serve.monitor import parse_since, report
+    from ..serve.state import data_dir
     from ..serve.store import Store, database_url
 
     try:
@@ -121,8 +121,8 @@ def feedback_export_cmd(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
 ) -> None:
     """SFT rows (prompt + corrected or up-rated answer) and preference pairs (better answer over worse)."""
-    from ..serve.app import data_dir
     from ..serve.feedback import collect, write
+    from ..serve.state import data_dir
     from ..serve.store import Store, database_url
 
     with user_errors():

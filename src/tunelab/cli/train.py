@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
 from .common import console, user_errors
@@ -21,11 +19,9 @@ def train_cmd(
     with user_errors():
         cfg = load_config(config, overrides or [])
         if resume:  # the same run: its saved config, with any overrides given now
-            from ..training.rundir import resumable
+            from ..runs.directory import resume_config
 
-            saved = Path(cfg.output_dir) / resumable(cfg.output_dir, str(cfg.name)) / "config.yaml"
-            if saved.is_file():
-                cfg = load_config(saved, overrides or [])
+            cfg = resume_config(cfg, overrides or [])
         result = dispatch.run(cfg, resume=resume, console=console)
     s = result.summary
     if result.status != "completed":

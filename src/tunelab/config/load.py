@@ -9,10 +9,11 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from ..errors import TunelabError
 from .schema import TunelabConfig
 
 
-class ConfigError(ValueError):
+class ConfigError(TunelabError, ValueError):
     """A config problem a user can fix; the message says where and how."""
 
 
@@ -69,7 +70,10 @@ def _explain(err: ValidationError, source: str, lines: dict[tuple[str, ...], int
         loc = _field_path(e["loc"])
         where = _where(loc, source, lines, from_cli or {})
         key = ".".join(loc)
-        if e["type"] == "extra_forbidden":
+        if e["type"] == "config_rules":  # rules across fields: each at the line of the key it names
+            for key, msg in e["ctx"]["problems"]:
+                out.append(f"{_where(tuple(key.split('.')), source, lines, from_cli or {})}: {msg}")
+        elif e["type"] == "extra_forbidden":
             section = _section_model(loc[:-1])
             valid = sorted(section.model_fields) if section else []
             close = difflib.get_close_matches(loc[-1], valid, n=1)

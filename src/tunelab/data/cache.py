@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..models.registry import home
+from ..home import home
 
 CACHE_VERSION = 1  # bump when the cached objects change shape
 
@@ -36,7 +36,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 def cached(path: str | Path, tokenizer: Any, settings: dict[str, Any], build: Callable[[], Any]) -> tuple[Any, bool]:
     """build()'s result for this file + tokenizer + settings, from the cache when it is there.
     Returns (result, hit)."""
-    from .. import __version__
+    from ..version import __version__
 
     src = Path(path)
     if not src.exists():

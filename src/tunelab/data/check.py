@@ -6,7 +6,7 @@ from typing import Any
 
 from .preference import PREFERENCE_FORMATS, PreferencePair, is_preference_file, pair_token_counts
 from .records import Record
-from .report import DataReport, PreferenceReport, preference_report, prepare
+from .report import MAX_LENGTH, TOO_LONG, DataReport, PreferenceReport, preference_report, prepare
 from .templates import encode_record, humanize
 
 
@@ -14,8 +14,8 @@ def _tokenizer_and_speed(model: str | None) -> tuple[Any, float | None]:
     """The model's tokenizer and its estimated training tokens per second here."""
     from transformers import AutoConfig
 
+    from ..device import estimate_tokens_per_second
     from ..models.load import load_tokenizer, resolve
-    from ..training.hardware import estimate_tokens_per_second
 
     res = resolve(model)
     tokenizer = load_tokenizer(str(res.run / "tokenizer") if res.run else res.path)
@@ -30,9 +30,9 @@ def check(
     *,
     fmt: str = "auto",
     model: str | None = None,
-    max_length: int = 512,
+    max_length: int = MAX_LENGTH,
     columns: dict[str, str] | None = None,
-    too_long: str = "truncate",
+    too_long: str = TOO_LONG,
     tokenize: bool = True,
 ) -> DataReport | PreferenceReport:
     """Validate a data source; with tokenize, count tokens with the model's tokenizer and estimate time.

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from ..errors import TunelabError
+
 Message = dict[str, Any]  # {"role", "content", optional "weight" 0/1}
 
 
@@ -41,7 +43,7 @@ class Problem:
         return asdict(self)
 
 
-class DataError(ValueError):
+class DataError(TunelabError, ValueError):
     """The data can't be used as given; the message lists every problem with file:line."""
 
     def __init__(self, problems: list[Problem], hint: str = "") -> None:

@@ -9,10 +9,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..config import default
 from .load import Loaded, load_records
 from .preference import PreferencePair, load_pairs_report
 from .records import Problem, Record, RowError
 from .templates import Encoded, truncate
+
+MAX_LENGTH: int = default("model.max_length")
+TOO_LONG: str = default("data.too_long")
 
 
 @dataclass
@@ -70,8 +74,8 @@ def prepare(
     fmt: str = "auto",
     columns: dict[str, str] | None = None,
     system_prompt: str | None = None,
-    max_length: int = 512,
-    too_long: str = "truncate",
+    max_length: int = MAX_LENGTH,
+    too_long: str = TOO_LONG,
     tokens_per_second: float | None = None,
 ) -> tuple[list[Example], DataReport]:
     """Load, validate and (with an encoder) tokenize a data source; nothing is raised for bad rows."""
@@ -85,8 +89,8 @@ def encode_loaded(
     path: str | Path,
     encode: Callable[[Record], Encoded] | None,
     *,
-    max_length: int = 512,
-    too_long: str = "truncate",
+    max_length: int = MAX_LENGTH,
+    too_long: str = TOO_LONG,
     tokens_per_second: float | None = None,
 ) -> tuple[list[Example], DataReport]:
     """Validate and tokenize rows already loaded: duplicates, over-length rows, token counts."""
@@ -178,7 +182,7 @@ def preference_report(
     fmt: str = "auto",
     columns: dict[str, str] | None = None,
     system_prompt: str | None = None,
-    max_length: int = 512,
+    max_length: int = MAX_LENGTH,
     tokens_per_second: float | None = None,
 ) -> PreferenceReport:
     """Load and validate preference pairs; with count (pair -> prompt/chosen/rejected tokens) measure them."""

@@ -1,10 +1,13 @@
-"""Validation split: a seeded fraction of the training rows, and train/validation overlap."""
+"""Validation split (a seeded fraction of the training rows), data.limit sampling, train/validation overlap."""
 
 from __future__ import annotations
 
 import random
+from typing import TypeVar
 
 from .records import Record
+
+T = TypeVar("T")
 
 
 def split_validation(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
@@ -24,3 +27,11 @@ def overlap(train: list[Record], val: list[Record]) -> int:
     """Validation rows that also appear, exactly, in the training rows."""
     keys = {r.key() for r in train}
     return sum(r.key() in keys for r in val)
+
+
+def sample_limit(rows: list[T], limit: int | None, seed: int) -> list[T]:
+    """data.limit: a seeded random sample of `limit` rows (pairs, prompts), in their original order."""
+    if not limit or limit >= len(rows):
+        return rows
+    keep = set(random.Random(seed).sample(range(len(rows)), limit))
+    return [r for i, r in enumerate(rows) if i in keep]

@@ -7,9 +7,12 @@ the conversation prefix by prefix, so any template that renders prefixes consist
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .records import Message, Record, RowError
+
+if TYPE_CHECKING:
+    from ..config import TunelabConfig
 
 IGNORE = -100
 DEFAULT_CLASSIFY_PROMPT = "Classify the customer's message. Answer with the category name only."
@@ -34,6 +37,16 @@ def label_display(labels: list[str], humanize_labels: bool = True) -> list[str]:
     """How labels are shown to the model as answers: in words where that keeps them distinct."""
     shown = [humanize(x) for x in labels] if humanize_labels else list(labels)
     return shown if len(set(shown)) == len(shown) else list(labels)
+
+
+def trained_system_prompt(cfg: TunelabConfig | None) -> str | None:
+    """The system prompt a run trained with, so that its replies match training: classification runs without
+    one trained with the default classification prompt. None for a model that is not a run."""
+    if cfg is None:
+        return None
+    if cfg.task == "classification":
+        return cfg.data.system_prompt or DEFAULT_CLASSIFY_PROMPT
+    return cfg.data.system_prompt
 
 
 def classification_messages(text: str, label: str | None, system_prompt: str | None) -> list[Message]:

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
 
+from ..config import default
 from ..data.load import load_records
 from ..data.records import DataError, Problem, Record
-from ..data.templates import DEFAULT_CLASSIFY_PROMPT, IGNORE, encode_record, label_display, truncate
-from ..inference import run_config, run_system_prompt
+from ..data.templates import (
+    DEFAULT_CLASSIFY_PROMPT,
+    IGNORE,
+    encode_record,
+    label_display,
+    trained_system_prompt,
+    truncate,
+)
 from ..models.load import LoadedModel, ModelError, load
+from ..runs import RunDir
 from ..training.collate import PadCollator
 from ..training.trainer import causal_lm_loss
 from .classify import predict_generate, predict_head
@@ -27,7 +33,9 @@ N_EXAMPLES = 12
 
 
 @dataclass
-class Task:
+class EvalTask:
+    """How rows are scored: classification (labels), generation (answers against references), or text (loss)."""
+
     kind: str  # classification | generation | text
     records: list[Record]
     labels: list[str] = field(default_factory=list)
@@ -35,25 +43,22 @@ class Task:
     display: list[str] = field(default_factory=list)  # labels as the model answers them (generate mode)
 
 
-def _run_summary(lm: LoadedModel) -> dict[str, Any]:
-    run = lm.resolved.run
-    return json.loads((run / "summary.json").read_text()) if run else {}
-
-
-def _task(lm: LoadedModel, records: list[Record]) -> Task:
+def _task(lm: LoadedModel, records: list[Record]) -> EvalTask:
     kinds = {r.kind for r in records}
     if kinds == {"classification"}:
-        labels = lm.labels or _run_summary(lm).get("labels") or sorted({r.label for r in records})
+        run = RunDir(lm.resolved.run) if lm.resolved.run is not None else None
+        labels = lm.labels or (run.summary().get("labels") if run else None) or sorted({r.label for r in records})
         unknown = sorted({r.label for r in records} - set(labels))
         if unknown:
             raise DataError([Problem(records[0].where, f"labels {unknown} are not among the model's labels "
                                      f"{labels[:10]}{'...' if len(labels) > 10 else ''}")])
-        humanize = (run_config(lm).get("classification") or {}).get("humanize_labels", True)
-        return Task("classification", records, list(labels), run_system_prompt(lm) or DEFAULT_CLASSIFY_PROMPT,
-                    label_display(list(labels), humanize))
+        cfg = lm.run_config()
+        humanize = cfg.classification.humanize_labels if cfg is not None else True
+        prompt = trained_system_prompt(cfg) or DEFAULT_CLASSIFY_PROMPT
+        return EvalTask("classification", records, list(labels), prompt, label_display(list(labels), humanize))
     if kinds <= {"chat", "completion"}:
-        return Task("generation", records)
-    return Task("text", records)
+        return EvalTask("generation", records)
+    return EvalTask("text", records)
 
 
 def prompt_and_reference(rec: Record) -> tuple[Any, str]:
@@ -64,7 +69,7 @@ def prompt_and_reference(rec: Record) -> tuple[Any, str]:
 
 
 @torch.no_grad()
-def reference_loss(lm: LoadedModel, task: Task, max_length: int, batch_size: int) -> float:
+def reference_loss(lm: LoadedModel, task: EvalTask, max_length: int, batch_size: int) -> float:
     """Mean token loss of the reference answers (labels for classification)."""
     tok, model = lm.tokenizer, lm.model
     if task.kind == "classification" and lm.labels:  # a head: cross-entropy over the label set
@@ -93,7 +98,7 @@ def reference_loss(lm: LoadedModel, task: Task, max_length: int, batch_size: int
     return loss_sum / max(count, 1)
 
 
-def score(lm: LoadedModel, task: Task, *, max_new_tokens: int, max_length: int, batch_size: int
+def score(lm: LoadedModel, task: EvalTask, *, max_new_tokens: int, max_length: int, batch_size: int
           ) -> tuple[dict[str, Any], list[str], list[float]]:
     """(metrics, predictions, per-example task score) for one model."""
     loss = reference_loss(lm, task, max_length, batch_size)
@@ -118,7 +123,7 @@ def score(lm: LoadedModel, task: Task, *, max_new_tokens: int, max_length: int, 
 
 def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] | None = None,
              compare_base: bool = False, limit: int | None = None, max_new_tokens: int = 128,
-             max_length: int = 1024, batch_size: int = 16, console: Console | None = None) -> dict[str, Any]:
+             max_length: int | None = None, batch_size: int = 16, console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     lm = load(ref)
     loaded = load_records(data, fmt, columns)
@@ -131,16 +136,23 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
         raise ModelError("--compare-base needs a tunelab run directory trained with an adapter: "
                          "it compares the run with its own base model")
     console.print(f"Scoring {len(records)} rows with {ref}")
-    return evaluate_records(lm, records, data_name=str(data), skipped=loaded.errors, compare_base=compare_base,
-                            max_new_tokens=max_new_tokens, max_length=max_length, batch_size=batch_size,
-                            console=console)
+    result = evaluate_records(lm, records, data_name=str(data), skipped=loaded.errors, compare_base=compare_base,
+                              max_new_tokens=max_new_tokens, max_length=max_length, batch_size=batch_size,
+                              console=console)
+    if lm.resolved.run is not None:  # kept beside the run's other evaluations, named after the data
+        RunDir(lm.resolved.run).write_evaluation(result)
+    return result
 
 
 def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, skipped: Sequence[Problem] = (),
-                     compare_base: bool = False, max_new_tokens: int = 128, max_length: int = 1024,
+                     compare_base: bool = False, max_new_tokens: int = 128, max_length: int | None = None,
                      batch_size: int = 16, console: Console | None = None) -> dict[str, Any]:
-    """Score records with the model (and its base, through the adapter switched off); eval.json in the run."""
+    """Score records with the model (and its base, through the adapter switched off). Rows are cut at
+    max_length tokens: by default the run's own model.max_length."""
     console = console or Console(stderr=True)
+    if max_length is None:
+        cfg = lm.run_config()
+        max_length = cfg.model.max_length if cfg is not None else default("model.max_length")
     task = _task(lm, records)
     metrics, preds, per_ex = score(lm, task, max_new_tokens=max_new_tokens, max_length=max_length,
                                    batch_size=batch_size)
@@ -167,12 +179,11 @@ def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, 
         examples.append({"input": inp, "reference": reference, "tuned": preds[i]}
                         | ({"base": base_preds[i]} if base_preds else {}))
     result["examples"] = examples
-    if lm.resolved.run is not None:
-        (Path(lm.resolved.run) / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def _comparison(task: Task, metrics: dict[str, Any], per_ex: list[float], base_per_ex: list[float]) -> dict[str, Any]:
+def _comparison(task: EvalTask, metrics: dict[str, Any], per_ex: list[float],
+                base_per_ex: list[float]) -> dict[str, Any]:
     diff, lo, hi = bootstrap_diff(per_ex, base_per_ex)
     name = "accuracy" if task.kind == "classification" else (
         "numeric_accuracy" if "numeric_accuracy" in metrics else "token_f1")

@@ -8,87 +8,15 @@ to `OUT.partial` and renamed into place at the end, so an interrupted export nev
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-from ..models.load import ModelError, Resolved, resolve
+from .source import ExportError, Log, source
 
 FORMATS = ("hf", "adapter", "gguf")
 DTYPES = ("f32", "f16", "bf16")
 QUANTIZATIONS = ("q8_0",)
-
-Log = Callable[[str], None]
-
-
-class ExportError(ModelError):
-    """An export that can't be done as asked; the message says what to do instead."""
-
-
-@dataclass
-class Source:
-    """What is being exported: the resolved reference plus the run's records when it is a run."""
-
-    ref: str
-    resolved: Resolved
-    config: dict[str, Any] = field(default_factory=dict)  # config.yaml
-    summary: dict[str, Any] = field(default_factory=dict)
-    data_report: dict[str, Any] | None = None
-    eval: dict[str, Any] | None = None
-    labels: list[str] | None = None  # classification-head runs
-
-    @property
-    def run(self) -> Path | None:
-        return self.resolved.run
-
-    @property
-    def name(self) -> str:
-        if self.run is not None:
-            return str(self.config.get("name") or self.run.name)
-        if self.resolved.kind in ("alias", "gguf"):  # resolved.path is tunelab's converted cache directory
-            return Path(self.ref).stem if self.resolved.kind == "gguf" else self.ref
-        return Path(self.ref.rstrip("/")).name or self.ref
-
-    @property
-    def task(self) -> str:
-        return str(self.config.get("task") or "chat")
-
-    @property
-    def base(self) -> str:
-        """The base model as the run names it (an alias, a path or a hub id)."""
-        if self.run is None:
-            return self.ref
-        return str((self.config.get("model") or {}).get("base") or self.ref)
-
-    @property
-    def full_finetune(self) -> bool:
-        return self.run is not None and (self.run / "model").is_dir()
-
-    def tokenizer_path(self) -> str:
-        if self.run is not None and (self.run / "tokenizer").is_dir():
-            return str(self.run / "tokenizer")
-        return self.resolved.path
-
-
-def _json(p: Path) -> dict[str, Any] | None:
-    return json.loads(p.read_text()) if p.is_file() else None
-
-
-def source(ref: str) -> Source:
-    """Resolve `ref` and read the run's records; raises ModelError for unfinished runs and non-models."""
-    import yaml
-
-    res = resolve(ref)
-    if res.run is None:
-        return Source(ref, res)
-    run = res.run
-    labels = _json(run / "labels.json")
-    return Source(ref, res, config=yaml.safe_load((run / "config.yaml").read_text()) or {},
-                  summary=_json(run / "summary.json") or {}, data_report=_json(run / "data_report.json"),
-                  eval=_json(run / "eval.json"), labels=list(labels) if labels else None)
 
 
 def check_options(fmt: str, dtype: str | None, quantize: str | None) -> None:

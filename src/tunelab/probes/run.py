@@ -1,13 +1,11 @@
-"""Run the probes on the base and the tuned model, and keep the result as probes.json in the run."""
+"""Run the probes on the base and the tuned model (the run keeps the result: RunDir.write_probes)."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -119,56 +117,33 @@ def summary_line(result: dict[str, Any]) -> str:
     return "Probes: " + ", ".join(parts)
 
 
-def write_probes(run_dir: str | Path, result: dict[str, Any]) -> Path:
-    path = Path(run_dir) / "probes.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(path)
-    return path
-
-
-def probe_saved_run(run_dir: str | Path, settings: ProbesConfig, *, batch_size: int, console: Console) -> None:
-    """Probes of a run that has just saved its model (preference and RL runs), loaded as `tunelab probe` loads
-    it, into probes.json. A failure is reported, not raised: the trained model is saved already."""
-    from ..models.load import load
-
-    try:
-        result = run_probes(subject_for(load(str(run_dir))), settings, batch_size=batch_size, console=console)
-    except Exception as exc:
-        console.print(f"[yellow]Probes failed ({type(exc).__name__}: {exc}); the run is complete without them. "
-                      f"Retry with `tunelab probe {run_dir}`[/]")
-        return
-    write_probes(run_dir, result)
-    console.print(summary_line(result) + f" ({result['seconds']:.0f} s)", highlight=False)
-
-
-def subject_for(lm: Any) -> Subject:
-    """A Subject from a loaded run or model (`tunelab probe`): its labels, prompt and base as it was trained."""
-    from ..data.templates import label_display
+def subject_for(lm: Any, *, bf16: bool = False) -> Subject:
+    """What to probe in a loaded run or model (`tunelab probe`, and a run that has just trained): its labels,
+    system prompt and base as it was trained. bf16: classify under bf16 autocast, as training scored it."""
+    from ..data.templates import label_display, trained_system_prompt
     from ..eval.classify import predict_generate, predict_head
-    from ..inference import run_config, run_system_prompt
+    from ..runs import RunDir
 
-    cfg = run_config(lm)
+    cfg = lm.run_config()
     tok = lm.tokenizer
     labels = lm.labels
     if labels:
         def classify(m: Any, texts: list[str]) -> list[str]:
-            return predict_head(m, tok, texts, labels)
+            return predict_head(m, tok, texts, labels, bf16=bf16)
 
         return Subject(lm.model, tok, classify=classify, generative=False)
     base_model = None
-    if lm.resolved.run is not None and not hasattr(lm.model, "disable_adapter"):  # a fully fine-tuned run
-        from ..models.load import load, run_base
+    if cfg is not None and not hasattr(lm.model, "disable_adapter"):  # a fully fine-tuned run
+        from ..models.load import load
 
-        base_model = load(run_base(lm.resolved.run)).model
-    if cfg.get("task") == "classification":
-        summary = json.loads((lm.resolved.run / "summary.json").read_text())
-        all_labels = list(summary.get("labels") or [])
-        shown = label_display(all_labels, (cfg.get("classification") or {}).get("humanize_labels", True))
-        prompt = run_system_prompt(lm)
+        base_model = load(cfg.model.base).model
+    prompt = trained_system_prompt(cfg)
+    if cfg is not None and cfg.task == "classification":
+        all_labels = list(RunDir(lm.resolved.run).summary().get("labels") or [])
+        shown = label_display(all_labels, cfg.classification.humanize_labels)
 
         def generate_label(m: Any, texts: list[str]) -> list[str]:
-            return predict_generate(m, tok, texts, all_labels, shown, prompt)
+            return predict_generate(m, tok, texts, all_labels, shown, prompt, bf16=bf16)
 
         return Subject(lm.model, tok, classify=generate_label, base_model=base_model)
-    return Subject(lm.model, tok, system_prompt=run_system_prompt(lm), base_model=base_model)
+    return Subject(lm.model, tok, system_prompt=prompt, base_model=base_model)

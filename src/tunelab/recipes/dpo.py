@@ -9,24 +9,22 @@ import copy
 import math
 from typing import Any
 
-from rich.console import Console
-
 from ..config import TunelabConfig
-from ..training import auto, trl_run
-from ..training.rundir import RunDir
-from ..training.setup import training_kwargs, wrap_model
-from .sft import RunResult
+from ..models.load import starting_model
+from ..training.setup import wrap_model
+from ..training.trl_common import SeenTokens, conversational, eval_metrics, final_eval, pair_lengths, quiet, trl_kwargs
+from .lifecycle import Prepared, Session, Start
+from .pairs import prepare_pairs
 
 
-def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
-        callbacks: list[Any] | None = None) -> RunResult:
-    return trl_run.run_on_pairs(cfg, resume, console, callbacks, _train)
+def prepare(start: Start) -> Prepared:
+    return prepare_pairs(start.cfg, probed=True)
 
 
 def _dataset(cfg: TunelabConfig, pairs: list[Any]) -> Any:
     from datasets import Dataset
 
-    rows = [trl_run.conversational(p) for p in pairs]
+    rows = [conversational(p) for p in pairs]
     if cfg.method == "kto":  # unpaired: the chosen answer is desirable, the rejected one is not
         rows = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
                 for r in rows for side in ("chosen", "rejected")]
@@ -56,61 +54,42 @@ def _trainer_class(cfg: TunelabConfig) -> tuple[Any, Any, dict[str, Any]]:
                                        max_completion_length=cfg.model.max_length - p.max_prompt_tokens) | extra
 
 
-def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, callbacks: list[Any] | None, base: Any,
-           tokenizer: Any, bf16: bool, train: list[Any], val: list[Any], skipped: list[Any],
-           report: dict[str, Any]) -> RunResult:
+def train(session: Session, prepared: Prepared) -> Any:
     from transformers import set_seed
 
-    run.write_data_report(report, skipped, console)
+    cfg, console = session.cfg, session.console
+    train_pairs, val = prepared.data
     set_seed(cfg.train.seed)
-    model = trl_run.starting_model(cfg, base)
+    model = starting_model(session.start.base)
     n_params = sum(p.numel() for p in model.parameters())
     # full fine-tuning needs the starting weights beside the policy; LoRA switches its adapter off instead
     needs_ref = cfg.method in ("dpo", "kto") and cfg.peft.method == "full"
     ref = copy.deepcopy(model).eval().requires_grad_(False) if needs_ref else None
     model = wrap_model(model, cfg, "CAUSAL_LM")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    epochs = cfg.train.epochs if cfg.train.epochs != "auto" else (3 if len(train) < 300 else 1)
-    lr = cfg.train.learning_rate if cfg.train.learning_rate != "auto" else (
-        5e-6 if cfg.peft.method == "full" else 5e-5)  # preference steps want a gentler rate than SFT
-    hp = auto.resolve(epochs=epochs, learning_rate=lr, batch_size=cfg.train.batch_size,
-                      grad_accum=cfg.train.grad_accum, max_steps=cfg.train.max_steps,
-                      warmup_ratio=cfg.train.warmup_ratio, method=cfg.peft.method, n_params=n_params, head=False,
-                      lengths=trl_run.pair_lengths(train, tokenizer))
-    run.write_json("resolved.json", hp.to_dict() | {"trainable_params": trainable, "total_params": n_params,
-                                                     "bf16": bf16, "method": cfg.method})
-    console.print(f"[bold]Run[/] {run.path}  {cfg.method}  pairs {len(train)} train / {len(val)} validation  "
-                  f"epochs {hp.epochs}  lr {hp.learning_rate:g}  batch {hp.batch_size}x{cfg.train.grad_accum}  "
-                  f"steps {hp.total_steps}  trainable {trainable / 1e6:.2f}M  {'bf16' if bf16 else 'fp32'}")
+    hp = session.hyperparams(n_params=n_params, lengths=pair_lengths(train_pairs))
+    session.announce(hp, n_params=n_params, trainable=trainable, method=cfg.method,
+                     what=f"{cfg.method}  pairs {len(train_pairs)} train / {len(val)} validation")
     trainer_cls, config_cls, method_args = _trainer_class(cfg)
-    kwargs = training_kwargs(cfg, hp, run.checkpoints, has_val=bool(val), packed=False)
-    kwargs.pop("train_sampling_strategy", None)
-    args = config_cls(**kwargs, **method_args, bf16=bf16, gradient_checkpointing=False,
-                      include_num_input_tokens_seen="non_padding")
-    cbs, interrupt = trl_run.callbacks(run, console, callbacks)
+    args = config_cls(**trl_kwargs(cfg, hp, session.run.checkpoints, has_val=bool(val)), **method_args,
+                      bf16=session.bf16, gradient_checkpointing=False, include_num_input_tokens_seen="non_padding")
     extra = {"ref_model": ref} if cfg.method in ("dpo", "kto") else {}
-    trainer = trl_run.quiet(trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train),
-                                        eval_dataset=_dataset(cfg, val) if val else None,
-                                        processing_class=tokenizer, callbacks=cbs, **extra))
-    base_acc = None
-    if val and cfg.method in ("orpo", "cpo", "simpo") and cfg.eval.compare_base and not resume:
+    trainer = quiet(trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train_pairs),
+                                eval_dataset=_dataset(cfg, val) if val else None, processing_class=session.tokenizer,
+                                callbacks=session.callbacks(SeenTokens(session.counter)), **extra))
+    summary = session.summary
+    summary.update(method=cfg.method, task="chat", base_model=cfg.model.base, train_pairs=len(train_pairs),
+                   validation_pairs=len(val), precision=session.precision)
+    if val and cfg.method in ("orpo", "cpo", "simpo") and cfg.eval.compare_base and not session.resume:
         # no reference model: the starting model already ranks pairs by its own likelihood; that is the baseline
-        base_acc = trl_run.eval_metrics(trainer.evaluate()).get("eval_rewards_accuracies")
-    out, seconds = trl_run.train(trainer, run, resume, console)
-    summary: dict[str, Any] = {"method": cfg.method, "task": "chat", "base_model": cfg.model.base,
-                               "train_pairs": len(train), "validation_pairs": len(val),
-                               "precision": "bf16" if bf16 else "fp32", "steps": trainer.state.global_step,
-                               "train_loss": out.training_loss, "train_seconds": round(seconds, 1),
-                               "tokens_seen": int(trainer.state.num_input_tokens_seen or 0)}
-    if base_acc is not None and not math.isnan(base_acc):
-        summary["base_preference_accuracy"] = base_acc
-    if interrupt.requested:
-        run.status("interrupted", **summary)
-        console.print(f"[yellow]Stopped at step {trainer.state.global_step}; continue with --resume[/]")
-        return RunResult(run.path, "interrupted", run.read_json("summary.json"))
-    trl_run.save(run, cfg, trainer.model, tokenizer)
+        session.phase("scoring base")
+        base_acc = eval_metrics(trainer.evaluate()).get("eval_rewards_accuracies")
+        if base_acc is not None and not math.isnan(base_acc):
+            summary["base_preference_accuracy"] = base_acc
+    session.fit(trainer)
+    session.save(trainer.model)
     if val:
-        metrics = trl_run.final_eval(trainer)
+        metrics = final_eval(trainer)
         summary |= metrics
         acc = metrics.get("eval_rewards_accuracies")
         if acc is not None and not math.isnan(acc):
@@ -120,5 +99,4 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
             console.print("Held-out preference accuracy: " + (f"before {before:.1%} -> " if before is not None else "")
                           + f"[bold]{acc:.1%}[/] "
                           f"(margin {metrics.get('eval_rewards_margins', float('nan')):.3f})")
-    run.status("completed", **summary)
-    return RunResult(run.path, "completed", run.read_json("summary.json"))
+    return trainer.model

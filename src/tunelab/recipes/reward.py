@@ -5,81 +5,61 @@ held-out pairs. The run saves like a classification-head run (labels.json ["rewa
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from rich.console import Console
+from ..models.load import starting_model
+from ..training.setup import wrap_model
+from ..training.trl_common import SeenTokens, conversational, eval_metrics, final_eval, pair_lengths, quiet, trl_kwargs
+from .lifecycle import Prepared, Session, Start
+from .pairs import prepare_pairs
 
-from ..config import TunelabConfig
-from ..training import auto, trl_run
-from ..training.rundir import RunDir
-from ..training.setup import training_kwargs, wrap_model
-from .sft import RunResult
-
-
-def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
-        callbacks: list[Any] | None = None) -> RunResult:
-    return trl_run.run_on_pairs(cfg, resume, console, callbacks, _train)
+LABELS = ["reward"]  # one score: the run loads as a 1-output head
 
 
-def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, callbacks: list[Any] | None, base: Any,
-           tokenizer: Any, bf16: bool, train: list[Any], val: list[Any], skipped: list[Any],
-           report: dict[str, Any]) -> RunResult:
+def prepare(start: Start) -> Prepared:
+    return prepare_pairs(start.cfg, probed=False)  # a reward model writes no answers: nothing to probe
+
+
+def train(session: Session, prepared: Prepared) -> None:
     from datasets import Dataset
     from transformers import set_seed
     from trl import RewardConfig, RewardTrainer
 
-    run.write_data_report(report, skipped, console)
+    cfg, console = session.cfg, session.console
+    train_pairs, val = prepared.data
     set_seed(cfg.train.seed)
-    model = trl_run.starting_model(cfg, base, reward_head=True, pad_token_id=tokenizer.pad_token_id)
+    model = starting_model(session.start.base, labels=LABELS, pad_token_id=session.tokenizer.pad_token_id)
     n_params = sum(p.numel() for p in model.parameters())
     model = wrap_model(model, cfg, "SEQ_CLS")  # LoRA on the body; the new head is trained whole
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lr = cfg.train.learning_rate if cfg.train.learning_rate != "auto" else (
-        1e-5 if cfg.peft.method == "full" else 1e-4)
-    epochs = cfg.train.epochs if cfg.train.epochs != "auto" else (3 if len(train) < 300 else 1)
-    hp = auto.resolve(epochs=epochs, learning_rate=lr, batch_size=cfg.train.batch_size,
-                      grad_accum=cfg.train.grad_accum, max_steps=cfg.train.max_steps,
-                      warmup_ratio=cfg.train.warmup_ratio, method=cfg.peft.method, n_params=n_params, head=True,
-                      lengths=trl_run.pair_lengths(train, tokenizer))
-    run.write_json("resolved.json", hp.to_dict() | {"trainable_params": trainable, "total_params": n_params,
-                                                     "bf16": bf16, "method": "reward"})
-    console.print(f"[bold]Run[/] {run.path}  reward model  pairs {len(train)} train / {len(val)} validation  "
-                  f"epochs {hp.epochs}  lr {hp.learning_rate:g}  batch {hp.batch_size}x{cfg.train.grad_accum}  "
-                  f"steps {hp.total_steps}  trainable {trainable / 1e6:.2f}M  {'bf16' if bf16 else 'fp32'}")
-    kwargs = training_kwargs(cfg, hp, run.checkpoints, has_val=bool(val), packed=False)
-    kwargs.pop("train_sampling_strategy", None)
-    args = RewardConfig(**kwargs, bf16=bf16, gradient_checkpointing=False, max_length=cfg.model.max_length,
+    hp = session.hyperparams(n_params=n_params, lengths=pair_lengths(train_pairs), head=True)
+    session.announce(hp, n_params=n_params, trainable=trainable, method="reward",
+                     what=f"reward model  pairs {len(train_pairs)} train / {len(val)} validation")
+    args = RewardConfig(**trl_kwargs(cfg, hp, session.run.checkpoints, has_val=bool(val)), bf16=session.bf16,
+                        gradient_checkpointing=False, max_length=cfg.model.max_length,
                         include_num_input_tokens_seen="non_padding")
-    cbs, interrupt = trl_run.callbacks(run, console, callbacks)
 
     def dataset(pairs: list[Any]) -> Any:
-        return Dataset.from_list([trl_run.conversational(p) for p in pairs])
+        return Dataset.from_list([conversational(p) for p in pairs])
 
-    trainer = trl_run.quiet(RewardTrainer(model=model, args=args, train_dataset=dataset(train),
-                                          eval_dataset=dataset(val) if val else None, processing_class=tokenizer,
-                                          callbacks=cbs))
-    summary: dict[str, Any] = {"method": "reward", "task": "reward", "base_model": cfg.model.base,
-                               "train_pairs": len(train), "validation_pairs": len(val),
-                               "precision": "bf16" if bf16 else "fp32"}
-    dropped = len(train) - len(trainer.train_dataset)  # TRL drops pairs longer than max_length
+    trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset(train_pairs),
+                                  eval_dataset=dataset(val) if val else None, processing_class=session.tokenizer,
+                                  callbacks=session.callbacks(SeenTokens(session.counter))))
+    summary = session.summary
+    summary.update(method="reward", task="reward", base_model=cfg.model.base, train_pairs=len(train_pairs),
+                   validation_pairs=len(val), precision=session.precision)
+    dropped = len(train_pairs) - len(trainer.train_dataset)  # TRL drops pairs longer than max_length
     if dropped:
         summary["pairs_dropped_too_long"] = dropped
         console.print(f"[yellow]{dropped} training pair(s) are longer than model.max_length="
                       f"{cfg.model.max_length} tokens and were left out; raise model.max_length to keep them[/]")
-    if val and cfg.eval.compare_base and not resume:  # an untrained head: what chance ranking gives
-        summary["base_pairwise_accuracy"] = trl_run.eval_metrics(trainer.evaluate()).get("eval_accuracy")
-    out, seconds = trl_run.train(trainer, run, resume, console)
-    summary |= {"steps": trainer.state.global_step, "train_loss": out.training_loss,
-                "train_seconds": round(seconds, 1), "tokens_seen": int(trainer.state.num_input_tokens_seen or 0)}
-    if interrupt.requested:
-        run.status("interrupted", **summary)
-        console.print(f"[yellow]Stopped at step {trainer.state.global_step}; continue with --resume[/]")
-        return RunResult(run.path, "interrupted", run.read_json("summary.json"))
-    trl_run.save(run, cfg, trainer.model, tokenizer)
-    (run.path / "labels.json").write_text(json.dumps(["reward"]))  # one score: loads as a 1-output head
+    if val and cfg.eval.compare_base and not session.resume:  # an untrained head: what chance ranking gives
+        session.phase("scoring base")
+        summary["base_pairwise_accuracy"] = eval_metrics(trainer.evaluate()).get("eval_accuracy")
+    session.fit(trainer)
+    session.save(trainer.model, labels=LABELS)
     if val:
-        metrics = trl_run.final_eval(trainer)
+        metrics = final_eval(trainer)
         summary |= metrics
         if "eval_accuracy" in metrics:
             summary["pairwise_accuracy"] = metrics["eval_accuracy"]
@@ -87,5 +67,4 @@ def _train(run: RunDir, cfg: TunelabConfig, resume: bool, console: Console, call
             console.print("Held-out pairwise accuracy: "
                           + (f"untrained {base_acc:.1%} -> " if base_acc is not None else "")
                           + f"[bold]{metrics['eval_accuracy']:.1%}[/]")
-    run.status("completed", **summary)
-    return RunResult(run.path, "completed", run.read_json("summary.json"))
+    return None

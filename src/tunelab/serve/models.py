@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from ..models.load import ModelError, Resolved, is_run_dir, load_tokenizer, merge_adapters, resolve
+from ..config.data import DataConfig
+from ..models.load import ModelError, ModelRef, load_tokenizer, merge_adapters, resolve, tokenizer_path
 from ..models.registry import ALIASES
+from ..runs import RunDir
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Base:
     model: Any
     tokenizer: Any
     name: str
-    resolved: Resolved
+    resolved: ModelRef
     system_prompt: str | None = None
 
 
@@ -33,36 +33,30 @@ class AdapterSource:
     run: Path | None = None
     system_prompt: str | None = None
     train_data: Path | None = None
-    data: dict[str, Any] = field(default_factory=dict)  # the run's data section
+    data: DataConfig = field(default_factory=DataConfig)  # the run's data section
 
     def info(self) -> dict[str, Any]:
         return {"source": str(self.run or self.path), "system_prompt": self.system_prompt}
-
-
-def _run_config(run: Path) -> dict[str, Any]:
-    return yaml.safe_load((run / "config.yaml").read_text()) or {}
 
 
 def load_base(ref: str | None, *, name: str | None = None, dtype: str = "fp32") -> Base:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ..training.hardware import device
+    from ..device import device
 
     res = resolve(ref)
-    if res.run is not None and (res.run / "labels.json").is_file():
+    run = RunDir(res.run) if res.run is not None else None
+    if run is not None and run.labels():
         raise ModelError(f"{res.run}: a classification-head run answers with labels, not text; serve a "
                          f"generative model (train with task: generate) or use `tunelab eval` for this one")
     torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
-    tok_dir = res.run / "tokenizer" if res.run and (res.run / "tokenizer").is_dir() else Path(res.path)
-    tokenizer = load_tokenizer(str(tok_dir))
+    tokenizer = load_tokenizer(tokenizer_path(res))
     model = AutoModelForCausalLM.from_pretrained(res.path, dtype=torch.float32)
     model = merge_adapters(model, res.adapters)  # a run served as the base: its adapters folded in
     model.to(device(), dtype=torch_dtype)
     model.eval()
-    system = None
-    if res.run is not None:
-        system = (_run_config(res.run).get("data") or {}).get("system_prompt")
+    system = run.config().data.system_prompt if run is not None else None
     return Base(model, tokenizer, name or default_name(ref), res, system)
 
 
@@ -74,12 +68,13 @@ def default_name(ref: str | None) -> str:
 
 def adapter_source(ref: str, base: Base) -> AdapterSource:
     p = Path(ref).expanduser()
-    if p.is_dir() and is_run_dir(p):
+    run = RunDir(p)
+    if p.is_dir() and run.is_run():
         res = resolve(str(p))  # checks the run completed
-        if res.run is not None and (res.run / "model").is_dir():
+        if run.has_full_model():
             raise ModelError(f"{p}: a full fine-tune has no adapter; serve it as the base: "
                              f"tunelab serve --model {p}")
-        if (p / "labels.json").is_file():
+        if run.labels():
             raise ModelError(f"{p}: a classification-head run can't be served as a chat adapter")
         if Path(res.path).resolve() != Path(base.resolved.path).resolve() \
                 or [a.resolve() for a in res.adapters[:-1]] != [a.resolve() for a in base.resolved.adapters]:
@@ -87,14 +82,12 @@ def adapter_source(ref: str, base: Base) -> AdapterSource:
                 f"{p}: trained on a different base ({' + '.join([res.path, *map(str, res.adapters[:-1])])}) than "
                 f"the server's ({' + '.join([base.resolved.path, *map(str, base.resolved.adapters)])}); start "
                 f"the server with --model set to that base, or export the run merged")
-        cfg = _run_config(p)
-        data = cfg.get("data") or {}
-        train = data.get("train")
-        return AdapterSource(p / "adapter", run=p, system_prompt=data.get("system_prompt"),
-                             train_data=_find(train, p) if train else None, data=data)
+        data = run.config().data
+        return AdapterSource(run.adapter, run=p, system_prompt=data.system_prompt,
+                             train_data=_find(data.train, p) if data.train else None, data=data)
     if p.is_dir() and (p / "adapter_config.json").is_file():
         return AdapterSource(p)
-    raise ModelError(f"{ref}: not an adapter: expected a tunelab run directory (config.yaml + summary.json) "
+    raise ModelError(f"{ref}: not an adapter: expected a tunelab run directory (a folder `tunelab train` wrote) "
                      f"or a PEFT adapter directory (adapter_config.json)")
 
 
@@ -112,8 +105,7 @@ def training_prompts(src: AdapterSource, tokenizer: Any, limit: int = 500, seed:
 
     if src.train_data is None:
         return []
-    loaded = load_records(src.train_data, src.data.get("format", "auto"), src.data.get("columns") or {},
-                          src.system_prompt)
+    loaded = load_records(src.train_data, src.data.format, src.data.columns, src.system_prompt)
     records = loaded.records
     random.Random(seed).shuffle(records)
     out = []

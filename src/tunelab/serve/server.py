@@ -6,10 +6,11 @@ import threading
 import time
 from typing import Any
 
-from .app import ServeSettings, State, create_app, data_dir
 from .engine import Engine
 from .models import load_base
+from .routes import create_app
 from .schemas import APIError
+from .state import ServeSettings, State, data_dir
 from .store import Store, database_url
 
 

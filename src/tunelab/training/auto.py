@@ -1,16 +1,31 @@
-"""`auto` hyperparameters, resolved from the data and the model as OpenAI's API does."""
+"""Every `auto` setting, resolved in one place from the method, the data and the model (as OpenAI's API does).
+
+Epochs, learning rate and batch size depend on the method: preference and RL updates want gentler rates than
+supervised tuning. Precision is measured on the machine (device.use_bf16). Rows scored for a generation metric
+and length-grouped batches are decided here too.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+from ..config.schema import PAIR_METHODS, RL_METHODS
+from ..device import use_bf16
+
+if TYPE_CHECKING:
+    from ..config import TunelabConfig
+
+GENERATION_ROWS = 64  # generated answers are slow on a CPU: score a sample unless eval.limit says otherwise
+COMPLETIONS_PER_STEP = 8  # RL: about this many sampled answers per micro-step
 
 
 @dataclass
-class Resolved:
+class Hyperparams:
     epochs: int
     learning_rate: float
-    batch_size: int
+    batch_size: int  # rows (pairs, prompts) per micro-step
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
@@ -19,13 +34,13 @@ class Resolved:
         return asdict(self)
 
 
-def auto_epochs(n_rows: int) -> int:
+def sft_epochs(n_rows: int) -> int:
     """Fewer passes for more rows: 3000 rows or more -> 1 epoch, 300 or fewer -> 10."""
     return max(1, min(10, math.ceil(3000 / max(n_rows, 1))))
 
 
-def auto_learning_rate(method: str, n_params: int, head: bool) -> float:
-    if method == "full":
+def sft_learning_rate(peft_method: str, n_params: int, head: bool) -> float:
+    if peft_method == "full":
         return 5e-5 if n_params < 300e6 else 2e-5
     if head:
         return 1e-3
@@ -34,7 +49,28 @@ def auto_learning_rate(method: str, n_params: int, head: bool) -> float:
     return 5e-4 if n_params < 1.5e9 else 2e-4
 
 
-def auto_batch_size(lengths: list[int], token_budget: int = 4096, cap: int = 32) -> int:
+def epochs(method: str, n_rows: int) -> int:
+    if method == "sft":
+        return sft_epochs(n_rows)
+    if method in RL_METHODS:
+        return 1
+    return 3 if n_rows < 300 else 1  # preference pairs: few pairs need a few passes
+
+
+def learning_rate(method: str, peft_method: str, n_params: int, head: bool) -> float:
+    full = peft_method == "full"
+    if method == "reward":
+        return 1e-5 if full else 1e-4
+    if method in PAIR_METHODS:
+        return 5e-6 if full else 5e-5
+    if method in RL_METHODS:
+        # RL updates follow the model's own samples, which drift with it: LoRA at a tenth of SFT's rate, full
+        # fine-tuning at TRL's GRPO default
+        return 1e-6 if full else sft_learning_rate(peft_method, n_params, head=False) / 10
+    return sft_learning_rate(peft_method, n_params, head)
+
+
+def batch_size(lengths: list[int], token_budget: int = 4096, cap: int = 32) -> int:
     """The largest power of two whose batch of 90th-percentile rows fits the token budget."""
     if not lengths:
         return 1
@@ -43,13 +79,40 @@ def auto_batch_size(lengths: list[int], token_budget: int = 4096, cap: int = 32)
     return 2 ** int(math.log2(bs))
 
 
-def resolve(
-    *, epochs: int | str, learning_rate: float | str, batch_size: int | str, grad_accum: int,
-    max_steps: int | None, warmup_ratio: float, method: str, n_params: int, head: bool, lengths: list[int],
-) -> Resolved:
-    ep = auto_epochs(len(lengths)) if epochs == "auto" else int(epochs)
-    lr = auto_learning_rate(method, n_params, head) if learning_rate == "auto" else float(learning_rate)
-    bs = auto_batch_size(lengths) if batch_size == "auto" else int(batch_size)
-    per_epoch = max(1, math.ceil(len(lengths) / (bs * grad_accum)))
-    total = max_steps or per_epoch * ep
-    return Resolved(ep, lr, bs, per_epoch, total, math.ceil(warmup_ratio * total))
+def rl_prompts_per_step(num_generations: int) -> int:
+    return max(1, COMPLETIONS_PER_STEP // num_generations)
+
+
+def hyperparams(cfg: TunelabConfig, *, n_params: int, lengths: list[int], head: bool = False) -> Hyperparams:
+    """The run's epochs, learning rate, batch and step counts: the config's values, `auto` ones resolved.
+    `lengths` has one entry per training row (pair, prompt): its token count, or 0 where it is not known."""
+    t = cfg.train
+    ep = epochs(cfg.method, len(lengths)) if t.epochs == "auto" else int(t.epochs)
+    lr = (learning_rate(cfg.method, cfg.peft.method, n_params, head) if t.learning_rate == "auto"
+          else float(t.learning_rate))
+    if t.batch_size != "auto":
+        bs = int(t.batch_size)
+    elif cfg.method in RL_METHODS:
+        bs = rl_prompts_per_step(cfg.rl.num_generations)
+    else:
+        bs = batch_size(lengths)
+    per_epoch = max(1, math.ceil(len(lengths) / (bs * t.grad_accum)))
+    total = t.max_steps or per_epoch * ep
+    return Hyperparams(ep, lr, bs, per_epoch, total, math.ceil(t.warmup_ratio * total))
+
+
+def bf16(cfg: TunelabConfig) -> bool:
+    """model.precision: auto measures bf16 against fp32 on this machine (device.use_bf16)."""
+    return use_bf16(cfg.model.precision)
+
+
+def group_by_length(cfg: TunelabConfig, packed: bool) -> bool:
+    """auto: on for padded batches, off with packing (nothing to save there)."""
+    g = cfg.train.group_by_length
+    return g is True or (g == "auto" and not packed)
+
+
+def scored_rows(cfg: TunelabConfig, classification: bool) -> int | None:
+    """How many validation rows a task metric scores: eval.limit, else all for classification and
+    GENERATION_ROWS for generated answers."""
+    return cfg.eval.limit or (None if classification else GENERATION_ROWS)

@@ -1,4 +1,4 @@
-"""Trainer callbacks: metrics.jsonl, live progress, clean Ctrl-C."""
+"""Trainer callbacks: metrics.jsonl, live progress on the console and in the run directory, clean Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
+
+from ..runs import Reporter
 
 
 class TokenCounter:
@@ -83,6 +85,48 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class RunProgress(TrainerCallback):
+    """The run's progress.json and events.jsonl as training goes: step, loss, tokens/s, ETA; evaluations and
+    checkpoints as events. What another process (`tunelab status`, the jobs service) reads."""
+
+    def __init__(self, reporter: Reporter, counter: TokenCounter) -> None:
+        self.reporter, self.counter = reporter, counter
+        self._t0, self._step0, self._tok0 = time.perf_counter(), 0, 0
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self._t0, self._step0, self._tok0 = time.perf_counter(), state.global_step, self.counter.tokens
+        self.reporter.phase("training", done=state.global_step, total=state.max_steps)
+        self.reporter.update(step=state.global_step, total_steps=state.max_steps, force=True)
+        how = f"resumed at step {state.global_step}" if state.global_step else "started"
+        self.reporter.event(f"Training {how}: {state.max_steps} steps")
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        elapsed = time.perf_counter() - self._t0
+        done = state.global_step - self._step0
+        eta = elapsed / done * (state.max_steps - state.global_step) if done > 0 else None
+        self.reporter.update(step=state.global_step, total_steps=state.max_steps, done=state.global_step,
+                             total=state.max_steps, epoch=round(state.epoch or 0.0, 4),
+                             elapsed_seconds=round(elapsed, 1), eta_seconds=round(eta, 1) if eta is not None else None,
+                             tokens_per_s=round((self.counter.tokens - self._tok0) / max(elapsed, 1e-9), 1))
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self.reporter.update(loss=float(logs["loss"]))
+        if "eval_loss" in logs:
+            self.reporter.update(eval_loss=float(logs["eval_loss"]), force=True)
+            scores = {k: float(v) for k, v in logs.items() if k.startswith("eval_") and isinstance(v, int | float)}
+            self.reporter.event(f"Evaluation at step {state.global_step}: validation loss {logs['eval_loss']:.4f}",
+                                kind="metrics", step=state.global_step, **scores)
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.reporter.event(f"Checkpoint saved at step {state.global_step}", kind="checkpoint",
+                            step=state.global_step)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.reporter.update(step=state.global_step, force=True)
 
 
 class GracefulInterrupt(TrainerCallback):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, TunelabConfig
-from .auto import Resolved
+from ..config import TunelabConfig
+from . import auto
+from .auto import Hyperparams
 
 
 def peft_config(cfg: TunelabConfig, task_type: str) -> Any:
@@ -26,13 +27,14 @@ def wrap_model(model: Any, cfg: TunelabConfig, task_type: str) -> Any:
     return get_peft_model(model, peft_config(cfg, task_type))
 
 
-def training_arguments(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val: bool, packed: bool) -> Any:
+def training_arguments(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_val: bool, packed: bool) -> Any:
     from transformers import TrainingArguments
 
     return TrainingArguments(**training_kwargs(cfg, hp, checkpoints, has_val, packed))
 
 
-def training_kwargs(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val: bool, packed: bool) -> dict[str, Any]:
+def training_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_val: bool,
+                    packed: bool) -> dict[str, Any]:
     """The TrainingArguments every recipe shares (TRL's configs extend TrainingArguments)."""
     import torch
 
@@ -42,14 +44,8 @@ def training_kwargs(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val
     if has_val:
         kw.update(eval_strategy=every, save_strategy=every, load_best_model_at_end=True,
                   metric_for_best_model=f"eval_{t.monitor}", greater_is_better=t.monitor != "loss")
-        if t.eval_every:
+        if t.eval_every:  # save_every is a multiple of eval_every (checked with the config)
             kw.update(eval_steps=t.eval_every, save_steps=t.save_every or t.eval_every)
-            if t.save_every and t.save_every % t.eval_every:
-                raise ConfigError(f"train.save_every={t.save_every} must be a multiple of train.eval_every="
-                                  f"{t.eval_every}: the best checkpoint is chosen at evaluations")
-        elif t.save_every:
-            raise ConfigError("train.save_every needs train.eval_every when there is validation data "
-                              "(checkpoints are saved at evaluations, to keep the best one)")
     else:
         kw.update(eval_strategy="no", save_strategy="steps" if t.save_every else "epoch")
         if t.save_every:
@@ -75,8 +71,7 @@ def training_kwargs(cfg: TunelabConfig, hp: Resolved, checkpoints: Path, has_val
         disable_tqdm=True,
         prediction_loss_only=True,
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if t.group_by_length is True or (
-            t.group_by_length == "auto" and not packed) else "random",
+        train_sampling_strategy="group_by_length" if auto.group_by_length(cfg, packed) else "random",
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
         **kw,

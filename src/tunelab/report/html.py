@@ -1,4 +1,4 @@
-"""The report page: one self-contained HTML file (inline CSS, charts as data URIs) from report_facts' data."""
+"""The report page: one self-contained HTML file (inline CSS, charts as data URIs) from the built facts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import html
 import re
 from typing import Any
 
-from .report_facts import METRIC_NAMES, METRIC_ORDER, fmt_diff, fmt_value, is_share, num, pct
+from ..runs import layout as files
+from .numbers import METRIC_NAMES, METRIC_ORDER, fmt_diff, fmt_value, is_share, num, pct
 
 # --- HTML ------------------------------------------------------------------------------------------
 
@@ -111,13 +112,33 @@ def _metrics_html(f: dict[str, Any]) -> str:
     return out
 
 
+def _evaluations_html(evals: list[dict[str, Any]]) -> str:
+    """Every evaluation kept in the run, side by side; the one the verdict is about is marked."""
+    rows = []
+    for e in evals:
+        metric = e.get("metric") or "–"
+        t, b = num(e.get("tuned")), num(e.get("base"))
+        share = is_share(metric, t, b)
+        ci = e.get("ci95")
+        interval = (f"{fmt_diff(ci[0], share, 1)} to {fmt_diff(ci[1], share, 1)}" if isinstance(ci, list)
+                    and len(ci) == 2 and all(num(x) is not None for x in ci) else "–")
+        rows.append([_e(e.get("data")) + (" <b>(verdict)</b>" if e.get("headline") else ""), _e(e.get("task")),
+                     _e(e.get("rows")), _e(METRIC_NAMES.get(metric, metric)), fmt_value(metric, t, share, 1),
+                     fmt_value(metric, b, share, 1), interval, f"<code>{_e(e['source'])}</code>"])
+    return ('<p class="sub">Each evaluation of this run is kept under the name of its data (`tunelab eval RUN '
+            '--data FILE` adds one); the verdict is about the one marked.</p>'
+            + _table(rows, ["data", "scored as", "rows", "metric", "tuned", "base", "95% CI of the difference",
+                            "file"]))
+
+
 def _preference_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     pref = f["preference"]
     out = f'<p class="sub">{_e(pref["explain"])}</p>' + _table([[_e(k), _e(v)] for k, v in pref["rows"]], cls="facts")
     if "preference_curves" in imgs:
         out += _img(imgs["preference_curves"], "preference and reward metrics over training steps")
     else:
-        out += _note("No preference metrics were logged during training (metrics.jsonl is missing or has none).")
+        out += _note(f"No preference metrics were logged during training ({files.METRICS} is missing or has "
+                     "none).")
     return out
 
 
@@ -141,7 +162,7 @@ def _data_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     if d.get("format"):
         rows.append(["format", _e(d["format"])])
     if d.get("skipped"):
-        rows.append(["left out", f'<span class="warn">{_e(d["skipped"])}</span> (listed in skipped_rows.jsonl)'])
+        rows.append(["left out", f'<span class="warn">{_e(d["skipped"])}</span> (listed in {files.SKIPPED_ROWS})'])
     ov = d.get("train_validation_overlap")
     if ov is not None:
         rows.append(["validation rows also in training",
@@ -177,7 +198,7 @@ def _examples_html(f: dict[str, Any]) -> str:
              cell(r.get("base"), r.get("reference"), r.get("base_ok"))] for r in ex["rows"]]
     head = ["input", "expected label" if exact else "reference", "tuned", "base"]
     out = f'<p class="sub">{len(rows)} rows from {_e(ex["source"])}.'
-    if exact and ex["source"] == "predictions.json":
+    if exact and ex["source"] == files.PREDICTIONS:
         out += " Rows where the two models differ come first."
     out += "</p>" + _table(rows, head, "ex")
     if "example_base" in f["missing"]:
@@ -297,6 +318,8 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         parts.append(f"<h2>{title}</h2>" + _preference_html(f, imgs))
     if not pref or f["metrics"]["tuned"]:
         parts.append("<h2>Task metrics</h2>" + _metrics_html(f))
+    if len(f.get("evaluations") or []) > 1 or (f.get("evaluations") and pref):
+        parts.append("<h2>Evaluations</h2>" + _evaluations_html(f["evaluations"]))
     if f["classification"]:
         parts.append("<h2>Confusion matrix</h2>")
         conf = f.get("confusion")
@@ -329,8 +352,8 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     parts.append("<h2>Data</h2>" + _data_html(f, imgs))
     if "summary" in f["missing"]:
         parts.append(_note(f["missing"]["summary"]))
-    parts.append(f"<footer>tunelab {_e(f['tunelab_version'])} · report.json beside this file holds the same "
-                 "facts</footer>")
+    parts.append(f"<footer>tunelab {_e(f['tunelab_version'])} · {files.REPORT_JSON} beside this file holds the "
+                 "same facts</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>tunelab report: "
             f"{_e(f['name'])}</title><style>{CSS}</style></head><body><main>\n" + "\n".join(parts)

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from functools import cache
 from pathlib import Path
 
-from ..models.registry import home
+from .atomic import write_json
+from .home import home
 
 
 @cache
@@ -49,7 +49,7 @@ def use_bf16(precision: str) -> bool:
     supported = torch.cuda.is_bf16_supported() if device() == "cuda" else cpu_has_bf16()
     if precision == "bf16":
         if not supported:
-            from ..config import ConfigError
+            from .config import ConfigError
 
             raise ConfigError("model.precision=bf16, but this machine has no bf16 support; use auto or fp32")
         return True
@@ -100,9 +100,7 @@ def matmul_peak_gflops(bf16: bool) -> float:
     known = {k: v for k, v in known.items() if k.startswith(_boot_id())}  # drop other boots' figures
     known[key] = round(gflops, 1)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(known))
-    tmp.replace(cache_file)
+    write_json(cache_file, known)
     return gflops
 
 

@@ -9,18 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from .metrics import bootstrap_diff
-from .report_facts import Run, fmt_diff, num, series
+from ..config.schema import PAIR_METHODS, RL_METHODS
+from ..eval.metrics import bootstrap_diff
+from .numbers import fmt_diff, num
+from .source import Run
 
-PAIR_METHODS = ("dpo", "kto", "orpo", "cpo", "simpo")
-RL_METHODS = ("grpo", "rloo")
 REFERENCE_FREE = ("orpo", "cpo", "simpo")  # their "reward" is the policy's own likelihood, not a log-ratio
 CHANCE = 0.5
 MAX_EXAMPLES = 12
-
-
-def method_of(run: Run) -> str:
-    return str(run.summary.get("method") or run.config.get("method") or "sft")
 
 
 def wilson(share: float, n: int) -> tuple[float, float]:
@@ -35,7 +31,7 @@ def _panels(run: Run, spec: list[tuple[str, dict[str, str]]]) -> list[tuple[str,
     """Chart panels (y label, {series name: points}) with the series that were logged; empty panels dropped."""
     panels = []
     for ylabel, keys in spec:
-        got = {name: pts for name, key in keys.items() if (pts := series(run, key))}
+        got = {name: pts for name, key in keys.items() if (pts := run.series(key))}
         if got:
             panels.append((ylabel, got))
     return panels
@@ -139,17 +135,14 @@ def _pairs(run: Run, method: str) -> dict[str, Any]:
 
 
 def _scored_predictions(run: Run) -> list[dict[str, Any]]:
-    """Held-out RL predictions, each with the numeric reward of the tuned (and base) answer, scored once."""
-    from ..training.rewards import numeric
+    """Held-out RL predictions, each marked right or wrong as training scored it (None where it was not)."""
+    def mark(x: Any) -> bool | None:
+        return x if isinstance(x, bool) else None
 
-    preds = [p for p in run.predictions or [] if "predicted" in p]
-    answers = [p.get("answer") for p in preds]
-    tuned = numeric([], [str(p["predicted"]) for p in preds], answer=answers)
-    base = numeric([], [str(p.get("base_predicted", "")) for p in preds], answer=answers)
     return [{"input": str(p.get("prompt") or p.get("where") or ""), "reference": p.get("answer"),
-             "tuned": p["predicted"], "base": p.get("base_predicted"), "tuned_ok": t == 1.0,
-             "base_ok": b == 1.0 if "base_predicted" in p else None}
-            for p, t, b in zip(preds, tuned, base, strict=True)]
+             "tuned": p["predicted"], "base": p.get("base_predicted"), "tuned_ok": mark(p.get("correct")),
+             "base_ok": mark(p.get("base_correct")) if "base_predicted" in p else None}
+            for p in run.predictions or [] if "predicted" in p]
 
 
 def _online(run: Run, method: str) -> dict[str, Any]:
@@ -180,7 +173,7 @@ def _online(run: Run, method: str) -> dict[str, Any]:
              "text": f"After {name}: {_p(tuned)} of {n} held-out prompts answered right (final number).{trend}"}
     else:
         d, ci = tuned - base, None
-        if scored and all(r["base_ok"] is not None for r in scored):
+        if scored and all(r["base_ok"] is not None and r["tuned_ok"] is not None for r in scored):
             _, lo, hi = bootstrap_diff([float(r["tuned_ok"]) for r in scored], [float(r["base_ok"]) for r in scored])
             ci = [lo, hi]
         detail = f"{fmt_diff(d, True)} points" + (f", 95% CI {fmt_diff(ci[0], True)} to {fmt_diff(ci[1], True)}"
@@ -221,7 +214,7 @@ def _rl_examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
 
 def preference_facts(run: Run) -> dict[str, Any] | None:
     """The facts of a reward, pair-trained or online-RL run; None for SFT and classification runs."""
-    method = method_of(run)
+    method = run.method
     if method == "reward":
         return _reward(run)
     if method in PAIR_METHODS:

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
+from .config import ConfigError
+from .runs import RunDir
 
 RewardFunc = Callable[..., list[float]]
 
@@ -61,7 +62,7 @@ def exact(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[flo
 
 def numeric(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
     """1 when the completion's final number (after '####', else the last one) equals the answer's."""
-    from ..data.preference import final_number
+    from .data.preference import final_number
 
     return [float(a is not None and _same_number(final_number(text_of(c)), final_number(str(a))))
             for c, a in zip(completions, _answers(kwargs, len(completions)), strict=True)]
@@ -125,25 +126,20 @@ def _reward_run(spec: str) -> Path | None:
 
 
 def _check_reward_run(p: Path) -> None:
-    import yaml
-
-    from ..models.load import is_run_dir
-
-    if not is_run_dir(p):
-        raise ConfigError(f"rl.rewards: {p} is a directory but not a tunelab run (no config.yaml + summary.json); "
-                          f"a directory must be a reward-model run (method: reward)")
-    method = (yaml.safe_load((p / "config.yaml").read_text()) or {}).get("method", "sft")
+    run = RunDir(p)
+    if not run.is_run():
+        raise ConfigError(f"rl.rewards: {p} is a directory but not a tunelab run; a directory must be a "
+                          "reward-model run (method: reward)")
+    method = run.config().method
     if method != "reward":
         raise ConfigError(f"rl.rewards: {p} is a method: {method} run, not a reward model; train one with "
                           "method: reward")
 
 
-def check(specs: list[str], weights: list[float] | None = None) -> None:
+def check(specs: list[str]) -> None:
     """Every reward spec is one tunelab knows, before any model is loaded (cheap, no imports of user code)."""
     if not specs:
         raise ConfigError(f"rl.rewards is empty: name at least one reward ({VALID_FORMS})")
-    if weights is not None and len(weights) != len(specs):
-        raise ConfigError(f"rl.reward_weights has {len(weights)} value(s) for {len(specs)} reward(s) in rl.rewards")
     for spec in specs:
         if spec in ("exact", "numeric", "format") or spec.startswith("regex:"):
             continue
@@ -188,26 +184,12 @@ def build(specs: list[str], tokenizer: Any) -> list[RewardFunc]:
 
 
 def _load_reward_model(run: Path) -> tuple[Any, Any]:
-    """A reward-model run (AutoModelForSequenceClassification, one label) and its tokenizer."""
-    import torch
-    from transformers import AutoModelForSequenceClassification
+    """A reward-model run (a one-output head, loaded as `tunelab.load` loads it) and its tokenizer."""
+    from .models.load import load
 
-    from ..models.load import load_tokenizer, merge_adapters, resolve
-    from .hardware import device
-
-    res = resolve(str(run))
-    tok = load_tokenizer(str(run / "tokenizer") if (run / "tokenizer").is_dir() else res.path)
-    model = AutoModelForSequenceClassification.from_pretrained(res.path, num_labels=1, dtype=torch.float32)
-    model.config.pad_token_id = tok.pad_token_id
-    model = merge_adapters(model, res.adapters[:-1])  # the runs it was trained on top of
-    if res.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(res.adapter))
-    model.to(device())
-    model.eval()
-    model.requires_grad_(False)
-    return model, tok
+    lm = load(str(run))
+    lm.model.requires_grad_(False)
+    return lm.model, lm.tokenizer
 
 
 def reward_model(run: Path, batch_size: int = 8) -> RewardFunc:

@@ -1,0 +1,265 @@
+"""A training run's life, in one place, for every method:
+
+    threads -> start (base model, tokenizer, precision) -> the method's inputs, checked -> probe files checked
+    -> open the run directory -> train (the method's own code, which saves through the session)
+    -> probes -> completed -> report
+
+Whatever happens after the run directory exists is written into it: a failure marks the run failed with the
+error, Ctrl-C saves a checkpoint and marks it interrupted (resumable), and progress.json / events.jsonl say
+what the run is doing to any other process watching it. A method's module keeps only what is its own:
+`prepare` (its inputs, before anything is written) and `train` (model, trainer, scores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from rich.console import Console
+
+from ..config import ConfigError, TunelabConfig
+from ..data.records import DataError, Problem
+from ..models.load import LoadedModel, ModelRef, load_tokenizer, resolve, tokenizer_path
+from ..runs import Reporter, RunDir, RunResult, open_run
+from ..training import auto
+from ..training.auto import Hyperparams
+from ..training.callbacks import GracefulInterrupt, MetricsLogger, RichProgress, RunProgress, TokenCounter
+
+
+@dataclass
+class Start:
+    """What every run starts from, settled before its directory exists."""
+
+    cfg: TunelabConfig
+    base: ModelRef
+    tokenizer: Any
+    bf16: bool
+    console: Console
+
+
+@dataclass
+class Prepared:
+    """A method's inputs, loaded and checked before the run directory opens."""
+
+    data: Any  # the method's own: rows, pairs or prompts, its task...
+    report: dict[str, Any]  # data_report.json
+    skipped: list[Problem] = field(default_factory=list)  # bad rows left out (data.on_error: skip)
+    probed: Literal["generative", "classifier"] | None = "generative"  # what the probes will ask; None: no probes
+
+
+class Recipe(Protocol):
+    """A method's module (recipes/sft.py, dpo.py, reward.py, grpo.py)."""
+
+    def prepare(self, start: Start) -> Prepared: ...
+
+    def train(self, session: Session, prepared: Prepared) -> Any:
+        """Train and save (session.save); returns the trained model to probe, or None."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: a checkpoint is saved and the run can be resumed."""
+
+
+@dataclass
+class Session:
+    """An open run, as a method's training code sees it."""
+
+    run: RunDir
+    start: Start
+    resume: bool
+    reporter: Reporter
+    extra_callbacks: list[Any] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)  # the headline numbers so far; summary.json at the end
+    labels: list[str] | None = None  # a head's outputs, once saved
+    counter: TokenCounter = field(default_factory=TokenCounter)
+    _interrupt: GracefulInterrupt | None = None
+
+    @property
+    def cfg(self) -> TunelabConfig:
+        return self.start.cfg
+
+    @property
+    def console(self) -> Console:
+        return self.start.console
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.start.tokenizer
+
+    @property
+    def bf16(self) -> bool:
+        return self.start.bf16
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def phase(self, name: str, total: int | None = None) -> None:
+        self.reporter.phase(name, done=0 if total is not None else None, total=total)
+
+    def event(self, message: str, **data: Any) -> None:
+        self.reporter.event(message, **data)
+
+    def callbacks(self, *extra: Any) -> list[Any]:
+        """metrics.jsonl, the console bar, progress.json and a clean Ctrl-C, plus the method's own."""
+        self._interrupt = GracefulInterrupt(self.console)
+        return [*extra, MetricsLogger(self.run.metrics_path, self.counter), RichProgress(self.counter, self.console),
+                RunProgress(self.reporter, self.counter), self._interrupt, *self.extra_callbacks]
+
+    def hyperparams(self, *, n_params: int, lengths: list[int], head: bool = False) -> Hyperparams:
+        return auto.hyperparams(self.cfg, n_params=n_params, lengths=lengths, head=head)
+
+    def announce(self, hp: Hyperparams, *, n_params: int, trainable: int, what: str, batch: str | None = None,
+                 **resolved: Any) -> None:
+        """resolved.json (what `auto` became) and the run's one-line description on the console."""
+        self.run.write_resolved(hp.to_dict() | {"trainable_params": trainable, "total_params": n_params,
+                                                "bf16": self.bf16, **resolved})
+        batch = batch or f"batch {hp.batch_size}x{self.cfg.train.grad_accum}"
+        self.console.print(f"[bold]Run[/] {self.run.path}  {what}  epochs {hp.epochs}  lr {hp.learning_rate:g}  "
+                           f"{batch}  steps {hp.total_steps}  trainable {trainable / 1e6:.2f}M of "
+                           f"{n_params / 1e6:.0f}M  {self.precision}")
+
+    def fit(self, trainer: Any) -> Any:
+        """trainer.train(), from the last checkpoint when resuming; the training numbers go into the summary.
+        Raises Interrupted after Ctrl-C (the checkpoint is saved)."""
+        checkpoint = self.run.last_checkpoint() if self.resume else None
+        if self.resume and checkpoint is None:
+            self.console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
+        self.run.trim_metrics(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+        t0 = time.perf_counter()
+        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        seconds = time.perf_counter() - t0
+        self.summary.update(steps=trainer.state.global_step, train_loss=out.training_loss,
+                            train_seconds=round(seconds, 1), tokens_seen=self.counter.tokens,
+                            tokens_per_s=round(self.counter.tokens / max(seconds, 1e-9), 1))
+        if self._interrupt is not None and self._interrupt.requested:
+            raise Interrupted(trainer.state.global_step)
+        return out
+
+    def save(self, model: Any, *, labels: list[str] | None = None) -> None:
+        """The adapter in standard PEFT format (or the whole model), the tokenizer, a head's labels."""
+        self.phase("saving")
+        final = self.run.full_model if self.cfg.peft.method == "full" else self.run.adapter
+        model.save_pretrained(str(final))
+        self.tokenizer.save_pretrained(str(self.run.tokenizer))
+        if labels is not None:
+            self.run.write_labels(labels)
+            self.labels = labels
+        self.event(f"Saved the trained {'model' if self.cfg.peft.method == 'full' else 'adapter'}", kind="saved")
+
+    @contextlib.contextmanager
+    def scoring(self, what: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A transient console bar and progress.json while scoring `total` rows; yields advance(n)."""
+        from rich.progress import Progress
+
+        self.phase(f"scoring {what}", total)
+        done = 0
+        with Progress(console=self.console, transient=True) as bar:
+            job = bar.add_task(f"scoring {what} on {total} validation rows", total=total)
+
+            def advance(n: int) -> None:
+                nonlocal done
+                done += n
+                bar.advance(job, n)
+                self.reporter.advance(done)
+
+            yield advance
+
+    def model_ref(self) -> ModelRef:
+        """The trained model as a reference: the base, the adapters it started from, this run's adapter."""
+        base = self.start.base
+        if self.cfg.peft.method == "full":
+            return ModelRef("run", str(self.run.full_model), run=self.run.path)
+        return ModelRef("run", base.path, [*base.adapters, self.run.adapter], self.run.path)
+
+
+def _start(cfg: TunelabConfig, console: Console) -> Start:
+    if not cfg.data.train:
+        raise DataError([Problem("config", "data.train is empty: set it to your training file")])
+    base = resolve(cfg.model.base)
+    tokenizer = load_tokenizer(tokenizer_path(base))
+    if cfg.method != "sft" and tokenizer.chat_template is None:
+        raise ConfigError(f"method: {cfg.method} renders prompts with the model's chat template, and "
+                          f"{cfg.model.base} has none: pick a chat model")
+    return Start(cfg, base, tokenizer, auto.bf16(cfg), console)
+
+
+def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console: Console | None = None,
+            callbacks: list[Any] | None = None) -> RunResult:
+    console = console or Console(stderr=True)
+    if cfg.train.threads:
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
+    start = _start(cfg, console)
+    prepared = recipe.prepare(start)  # every data problem is found before anything is written
+    if cfg.eval.probes.enabled and prepared.probed:  # a bad probe file is found now, not after training
+        from ..probes.run import probe_sets
+
+        probe_sets(cfg.eval.probes, generative=prepared.probed == "generative")
+    run = open_run(cfg, resume)
+    reporter = Reporter(run)
+    session = Session(run, start, resume, reporter, list(callbacks or []))
+    reporter.event(f"Run {'resumed' if resume else 'started'}: method {cfg.method}, base {cfg.model.base}")
+    try:
+        skipped_file = run.write_data_report(prepared.report, prepared.skipped)
+        if skipped_file:
+            console.print(f"[yellow]Skipped {len(prepared.skipped)} bad row(s); see {skipped_file}[/]")
+        model = recipe.train(session, prepared)
+        if model is not None and cfg.eval.probes.enabled and prepared.probed:
+            run.set_status("running", **session.summary)  # the probes read the run's labels from its summary
+            _probe(session, model)
+        summary = run.set_status("completed", **session.summary)
+    except Interrupted as stop:
+        summary = run.set_status("interrupted", **session.summary)
+        reporter.event(f"Interrupted at step {stop}: continue with --resume", level="warn", kind="interrupted")
+        reporter.phase("interrupted")
+        console.print(f"[yellow]Stopped at step {stop}; continue with --resume[/]")
+        return RunResult(run.path, "interrupted", summary)
+    except BaseException as exc:  # whatever happens after the run directory exists, it says so
+        run.set_status("failed", error=f"{type(exc).__name__}: {exc}")
+        reporter.event(f"Failed: {type(exc).__name__}: {exc}", level="error", kind="failed")
+        reporter.phase("failed")
+        raise
+    reporter.event("Completed", kind="completed")
+    reporter.phase("reporting")
+    _report(run, console)
+    reporter.phase("done")
+    return RunResult(run.path, "completed", summary)
+
+
+def _probe(session: Session, model: Any) -> None:
+    """Forgetting and bias probes of the trained model (in memory), base vs tuned, into probes.json. A failure
+    is reported, not raised: the trained model is saved already."""
+    from ..probes.run import run_probes, subject_for, summary_line
+
+    session.phase("probing")
+    model.eval()
+    lm = LoadedModel(model, session.tokenizer, session.model_ref(), session.labels)
+    try:
+        result = run_probes(subject_for(lm, bf16=session.bf16), session.cfg.eval.probes,
+                            batch_size=session.cfg.eval.batch_size, console=session.console)
+    except Exception as exc:
+        session.console.print(f"[yellow]Probes failed ({type(exc).__name__}: {exc}); the run is complete without "
+                              f"them. Retry with `tunelab probe {session.run.path}`[/]")
+        session.event(f"Probes failed: {type(exc).__name__}: {exc}", level="warn")
+        return
+    session.run.write_probes(result)
+    session.console.print(summary_line(result) + f" ({result['seconds']:.0f} s)", highlight=False)
+    session.event(summary_line(result), kind="probes")
+
+
+def _report(run: RunDir, console: Console) -> None:
+    """The report of a run that has just completed, written beside it. A report problem must not undo the run."""
+    from ..report import write_report
+
+    try:
+        html, _ = write_report(run.path)
+    except Exception as exc:
+        console.print(f"[yellow]The report could not be written ({type(exc).__name__}: {exc}); the run is "
+                      f"complete. Try again with `tunelab report {run.path}`[/]")
+        return
+    console.print(f"Report: {html}")

@@ -1,0 +1,130 @@
+"""What stands around the routes: the request-body limit, bearer-key auth, and the handlers that turn every
+exception into OpenAI's error shape."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .schemas import APIError
+from .state import State
+
+log = logging.getLogger("tunelab.serve")
+DRAIN_BYTES = 64 * 1024 * 1024  # past this a too-large body is not read at all: the connection just closes
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, whether or not they declare their length."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._drain(receive, int(declared))
+            return await self._too_large(send)
+        if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
+            # no declared length (chunked upload): read it all here, counting, then hand it on
+            chunks: list[bytes] = []
+            seen = 0
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return None  # client left
+                chunks.append(message.get("body", b""))
+                seen += len(chunks[-1])
+                if seen > self.limit:
+                    return await self._too_large(send)
+                if not message.get("more_body"):
+                    break
+            replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
+
+            async def replaying() -> dict[str, Any]:
+                return replay.pop() if replay else await receive()
+
+            return await self.app(scope, replaying, send)
+        return await self.app(scope, receive, send)
+
+    async def _drain(self, receive: Any, declared: int) -> None:
+        """Read and drop a too-large body (up to DRAIN_BYTES) before answering: a client still sending when the
+        server closes gets a broken pipe instead of the 413 that says what was wrong."""
+        if declared > DRAIN_BYTES:
+            return
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+    async def _too_large(self, send: Any) -> None:
+        body = json.dumps(APIError(413, f"request body over {self.limit} bytes", code="request_too_large")
+                          .body()).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def bearer_auth(keys: list[str]) -> Callable[[Request], Awaitable[None]]:
+    """A FastAPI dependency that requires `Authorization: Bearer KEY` with one of `keys` (none: anyone may)."""
+    encoded = [k.encode() for k in keys]
+
+    async def check(request: Request) -> None:
+        if not encoded:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",
+                           code="invalid_api_key")
+        given = token.strip().encode()
+        # compare with every key, in constant time, so neither the match nor its position leaks through timing
+        ok = [hmac.compare_digest(given, k) for k in encoded]
+        if not any(ok):
+            raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    return check
+
+
+def add_error_handlers(app: FastAPI, state: State) -> None:
+    """OpenAI-shaped errors for everything; failed generation requests also go to the request log."""
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        if exc.status != 429 and not exc.recorded:  # a full queue is logged where it happens, with its id
+            state.record_failure(request, exc.status, exc.message)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        param = ".".join(loc) or None
+        msg = first.get("msg", "invalid request")
+        if first.get("type") == "json_invalid":
+            msg, param = "the request body is not valid JSON", None
+        message = f"{param}: {msg}" if param else msg
+        if "input" in first and param and first.get("type") != "missing":
+            message += f" (got {first['input']!r})"
+        state.record_failure(request, 400, message)
+        return JSONResponse(APIError(400, message, param=param).body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        err = APIError(exc.status_code, str(exc.detail), code="not_found" if exc.status_code == 404 else None)
+        return JSONResponse(err.body(), status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        state.record_failure(request, 500, str(exc))
+        return JSONResponse(APIError(500, f"internal error: {exc}", type="server_error").body(), status_code=500)

@@ -1,0 +1,131 @@
+"""What every request handler shares: the settings, the loaded base and adapters, and the request log."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+
+from ..home import home
+from .engine import Engine
+from .metrics import Metrics
+from .models import Base, adapter_source, training_prompts
+from .schemas import APIError
+from .store import Store, pack
+
+log = logging.getLogger("tunelab.serve")
+GENERATION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
+
+
+@dataclass
+class ServeSettings:
+    api_keys: list[str] = field(default_factory=list)
+    admin_keys: list[str] = field(default_factory=list)  # for loading/unloading adapters; default: api_keys
+    log_content: bool = False
+    max_body_bytes: int = 2_000_000
+    default_max_tokens: int = 256
+
+
+class State:
+    """Everything a request handler needs, in one place."""
+
+    def __init__(self, base: Base, engine: Engine, store: Store, settings: ServeSettings) -> None:
+        self.base, self.engine, self.store, self.settings = base, engine, store, settings
+        self.metrics = Metrics(engine)
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="tunelab-log")  # one writer: FIFO, no lock fights
+        self.adapter_lock = threading.Lock()
+        self.started = int(time.time())
+
+    def add_adapter(self, name: str, ref: str) -> dict[str, Any]:
+        """Load an adapter (blocking: call from a worker thread) and profile its training data afterwards."""
+        with self.adapter_lock:
+            if name in self.engine.model_names:
+                raise APIError(409, f"a model named {name!r} is already loaded; DELETE /v1/adapters/{name} first",
+                               param="name", code="model_exists")
+            try:
+                src = adapter_source(ref, self.base)
+                self.engine.add_adapter(name, src.path, src.info())
+            except ValueError as exc:
+                if "still finishing" in str(exc):
+                    raise APIError(409, str(exc), param="name", code="model_exists") from None
+                raise APIError(400, str(exc), param="path", code="invalid_adapter") from None
+            except Exception as exc:  # e.g. an adapter made for another model: shapes don't fit
+                raise APIError(400, f"{ref}: can't load this adapter onto {self.base.name}: {exc}", param="path",
+                               code="invalid_adapter") from None
+        self.metrics.adapter.labels(name).set(1)
+        threading.Thread(target=self._profile, args=(name, src), daemon=True).start()
+        return self.model_card(name)
+
+    def _profile(self, name: str, src: Any) -> None:
+        try:
+            prompts = training_prompts(src, self.base.tokenizer)
+            if prompts:
+                self.store.save_profile(name, str(src.run or src.path), [len(p) for p in prompts],
+                                        [self.engine.prompt_embedding(p) for p in prompts])
+        except Exception as exc:  # drift checks go without a profile; serving goes on
+            log.warning("could not profile the training data of adapter %s: %s", name, exc)
+
+    def remove_adapter(self, name: str) -> None:
+        if name == self.base.name:
+            raise APIError(400, "the base model can't be removed", param="name")
+        try:
+            self.engine.remove_adapter(name)
+        except KeyError:
+            raise APIError(404, f"no adapter named {name!r}", param="name", code="model_not_found") from None
+        self.metrics.adapter.remove(name)
+
+    def model_card(self, name: str) -> dict[str, Any]:
+        card = {"id": name, "object": "model", "created": self.started, "owned_by": "tunelab"}
+        if name in self.engine.adapters:
+            card["parent"] = self.base.name
+            card["source"] = self.engine.adapters[name].get("source")
+        return card
+
+    def resolve_model(self, name: str) -> str | None:
+        """The adapter to use for a requested model name (None: the base)."""
+        if name == self.base.name:
+            return None
+        if name in self.engine.adapters:
+            return name
+        raise APIError(404, f"The model '{name}' does not exist. Loaded: {', '.join(self.engine.model_names)}",
+                       param="model", code="model_not_found")
+
+    def record_failure(self, request: Request, status: int, error: str) -> None:
+        """Requests refused before generation (bad parameters, unknown model, auth) are logged too."""
+        endpoint = GENERATION_PATHS.get(request.url.path)
+        if endpoint is None or status == 401:  # unauthenticated callers don't get to write to the log
+            return
+        model = getattr(request.state, "model", None) or "unknown"
+        # labels only for models that exist: clients can't grow the metrics without bound
+        self.metrics.observe(model if model in self.engine.model_names else "unknown", endpoint, status)
+        fields = dict(id="err-" + uuid.uuid4().hex, created=time.time(), endpoint=endpoint, model=model,
+                      status=status, error=error[:2000])
+        self.log_request(fields)
+
+    def log_request(self, fields: dict[str, Any], prompt: list[int] | None = None) -> None:
+        """Hand a request-log row to the single writer thread, which also embeds `prompt` if given."""
+        with contextlib.suppress(RuntimeError):  # writer already shut down: the server is stopping
+            self.writer.submit(self._safe_log, fields, prompt)
+
+    def _safe_log(self, fields: dict[str, Any], prompt: list[int] | None = None) -> None:
+        try:
+            if prompt:  # computed here, off the event loop
+                fields["embedding"] = pack(self.engine.prompt_embedding(prompt))
+            self.store.log_request(**fields)
+        except Exception as exc:  # a logging failure must not take the server down
+            log.error("could not log request %s: %s", fields.get("id"), exc)
+
+
+def data_dir(path: str | None) -> Path:
+    """Where the request log lives: `path`, or `serve/` under tunelab's home; created if missing."""
+    d = Path(path).expanduser() if path else home() / "serve"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
