@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.tunelab-installed
 
-.PHONY: setup quickstart test lint docs clean
+.PHONY: setup quickstart test test-fast lint docs clean
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,14 @@ setup: $(STAMP)
 quickstart: setup
 	$(VENV)/bin/tunelab quickstart
 
+# Everything, as CI runs it; the slowest tests are listed at the end.
 test: setup
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The edit-test loop: the same suite without the end-to-end and real-model tests.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not e2e" --durations=10
 
 docs: setup
 	$(VENV)/bin/tunelab config reference > docs/config.md

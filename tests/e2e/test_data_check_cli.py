@@ -1,4 +1,4 @@
-"""`tunelab data check` as a user runs it: a subprocess, the tiny model's tokenizer, exit codes, output.
+"""`tunelab data check` as a user runs it: the tiny model's tokenizer, exit codes, output.
 
 Files are passed by relative path (cwd is the test's directory) so that each `file:line` fits on one
 line of the 80-column console rich falls back to when stderr is not a terminal.
@@ -7,32 +7,23 @@ line of the 80-column console rich falls back to when stderr is not a terminal.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+
+from tests.helpers import CliResult, tunelab_cli, write_jsonl
 
 REPORT_KEYS = {"rows", "valid_rows", "errors", "duplicates", "prompt_tokens", "completion_tokens",
                "length_histogram", "est_tokens_per_epoch"}
 
 
-def run_check(cwd: Path, model: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "tunelab.cli.main", "data", "check", *args, "--model", str(model)]
-    env = {**os.environ, "NO_COLOR": "1", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+def run_check(cwd: Path, model: Path, *args: str) -> CliResult:
+    return tunelab_cli("data", "check", *args, "--model", str(model), cwd=cwd, env={"NO_COLOR": "1"})
 
 
 def flat(text: str) -> str:
     return " ".join(text.split())
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 USER = {"role": "user", "content": "where is my card"}

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import tunelab
-from tests.e2e.test_train_cli import LABELED, config, tunelab_cli, write_chat, write_labeled
+from tests.helpers import LABELED, config, tunelab_cli, write_chat, write_labeled
 from tunelab.runs import RunDir
 
 

@@ -12,8 +12,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from tests.conftest import build_tiny_model
-from tests.e2e.test_train_cli import metrics, tunelab_cli
+from tests.helpers import build_tiny_model, metrics, tunelab_cli
 
 PROBLEMS = [("what is 2 plus 3", "5"), ("what is 4 plus 4", "#### 8"), ("hello how many is 7", "7"),
             ("the quick fox has 9", "9"), ("my card number 1", "1"), ("reset 6 times", "6")]

@@ -12,7 +12,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from tests.e2e.test_train_cli import metrics, tunelab_cli
+from tests.helpers import metrics, tunelab_cli
 
 PAIRS = [
     ("where is my card", "Your card is on its way and arrives in 3 days.", "no idea"),

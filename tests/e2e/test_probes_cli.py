@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tunelab
-from tests.e2e.test_train_cli import config, metrics, tunelab_cli, write_chat, write_labeled
+from tests.helpers import config, metrics, tunelab_cli, write_chat, write_labeled
 from tunelab.config import ConfigError
 from tunelab.runs import RunDir
 

@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +15,12 @@ import yaml
 from transformers import TrainerCallback
 
 import tunelab
+from tests.helpers import tunelab_cli
 from tunelab.models.load import ModelError
 from tunelab.recipes import dispatch
 from tunelab.runs import RunDirError
 
 STEPS = 6
-
-
-def tunelab_cli(*args: str | Path, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"COLUMNS": "400", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                        "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -71,6 +63,7 @@ def write_config(workdir: Path, tiny_model: Path, name: str) -> Path:
         "peft": {"dropout": 0.1},  # dropout on, so that its RNG must be restored too
         "train": {"max_steps": STEPS, "save_every": 3, "batch_size": 2, "learning_rate": 1e-2,
                   "log_every": 1, "threads": 1},
+        "eval": {"probes": {"enabled": False}},
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

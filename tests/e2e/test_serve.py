@@ -22,7 +22,7 @@ import openai
 import pytest
 import torch
 
-from tests.conftest import build_tiny_model
+from tests.helpers import build_tiny_model
 from tunelab.serve.server import BackgroundServer, build
 from tunelab.serve.state import ServeSettings
 
@@ -272,9 +272,18 @@ def test_full_queue_answers_429_with_retry_after(chatty: Path, tmp_path: Path) -
     with BackgroundServer(app) as url:
         state.engine._model_lock.acquire()  # hold the model: nothing finishes, the queue fills
         try:
-            with ThreadPoolExecutor(5) as pool:
-                futures = [pool.submit(lambda: chat(client(url), "base", "hello", max_tokens=4)) for _ in range(5)]
-                time.sleep(1.0)
+            with ThreadPoolExecutor(12) as pool:
+                def send() -> Any:
+                    return pool.submit(lambda: chat(client(url), "base", "hello", max_tokens=4))
+
+                futures = [send() for _ in range(5)]
+                # whether the engine takes its first request before or after the others arrive is a race: top the
+                # queue up until it is full, so the next request has no room whatever the timing
+                deadline = time.time() + 30
+                while time.time() < deadline and state.engine.queue_depth < 2:
+                    time.sleep(0.5)
+                    if state.engine.queue_depth < 2:
+                        futures.append(send())
                 status, headers, body = raw(url, "POST", "/v1/chat/completions", json.dumps(
                     {"model": "base", "messages": [{"role": "user", "content": "hi"}]}).encode())
                 state.engine._model_lock.release()

@@ -16,8 +16,7 @@ from pathlib import Path
 import openai
 import torch
 
-from tests.conftest import build_tiny_model
-from tests.e2e.test_train_cli import config, tunelab_cli, write_chat
+from tests.helpers import build_tiny_model, config, tunelab_cli, write_chat
 from tunelab.recipes import dispatch
 
 SYSTEM = "You answer bank customers."

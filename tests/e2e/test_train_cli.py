@@ -1,13 +1,10 @@
-"""End to end on the tiny model: the real `tunelab` CLI in a subprocess (init -> data check -> train ->
-generate, config and data errors), and through the Python API: learning, LoRA vs full, classification."""
+"""End to end on the tiny model: the `tunelab` CLI (init -> data check -> train -> generate as real processes,
+once; config and data errors in this process), and through the Python API: learning, LoRA vs full,
+classification."""
 
 from __future__ import annotations
 
-import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,57 +14,27 @@ import yaml
 from safetensors.torch import load_file
 
 import tunelab
-from tunelab.config import ConfigError, TunelabConfig
+from tests.helpers import (
+    CHATS,
+    LABELED,
+    chat_line,
+    config,
+    metrics,
+    step_losses,
+    tunelab_cli,
+    tunelab_process,
+    write_chat,
+    write_labeled,
+)
+from tunelab.config import ConfigError
 from tunelab.recipes import dispatch
-
-CHATS = [
-    ("hello", "the quick brown fox jumps over the lazy dog"),
-    ("where is my card", "my card has not arrived yet"),
-    ("how do I reset my password", "reset it from the app please"),
-    ("what is the capital of France", "the capital of France is Paris"),
-    ("and of Italy", "the capital of Italy is Rome"),
-]
-
-
-def tunelab_cli(*args: str | Path, cwd: Path, timeout: float = 180,
-                input: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {"COLUMNS": "400", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-                        "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout, input=input)
-
-
-def chat_line(user: str, reply: str) -> str:
-    msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
-    return json.dumps({"messages": msgs})
-
-
-def write_chat(path: Path, n: int = 20) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(chat_line(*CHATS[i % len(CHATS)]) + "\n" for i in range(n)))
-    return path
-
-
-def metrics(run: Path) -> list[dict[str, Any]]:
-    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
-
-
-def step_losses(run: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in metrics(run) if "loss" in r}
-
-
-def config(tiny_model: Path, tmp_path: Path, name: str, data: Path, *overrides: str) -> TunelabConfig:
-    return tunelab.load_config(None, [
-        f"name={name}", f"output_dir={tmp_path / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
-        "data.val_fraction=0", "train.threads=1", "eval.probes.enabled=false", *overrides])
-
 
 # --- the CLI ---------------------------------------------------------------------------------------
 
 def test_cli_init_check_train_generate(tiny_model: Path, tmp_path: Path) -> None:
     write_chat(tmp_path / "data" / "train.jsonl", 20)
 
-    r = tunelab_cli("init", "--task", "chat", "--out", "cfg.yaml", cwd=tmp_path)
+    r = tunelab_process("init", "--task", "chat", "--out", "cfg.yaml", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     cfg = yaml.safe_load((tmp_path / "cfg.yaml").read_text())
     assert cfg["task"] == "chat"
@@ -76,11 +43,11 @@ def test_cli_init_check_train_generate(tiny_model: Path, tmp_path: Path) -> None
     cfg["output_dir"] = "runs"
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
-    r = tunelab_cli("data", "check", "data/train.jsonl", "--model", tiny_model, cwd=tmp_path)
+    r = tunelab_process("data", "check", "data/train.jsonl", "--model", tiny_model, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stderr and "FAILED" not in r.stderr
 
-    r = tunelab_cli("train", "cfg.yaml", "train.max_steps=4", "train.batch_size=2", "train.eval_every=2",
+    r = tunelab_process("train", "cfg.yaml", "train.max_steps=4", "train.batch_size=2", "train.eval_every=2",
                     "train.threads=1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     run = tmp_path / "runs" / cfg["name"]
@@ -112,7 +79,7 @@ def test_cli_init_check_train_generate(tiny_model: Path, tmp_path: Path) -> None
     assert sum(p.numel() for n, p in model.named_parameters() if "lora_" in n) > 0
     assert (run / "tokenizer").is_dir()
 
-    r = tunelab_cli("generate", run, "hello", "--max-new-tokens", "5", cwd=tmp_path)
+    r = tunelab_process("generate", run, "hello", "--max-new-tokens", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
 
 
@@ -285,27 +252,6 @@ def test_full_finetune_changes_base_weights(tiny_model: Path, tmp_path: Path) ->
 
 
 # --- classification --------------------------------------------------------------------------------
-
-LABELED = [
-    ("my card has not arrived yet", "card_arrival"), ("where is my card", "card_arrival"),
-    ("card arrival please help", "card_arrival"), ("has my card arrived", "card_arrival"),
-    ("how do I reset my password", "password_reset"), ("reset my password please", "password_reset"),
-    ("password reset help", "password_reset"), ("I need to reset the password", "password_reset"),
-    ("my card is lost or stolen", "lost_or_stolen_card"), ("lost card", "lost_or_stolen_card"),
-    ("stolen card help", "lost_or_stolen_card"), ("I lost my card", "lost_or_stolen_card"),
-    ("exchange rate for my top up", "exchange_rate"), ("what is the exchange rate", "exchange_rate"),
-    ("top up exchange rate", "exchange_rate"), ("exchange rate please", "exchange_rate"),
-]
-
-
-def write_labeled(path: Path) -> Path:
-    """LABELED as a banking77-style CSV (text, category)."""
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["text", "category"])
-        w.writerows(LABELED)
-    return path
-
 
 @pytest.mark.parametrize("mode", ["generate", "head"])
 def test_classification(tiny_model: Path, tmp_path: Path, mode: str) -> None:

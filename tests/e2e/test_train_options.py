@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.test_train_cli import config, metrics, tunelab_cli, write_chat
+from tests.helpers import config, metrics, tunelab_cli, write_chat
 from tunelab.recipes import dispatch
 
 
@@ -50,7 +50,7 @@ def test_chat_answers_and_exits(tiny_model: Path, tmp_path: Path) -> None:
 
 def test_accuracy_is_logged_at_each_evaluation_and_can_pick_the_best(tiny_model: Path, tmp_path: Path) -> None:
 
-    from tests.e2e.test_train_cli import write_labeled
+    from tests.helpers import write_labeled
 
     data = write_labeled(tmp_path / "tickets.csv")
     cfg = config(tiny_model, tmp_path, "monitor", data, "task=classification",

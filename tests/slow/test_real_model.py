@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tunelab.models.gguf_convert import COMPLETE, convert_gguf, is_complete
-from tunelab.models.registry import ALIASES, DEFAULT_MODEL
+from tests.helpers import tunelab_cli, tunelab_process
+from tunelab.models.gguf_convert import is_complete
+from tunelab.models.registry import DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "tunelab.cli.main"]
 
 
 def test_default_model_converts_once_and_answers() -> None:
@@ -27,17 +25,6 @@ def test_default_model_converts_once_and_answers() -> None:
     t0 = time.perf_counter()
     tunelab.load(DEFAULT_MODEL)  # cached: no second conversion
     assert time.perf_counter() - t0 < 30  # generous: the conversion itself takes ~20 s
-
-
-def test_interrupted_conversion_is_not_taken_for_complete(tmp_path: Path) -> None:
-    out = tmp_path / "converted"
-    (out.with_name("converted.partial")).mkdir()
-    out.mkdir()
-    (out / "config.json").write_text("{}")  # looks like a model dir, but no completion marker
-    assert not is_complete(out)
-    convert_gguf(ALIASES[DEFAULT_MODEL].path(), out, quiet=True)
-    assert (out / COMPLETE).is_file() and (out / "model.safetensors").is_file()
-    assert not out.with_name("converted.partial").exists()
 
 
 @pytest.mark.timeout(1800)
@@ -70,24 +57,23 @@ eval:
   probes:                 # the quickstart test below probes the real model
     enabled: false
 """)
-    proc = subprocess.run([*CLI, "train", str(cfg)], capture_output=True, text=True, timeout=1700)
+    proc = tunelab_cli("train", cfg, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "runs" / "real-small" / "summary.json").read_text())
     assert summary["status"] == "completed"
     assert 0.0 <= summary["base_accuracy"] <= 1.0 and 0.0 <= summary["tuned_accuracy"] <= 1.0
     assert summary["eval_rows"] == 12
-    gen = subprocess.run([*CLI, "generate", str(tmp_path / "runs" / "real-small"), "I lost my card"],
-                         capture_output=True, text=True, timeout=300)
+    gen = tunelab_cli("generate", tmp_path / "runs" / "real-small", "I lost my card", cwd=tmp_path)
     assert gen.returncode == 0, gen.stderr[-2000:]
     assert gen.stdout.strip(), "the tuned run gave an empty reply"
 
 
-def test_data_check_on_shipped_banking77_with_real_tokenizer() -> None:
+def test_data_check_on_shipped_banking77_with_real_tokenizer(tmp_path: Path) -> None:
     from importlib import resources
 
     src = str(resources.files("tunelab").joinpath("examples", "banking77", "train.csv"))
-    proc = subprocess.run([*CLI, "data", "check", src, "--text-column", "text", "--label-column", "category",
-                           "--json"], capture_output=True, text=True, timeout=300)
+    proc = tunelab_cli("data", "check", src, "--text-column", "text", "--label-column", "category", "--json",
+                       cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(proc.stdout)
     assert rep["rows"] == 10003 and len(rep["labels"]) == 77
@@ -96,9 +82,10 @@ def test_data_check_on_shipped_banking77_with_real_tokenizer() -> None:
 
 @pytest.mark.timeout(1800)  # a hang guard: with its probes this is the suite's longest test on a slow CPU
 def test_quickstart_small(tmp_path: Path) -> None:
-    """The quickstart end to end through the CLI, shrunk: base and tuned accuracy land in summary.json."""
-    proc = subprocess.run([*CLI, "quickstart", "--rows", "48", "--eval-rows", "16", "--output-dir",
-                           str(tmp_path)], capture_output=True, text=True, timeout=1700)
+    """The quickstart end to end through the installed command (a real process), shrunk: base and tuned accuracy
+    land in summary.json."""
+    proc = tunelab_process("quickstart", "--rows", "48", "--eval-rows", "16", "--output-dir", tmp_path,
+                           cwd=tmp_path, timeout=1700)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((tmp_path / "quickstart-banking77" / "summary.json").read_text())
     for key in ("base_accuracy", "tuned_accuracy", "train_rows", "eval_rows", "train_seconds"):

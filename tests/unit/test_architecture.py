@@ -1,5 +1,6 @@
 """The shape of the code, checked: imports run only downward through the layers, with no cycle; the report
-imports no training code; the run directory's file names are written in one place."""
+imports no training code; the run directory's file names are written in one place; tests share helpers through
+tests/helpers.py only."""
 
 from __future__ import annotations
 
@@ -119,3 +120,14 @@ def test_run_directory_file_names_are_written_only_in_the_layout() -> None:
                 if hits:
                     found.append(f"{f.relative_to(SRC)}:{node.lineno}: {hits}")
     assert not found, "use tunelab.runs.layout (or RunDir) instead of the file name:\n" + "\n".join(found)
+
+
+def test_test_modules_share_helpers_only_through_tests_helpers() -> None:
+    tests = Path(__file__).parents[1]
+    found = []
+    for f in tests.rglob("test_*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            shared = isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("tests."))
+            if shared and node.module != "tests.helpers":
+                found.append(f"{f.relative_to(tests)}:{node.lineno}: from {'.' * node.level}{node.module}")
+    assert not found, found

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from importlib import resources
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import tunelab_cli
 from tunelab.config import ConfigError, TunelabConfig, apply_overrides, dump_config, load_config
 from tunelab.config.reference import json_schema, markdown_reference
 
@@ -252,8 +251,7 @@ def test_every_field_is_documented() -> None:
 
 
 def test_config_reference_command_matches_generator() -> None:
-    done = subprocess.run([sys.executable, "-m", "tunelab.cli.main", "config", "reference"],
-                          capture_output=True, text=True, timeout=120)
+    done = tunelab_cli("config", "reference", cwd=ROOT)
     assert done.returncode == 0, done.stderr
     generated = markdown_reference()
     assert done.stdout.rstrip("\n") == generated.rstrip("\n")
@@ -289,3 +287,58 @@ def test_bad_override_names_the_override_not_the_file(tmp_path) -> None:  # noqa
         load_config(cfg, ["train.learning_rat=1e-4"])
     assert "command-line override 'train.learning_rat=1e-4'" in str(exc.value)
     assert "Did you mean 'train.learning_rate'?" in str(exc.value)
+
+
+# --- rules across fields --------------------------------------------------------------------------
+
+
+def test_a_setting_the_method_does_not_read_is_refused_at_its_line(tmp_path: Path) -> None:
+    p = write(tmp_path, "method: dpo\ntrain:\n  packing: false\n  epochs: 2\nrl:\n  num_generations: 8\n")
+    msg = config_error(p)
+    assert f"{p}:3: train.packing is not used by method dpo" in msg and "applies to method sft" in msg
+    assert f"{p}:6: rl.num_generations is not used by method dpo" in msg and "grpo, rloo" in msg
+    assert "epochs" not in msg  # every method reads it
+
+
+def test_defaults_written_out_whole_read_back_for_every_method(tmp_path: Path) -> None:
+    """A run's config.yaml holds every setting, most at their defaults: it must load again (resume, reports)."""
+    for method in ("sft", "reward", "dpo", "kto", "orpo", "cpo", "simpo", "grpo", "rloo"):
+        cfg = load_config(None, [f"method={method}"])
+        again = load_config(write(tmp_path, dump_config(cfg), f"{method}.yaml"))
+        assert again.method == method and again.model_dump() == cfg.model_dump()
+
+
+@pytest.mark.parametrize(("overrides", "key", "says"), [
+    (["train.save_every=3"], "train.save_every", "needs train.eval_every"),
+    (["train.eval_every=2", "train.save_every=3"], "train.save_every", "must be a multiple of train.eval_every=2"),
+    (["train.monitor=accuracy"], "train.monitor", "needs task: classification"),
+    (["train.monitor=token_f1", "task=classification"], "train.monitor", "scores generated answers"),
+    (["train.monitor=token_f1", "data.val_fraction=0"], "train.monitor", "needs validation data"),
+    (["train.early_stopping.patience=2", "data.val_fraction=0"], "train.early_stopping.patience",
+     "watches the validation data"),
+    (["method=grpo", "train.eval_every=5"], "train.eval_every", "once, after training"),
+    (["method=grpo", "rl.max_completion_tokens=600"], "rl.max_completion_tokens", "no room for a prompt"),
+    (["method=grpo", "rl.rewards=[numeric, format]", "rl.reward_weights=[1.0]"], "rl.reward_weights",
+     "one weight per reward"),
+    (["method=kto", "preference.loss_type=ipo"], "preference.loss_type", "not used by method kto"),
+])
+def test_settings_that_only_work_together(overrides: list[str], key: str, says: str) -> None:
+    msg = config_error(None, overrides)
+    assert says in msg and key in msg
+    culprit = next(o for o in reversed(overrides) if o.startswith(key))
+    assert msg.startswith(f"command-line override '{culprit}'")
+
+
+def test_rules_hold_for_configs_built_in_code() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="train.packing is not used by method grpo"):
+        TunelabConfig.model_validate({"method": "grpo", "train": {"packing": False}})
+    assert TunelabConfig.model_validate({"method": "grpo", "rl": {"num_generations": 8}}).rl.num_generations == 8
+
+
+def test_defaults_are_read_from_the_schema() -> None:
+    from tunelab.config import default
+
+    assert default("model.max_length") == TunelabConfig().model.max_length
+    assert default("eval.probes.max_new_tokens") == TunelabConfig().eval.probes.max_new_tokens

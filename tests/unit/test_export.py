@@ -306,6 +306,21 @@ def test_gguf_runs_in_llama_cpp(exported: dict[str, Path], ftype: str, max_diff:
     assert llm.token_eos() == tok.eos_token_id
 
 
+def test_interrupted_conversion_is_not_taken_for_complete(exported: dict[str, Path], tmp_path: Path) -> None:
+    """A GGUF converted for training (here the tiny model's own export): a folder left by an interrupted
+    conversion is converted again, not loaded half."""
+    from tunelab.models.gguf_convert import COMPLETE, convert_gguf, is_complete
+
+    out = tmp_path / "converted"
+    (out.with_name("converted.partial")).mkdir()
+    out.mkdir()
+    (out / "config.json").write_text("{}")  # looks like a model dir, but no completion marker
+    assert not is_complete(out)
+    convert_gguf(exported["gguf-f32"], out, quiet=True)
+    assert (out / COMPLETE).is_file() and (out / "model.safetensors").is_file()
+    assert not out.with_name("converted.partial").exists()
+
+
 def test_modelfile(exported: dict[str, Path]) -> None:
     file = exported["gguf-q8_0"]
     text = (file.parent / "Modelfile").read_text()
@@ -451,13 +466,13 @@ def test_failed_export_leaves_nothing(lora_run: Path, tmp_path: Path, monkeypatc
 
 def test_cli_on_a_trained_run(tiny_model: Path, tmp_path: Path) -> None:
     import tunelab
-    from tests.e2e.test_train_cli import config, write_chat
+    from tests.helpers import config, write_chat
 
     data = write_chat(tmp_path / "train.jsonl", 8)
     run = tunelab.train(config(tiny_model, tmp_path, "trained", data, "train.max_steps=2", "train.batch_size=2",
                                f"data.system_prompt={SYSTEM}")).run_dir
 
-    from tests.e2e.test_train_cli import tunelab_cli
+    from tests.helpers import tunelab_cli
 
     # the real command, as a user runs it
     r = tunelab_cli("export", run, "--format", "gguf", "--out", tmp_path / "g", "--quantize", "q8_0", cwd=tmp_path)

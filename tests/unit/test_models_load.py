@@ -7,8 +7,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,14 +15,8 @@ import pytest
 import torch
 
 import tunelab
+from tests.helpers import tunelab_cli
 from tunelab.models.load import ModelError, resolve
-
-
-def tunelab_cli(*args: str | Path, cwd: Path, env: dict[str, str] | None = None,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = (env or dict(os.environ)) | {"COLUMNS": "400", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +31,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
     cfg = tunelab.load_config(None, [
         "name=tuned", f"output_dir={d / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
         "data.val_fraction=0", "train.max_steps=2", "train.batch_size=2", "train.learning_rate=1e-2",
-        "data.system_prompt=You are terse.", "train.threads=1"])
+        "data.system_prompt=You are terse.", "train.threads=1", "eval.probes.enabled=false"])
     result = tunelab.train(cfg)
     assert result.status == "completed"
     return result.run_dir

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import write_jsonl
 from tunelab.data.preference import (
     PREFERENCE_FORMATS,
     PreferencePair,
@@ -42,11 +43,6 @@ def a(text: str) -> dict[str, str]:
 
 def s(text: str) -> dict[str, str]:
     return {"role": "system", "content": text}
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
 
 
 def raw_row(path: Path, line: int) -> dict[str, Any]:
@@ -417,7 +413,7 @@ def test_final_number(text: str, number: str | None) -> None:
 
 
 def test_data_check_cli_reports_preference_files(tmp_path: Path, tiny_model: Path) -> None:
-    from tests.e2e.test_train_cli import tunelab_cli
+    from tests.helpers import tunelab_cli
 
     shutil.copy(TRL, tmp_path / "trl.jsonl")
     bad = write_jsonl(tmp_path / "bad.jsonl", [HH_OK, {"chosen": HH_OK["chosen"], "rejected": HH_OK["chosen"]},

@@ -3,10 +3,7 @@ exit codes, and one report of a real tiny training run."""
 
 from __future__ import annotations
 
-import base64
 import json
-import re
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from tests.helpers import IMG, images, png_size, self_contained, write_json
 from tunelab.cli.main import app
 from tunelab.report import plots, write_report
 from tunelab.runs import RunDirError
@@ -21,13 +19,6 @@ from tunelab.runs import RunDirError
 LABELS = ["card_arrival", "exchange_rate", "lost_or_stolen_card", "password_reset"]
 EVAL_COMPARISON = {"metric": "accuracy", "tuned": 0.75, "base": 0.03, "diff": 0.72, "ci95": [0.68, 0.76],
                    "wins": 290, "losses": 2, "ties": 108}
-IMG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=2))
-
-
 def fake_run(root: Path, name: str = "run", *, task: str = "classification", status: str = "completed",
              predictions: bool = True, base: bool = True, eval_json: dict[str, Any] | None = None,
              metrics: bool = True) -> Path:
@@ -93,20 +84,6 @@ def classification_eval(n_labels: int = 4, comparison: dict[str, Any] | None = N
             "confusion": {"labels": labels, "matrix": matrix},
             "examples": [{"input": "where is <script>alert(1)</script> my card", "reference": labels[0],
                           "tuned": labels[0], "base": labels[1]}]}
-
-
-def images(page: str) -> list[bytes]:
-    return [base64.b64decode(m) for m in IMG.findall(page)]
-
-
-def png_size(png: bytes) -> tuple[int, int]:
-    assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    return struct.unpack(">II", png[16:24])
-
-
-def self_contained(page: str) -> None:
-    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, re.I)
-    assert "<script" not in page.lower() and "<link" not in page.lower()
 
 
 # --- the page and its facts ------------------------------------------------------------------------
@@ -316,8 +293,7 @@ def test_cli_not_a_run_exits_2(tmp_path: Path, where: str) -> None:
 
 def test_report_of_a_real_tiny_run(tiny_model: Path, tmp_path: Path) -> None:
     import tunelab
-
-    from ..e2e.test_train_cli import write_labeled
+    from tests.helpers import write_labeled
 
     data = write_labeled(tmp_path / "tickets.csv")
     cfg = tunelab.load_config(None, [
@@ -380,3 +356,28 @@ def test_probes_in_the_verdict_and_their_sections(tmp_path: Path) -> None:
     assert "Hi, I&#x27;m Fatima → <b>lost_or_stolen_card</b>" in page
     assert "✗ card arrival" in page and "✓ Paris." in page
     assert len(IMG.findall(page)) == len(facts["charts"])
+
+
+def test_another_evaluation_keeps_the_runs_own_comparison(tmp_path: Path) -> None:
+    """`tunelab eval RUN --data other.csv` without --compare-base is kept beside the training comparison, which
+    stays the verdict; both are listed."""
+    run = fake_run(tmp_path)
+    (run / "evals").mkdir()
+    write_json(run / "evals" / "other.json", {"task": "classification", "data": "other.csv", "rows": 29,
+                                              "model": {"accuracy": 0.5, "macro_f1": 0.4}, "created": 1.0})
+    page, rep = write_report(run)[0].read_text(), json.loads((run / "report.json").read_text())
+    assert rep["verdict"]["kind"] == "better" and rep["verdict"]["source"] == "predictions.json"
+    assert [(e["name"], e["headline"]) for e in rep["evaluations"]] == [("training", True), ("other", False)]
+    assert rep["evaluations"][1]["tuned"] == 0.5 and rep["evaluations"][1]["base"] is None
+    assert "<h2>Evaluations</h2>" in page and "evals/other.json" in page
+
+
+def test_the_newest_evaluation_with_a_base_comparison_is_the_verdict(tmp_path: Path) -> None:
+    run = fake_run(tmp_path, eval_json=classification_eval())  # an earlier version's eval.json, older
+    (run / "evals").mkdir()
+    newer = classification_eval(comparison={"metric": "accuracy", "tuned": 0.9, "base": 0.5, "diff": 0.4,
+                                            "ci95": [0.3, 0.5]}) | {"data": "data/holdout.csv", "created": 4e9}
+    write_json(run / "evals" / "holdout.json", newer)
+    rep = json.loads(write_report(run)[1].read_text())
+    assert rep["verdict"]["source"] == "evals/holdout.json" and rep["verdict"]["tuned"] == 0.9
+    assert [e["headline"] for e in rep["evaluations"]] == [False, True]

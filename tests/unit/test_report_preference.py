@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_report import images, png_size, self_contained, write_json
+from tests.helpers import images, png_size, self_contained, write_json
 from tunelab.report import write_report
 from tunelab.report.preference import wilson
 

@@ -54,3 +54,58 @@ def test_trim_metrics_survives_a_line_cut_short(tmp_path: Path) -> None:
 
     RunDir(d).trim_metrics(1)
     assert (d / "metrics.jsonl").read_text() == '{"step": 1, "loss": 2.0}\n'
+
+
+def test_evaluations_are_kept_side_by_side_named_after_their_data(tmp_path: Path) -> None:
+    from tunelab.runs import RunDir
+
+    run = RunDir(_run(tmp_path, "e", "completed"))
+    (run.path / "eval.json").write_text(json.dumps({"data": "old.csv", "rows": 1}))  # an earlier version's
+    first = run.write_evaluation({"data": "data/test.csv", "rows": 10})
+    assert first == run.path / "evals" / "test.json"
+    run.write_evaluation({"data": "data/test.csv", "rows": 12})  # the same data again: replaces its result
+    run.write_evaluation({"data": "other/test.csv", "rows": 3})  # another file of the same name: its own
+    run.write_evaluation({"data": "the validation split", "rows": 4}, name="validation")
+    evals = run.evaluations()
+    assert list(evals) == ["eval", "test", "test-2", "validation"]
+    assert evals["test"]["rows"] == 12 and evals["test-2"]["data"] == "other/test.csv"
+    assert evals["eval"]["data"] == "old.csv"
+
+
+def test_typed_readers(tmp_path: Path, tiny_model: Path) -> None:
+
+    cfg = tunelab.load_config(None, ["name=t", f"output_dir={tmp_path}", f"model.base={tiny_model}",
+                                     "model.max_length=64"])
+    run = open_run(cfg, resume=False)
+    assert run.config().model.max_length == 64 and run.status() == "running" and run.summary()["name"] == "t"
+    run.write_labels(["a", "b"])
+    assert run.labels() == ["a", "b"]
+    (run.path / "labels.json").write_text('{"a": 1}')
+    with pytest.raises(RunDirError, match="labels.json: expected a list"):
+        run.labels()
+    (run.path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n[1]\n{"step": 2, "loss": 1.0}\n{"ste')
+    lines = run.metrics()
+    assert [r["step"] for r in lines.rows] == [1, 2] and lines.damaged == 2
+    assert run.series("loss") == [(1.0, 2.0), (2.0, 1.0)]
+    run.set_status("failed", error="boom")
+    assert run.summary()["error"] == "boom"
+    assert "error" not in run.set_status("running")
+
+
+def test_progress_and_events_seen_from_outside(tmp_path: Path) -> None:
+    from tunelab.runs import Reporter, RunDir, observe
+
+    run = RunDir(_run(tmp_path, "p", "running"))
+    reporter = Reporter(run)
+    reporter.event("Run started")
+    reporter.phase("training", total=10)
+    reporter.update(step=3, total_steps=10, loss=1.5, eta_seconds=12.0, force=True)
+    reporter.event("Checkpoint saved at step 3", kind="checkpoint", step=3)
+    seen = observe(run)
+    assert (seen.status, seen.phase, seen.step, seen.total_steps, seen.loss, seen.eta_seconds) == (
+        "running", "training", 3, 10, 1.5, 12.0)
+    assert seen.alive is True  # this process wrote it
+    assert [e["message"] for e in seen.events] == ["Run started", "Checkpoint saved at step 3"]
+    assert seen.events[1]["data"] == {"step": 3} and seen.events[1]["type"] == "checkpoint"
+    assert [e["id"] for e in observe(run, events_after=1).events] == [2]
+    assert Reporter(run)._next_id == 3  # a resumed run goes on numbering its events

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import build_tiny_model
+from tests.helpers import build_tiny_model
 from tunelab.serve.engine import Engine, GenRequest, Sampling, _sample
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.unit.test_trainer_loss import (
-    _assert_grads_close,
-    _base,
-    _label_tokens,
-    _lora,
-    _loss_and_grads,
-    _rows,
-    _train,
+from tests.helpers import (
+    assert_grads_close,
+    conversation_rows,
+    label_tokens,
+    loss_and_grads,
+    tiny_base,
+    tiny_lora,
+    train_conversations,
 )
 from tunelab.data.templates import IGNORE
 from tunelab.training.chunked_ce import linear_cross_entropy
@@ -36,7 +36,7 @@ def _grads(model, batch, num_items=None, label_only=True, chunk=0) -> tuple[floa
 def rows(tiny_tokenizer) -> list[dict]:  # noqa: ANN001
     """Chat rows (loss on replies) plus a plain-text row whose every token carries a label."""
     text = tiny_tokenizer("the quick brown fox jumps over the lazy dog again", add_special_tokens=False)["input_ids"]
-    return [*_rows(tiny_tokenizer), {"input_ids": list(text), "labels": list(text)}]
+    return [*conversation_rows(tiny_tokenizer), {"input_ids": list(text), "labels": list(text)}]
 
 
 # --- chunked LM head + cross-entropy ---------------------------------------------------------------
@@ -45,20 +45,20 @@ def rows(tiny_tokenizer) -> list[dict]:  # noqa: ANN001
 @pytest.mark.parametrize("chunk", [1, 5, 10_000])
 def test_chunked_loss_equals_plain_path(tiny_model: Path, tiny_tokenizer, rows, wrap: str, chunk: int) -> None:  # noqa: ANN001
     """Same loss and gradients (LoRA weights, or every weight including the tied head) in any chunk size."""
-    model = _lora(tiny_model) if wrap == "lora" else _base(tiny_model).requires_grad_(True)
+    model = tiny_lora(tiny_model) if wrap == "lora" else tiny_base(tiny_model).requires_grad_(True)
     batch = PadCollator(tiny_tokenizer.pad_token_id)(rows)
-    for num_items in (None, _label_tokens(batch) + 3):
+    for num_items in (None, label_tokens(batch) + 3):
         plain, g_plain = _grads(model, batch, num_items, label_only=False)
         fast, g_fast = _grads(model, batch, num_items, chunk=chunk)
         assert fast == pytest.approx(plain, rel=1e-5)
-        _assert_grads_close(g_fast, g_plain)
+        assert_grads_close(g_fast, g_plain)
     if wrap == "full":
         assert "model.embed_tokens.weight" in g_fast or "lm_head.weight" in g_fast  # the head got its gradient
 
 
 def test_chunked_loss_under_bf16_autocast(tiny_model: Path, tiny_tokenizer, rows) -> None:  # noqa: ANN001
     """Under autocast the chunks run the head in bf16 as the plain path does: bf16-close, not exact."""
-    model = _lora(tiny_model)
+    model = tiny_lora(tiny_model)
     batch = PadCollator(tiny_tokenizer.pad_token_id)(rows)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         plain, g_plain = _grads(model, batch)
@@ -104,18 +104,18 @@ def test_packed_batch_equals_rows_run_alone(tiny_model: Path, tiny_tokenizer, ro
     import tunelab.training.packing as packing
 
     monkeypatch.setattr(packing, "EAGER_MAX_LEN", 10_000 if attention == "matmul" else 0)
-    model = _lora(tiny_model)
+    model = tiny_lora(tiny_model)
     padded = PadCollator(tiny_tokenizer.pad_token_id)(rows)
-    n = _label_tokens(padded)
+    n = label_tokens(padded)
     ref, g_ref = _grads(model, padded, n, label_only)
     alone = sum(causal_lm_loss(model, PadCollator(tiny_tokenizer.pad_token_id)([r]), n, label_only).item()
                 for r in rows)
     use_varlen_attention(model)
     packed = PackCollator()(rows)
-    assert _label_tokens(packed) == n
+    assert label_tokens(packed) == n
     got, g_got = _grads(model, packed, n, label_only)
     assert got == pytest.approx(ref, rel=1e-5) and got == pytest.approx(alone, rel=1e-5)
-    _assert_grads_close(g_got, g_ref)
+    assert_grads_close(g_got, g_ref)
     # ordinary (padded) batches still work on the switched model: evaluation and generation use them
     assert causal_lm_loss(model, padded, n, label_only).item() == pytest.approx(ref, rel=1e-5)
 
@@ -123,7 +123,7 @@ def test_packed_batch_equals_rows_run_alone(tiny_model: Path, tiny_tokenizer, ro
 def test_plain_sdpa_packing_leaks_across_rows(tiny_model: Path, rows) -> None:  # noqa: ANN001
     """Why the per-row attention exists: the same packed row through plain sdpa with one causal mask gives
     a different loss, because later rows attend to earlier ones."""
-    model = _lora(tiny_model)
+    model = tiny_lora(tiny_model)
     packed = PackCollator()(rows)
     leaky = {k: v for k, v in packed.items() if k != "cu_seq_lens_q"}
     with torch.no_grad():
@@ -139,8 +139,8 @@ def test_plain_sdpa_packing_leaks_across_rows(tiny_model: Path, rows) -> None:  
 def test_speed_switches_train_the_same(tiny_model: Path, tmp_path: Path, switch: str) -> None:
     """A run with a speed path switched on/off logs the same loss and gradient norm at every step."""
     common = ("train.batch_size=2", "train.max_steps=3", "train.loss_chunk_tokens=3")
-    ref = _train(tiny_model, tmp_path, "ref", *common)
-    other = _train(tiny_model, tmp_path, "other", *common, switch)
+    ref = train_conversations(tiny_model, tmp_path, "ref", *common)
+    other = train_conversations(tiny_model, tmp_path, "other", *common, switch)
     assert [r["step"] for r in ref] == [r["step"] for r in other] == [1, 2, 3]
     for a, b in zip(ref, other, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
@@ -155,25 +155,25 @@ def test_split_by_tokens_pieces_add_up_to_the_batch(tiny_model: Path, tiny_token
     whole batch's label count) sum to the whole batch's."""
     from tunelab.training.collate import split_by_tokens
 
-    model = _lora(tiny_model)
+    model = tiny_lora(tiny_model)
     if packed:
         use_varlen_attention(model)
     batch = (PackCollator() if packed else PadCollator(tiny_tokenizer.pad_token_id))(rows)
-    n = _label_tokens(batch)
+    n = label_tokens(batch)
     whole, g_whole = _grads(model, batch, n)
     longest = max(len(r["input_ids"]) for r in rows)
     pieces = split_by_tokens(batch, longest + 1)
     assert len(pieces) > 1 and all(p["input_ids"].numel() <= longest + 1 for p in pieces)
-    assert sum(_label_tokens(p) for p in pieces) == n
-    total, grads = _loss_and_grads(model, pieces, n, True)
+    assert sum(label_tokens(p) for p in pieces) == n
+    total, grads = loss_and_grads(model, pieces, n, True)
     assert total == pytest.approx(whole, rel=1e-5)
-    _assert_grads_close(grads, g_whole)
+    assert_grads_close(grads, g_whole)
 
 
 def test_max_batch_tokens_trains_the_same(tiny_model: Path, tmp_path: Path) -> None:
     common = ("train.batch_size=4", "train.max_steps=3")
-    ref = _train(tiny_model, tmp_path, "whole", *common, "train.max_batch_tokens=null")
-    split = _train(tiny_model, tmp_path, "split", *common, "train.max_batch_tokens=20")
+    ref = train_conversations(tiny_model, tmp_path, "whole", *common, "train.max_batch_tokens=null")
+    split = train_conversations(tiny_model, tmp_path, "split", *common, "train.max_batch_tokens=20")
     for a, b in zip(ref, split, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
@@ -199,8 +199,8 @@ def test_frozen_bf16_trains_the_same_and_restores_fp32(tiny_model: Path, tmp_pat
 
     monkeypatch.setattr(frozen, "restore_fp32", spy)
     common = ("train.batch_size=2", "train.max_steps=3", "model.precision=bf16")
-    on = _train(tiny_model, tmp_path, "frozen-bf16", *common)
-    off = _train(tiny_model, tmp_path, "frozen-fp32", *common, "train.frozen_bf16=false")
+    on = train_conversations(tiny_model, tmp_path, "frozen-bf16", *common)
+    off = train_conversations(tiny_model, tmp_path, "frozen-fp32", *common, "train.frozen_bf16=false")
     for a, b in zip(on, off, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-3)

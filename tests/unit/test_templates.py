@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.helpers import write_jsonl
 from tunelab.data.records import Record, RowError
 from tunelab.data.report import histogram, prepare
 from tunelab.data.templates import (
@@ -185,11 +185,6 @@ def test_truncate_leaves_class_index_labels_alone() -> None:
 
 
 # --- prepare(): encoding plus the data report -----------------------------------------------------
-
-
-def write_jsonl(path: Path, rows: list[Any]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def test_prepare_counts_tokens_duplicates_and_errors(tmp_path: Path, tiny_tokenizer: Any) -> None:

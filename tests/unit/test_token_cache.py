@@ -44,7 +44,7 @@ def test_a_broken_entry_is_rebuilt(tmp_path: Path, tiny_tokenizer) -> None:  # n
 def test_train_reuses_tokenised_rows(tiny_model: Path, tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
     """A second run on the same file does not tokenise it again, and trains the same."""
     import tunelab.recipes.sft as sft
-    from tests.unit.test_trainer_loss import _train
+    from tests.helpers import train_conversations as _train
 
     first = _train(tiny_model, tmp_path, "first", "train.batch_size=2", "train.max_steps=2")
     calls: list[str] = []

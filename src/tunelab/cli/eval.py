@@ -7,6 +7,7 @@ import json
 import typer
 from rich.table import Table
 
+from ..config import default
 from .common import console, out, user_errors
 from .data import parse_columns
 
@@ -23,7 +24,8 @@ def eval_cmd(
     label_column: str | None = typer.Option(None, "--label-column", help="Your column holding the label."),
     compare_base: bool = typer.Option(False, "--compare-base", help="Also score the run's base model."),
     limit: int | None = typer.Option(None, "--limit", help="Score only the first N rows."),
-    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest generated answer."),
+    max_new_tokens: int = typer.Option(default("eval.max_new_tokens"), "--max-new-tokens",
+                                      help="Longest generated answer."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON on stdout."),
 ) -> None:
     """Task metrics on held-out data: loss, accuracy/F1 or EM/F1/ROUGE-L/chrF/BLEU, base vs tuned."""

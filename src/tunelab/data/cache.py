@@ -5,12 +5,12 @@ the tokens, so a stale entry is never used."""
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from ..home import home
 
 CACHE_VERSION = 1  # bump when the cached objects change shape
@@ -54,8 +54,5 @@ def cached(path: str | Path, tokenizer: Any, settings: dict[str, Any], build: Ca
         pass
     result = build()
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = entry.with_suffix(f".{os.getpid()}.tmp")
-    with tmp.open("wb") as f:
-        pickle.dump(result, f, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(entry)  # atomic: a concurrent run never reads half an entry
+    atomic.write_bytes(entry, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))  # never read half
     return result, False

@@ -30,6 +30,8 @@ from .metrics import bootstrap_diff, classification_metrics, generation_metrics,
 from .scoring import generate_answers
 
 N_EXAMPLES = 12
+MAX_NEW_TOKENS: int = default("eval.max_new_tokens")
+BATCH_SIZE: int = default("eval.batch_size")
 
 
 @dataclass
@@ -122,8 +124,9 @@ def score(lm: LoadedModel, task: EvalTask, *, max_new_tokens: int, max_length: i
 
 
 def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] | None = None,
-             compare_base: bool = False, limit: int | None = None, max_new_tokens: int = 128,
-             max_length: int | None = None, batch_size: int = 16, console: Console | None = None) -> dict[str, Any]:
+             compare_base: bool = False, limit: int | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
+             max_length: int | None = None, batch_size: int = BATCH_SIZE,
+             console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     lm = load(ref)
     loaded = load_records(data, fmt, columns)
@@ -145,8 +148,8 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
 
 
 def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, skipped: Sequence[Problem] = (),
-                     compare_base: bool = False, max_new_tokens: int = 128, max_length: int | None = None,
-                     batch_size: int = 16, console: Console | None = None) -> dict[str, Any]:
+                     compare_base: bool = False, max_new_tokens: int = MAX_NEW_TOKENS, max_length: int | None = None,
+                     batch_size: int = BATCH_SIZE, console: Console | None = None) -> dict[str, Any]:
     """Score records with the model (and its base, through the adapter switched off). Rows are cut at
     max_length tokens: by default the run's own model.max_length."""
     console = console or Console(stderr=True)

@@ -10,6 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
+from ..config import default
 from ..config.evaluation import ProbesConfig
 from . import bias as bias_probe
 from . import forgetting
@@ -51,7 +52,7 @@ def probe_sets(settings: ProbesConfig, generative: bool = True) -> tuple[list[An
     return questions, texts, bias_set
 
 
-def run_probes(subject: Subject, settings: ProbesConfig, *, batch_size: int = 16,
+def run_probes(subject: Subject, settings: ProbesConfig, *, batch_size: int = default("eval.batch_size"),
                console: Console | None = None) -> dict[str, Any]:
     """Forgetting and bias probes, base vs tuned. Probe files are read (and checked) before any scoring."""
     from rich.progress import Progress

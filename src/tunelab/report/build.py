@@ -34,10 +34,15 @@ from .preference import preference_facts
 from .source import Run, is_evaluation, load_run, source_of, task_level
 
 
-def evaluations(run: Run) -> list[dict[str, Any]]:
-    """Every evaluation kept in the run, oldest first: what data, how many rows, tuned (and base) on its
-    main metric, and the interval, side by side."""
+def evaluations(run: Run, metrics: dict[str, Any], comp: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Every evaluation kept in the run, oldest first, after the run's own scores from training when the verdict
+    is about those: what data, how many rows, tuned (and base) on its main metric, and the interval."""
     out = []
+    if metrics["source"] and not is_evaluation(metrics["source"]) and comp is not None:
+        out.append({"name": "training", "source": metrics["source"], "data": metrics.get("data"),
+                    "task": "classification" if run.classification else run.task, "rows": comp.get("rows"),
+                    "metric": comp["metric"], "tuned": comp["tuned"], "base": comp["base"], "ci95": comp.get("ci95"),
+                    "headline": True})
     for name, ev in run.evaluations.items():
         model = ev.get("model") if isinstance(ev.get("model"), dict) else {}
         base = ev.get("base") if isinstance(ev.get("base"), dict) else {}
@@ -172,7 +177,7 @@ def build(run: Run) -> dict[str, Any]:
                     "tuned": {k: v for k, v in tuned_m.items() if k != "per_class"},
                     "base": {k: v for k, v in base_m.items() if k != "per_class"},
                     "weakest_classes": weakest(tuned_m, base_m)},
-        "evaluations": evaluations(run),
+        "evaluations": evaluations(run, metrics, comp),
         "confusion": conf, "examples": ex, "missing": missing, "probes": probes,
     }
 

@@ -318,7 +318,7 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         parts.append(f"<h2>{title}</h2>" + _preference_html(f, imgs))
     if not pref or f["metrics"]["tuned"]:
         parts.append("<h2>Task metrics</h2>" + _metrics_html(f))
-    if len(f.get("evaluations") or []) > 1 or (f.get("evaluations") and pref):
+    if any(not e["headline"] for e in f.get("evaluations") or []):  # more than what the verdict already shows
         parts.append("<h2>Evaluations</h2>" + _evaluations_html(f["evaluations"]))
     if f["classification"]:
         parts.append("<h2>Confusion matrix</h2>")

@@ -9,12 +9,11 @@ and TRL's prompt/chosen/rejected.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import atomic
 from .store import Store
 
 
@@ -83,10 +82,6 @@ def write(exported: Exported, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, rows in (("sft.jsonl", exported.sft), ("preference.jsonl", exported.pairs)):
-        fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, out / name)
-        paths[name] = out / name
+        paths[name] = atomic.write_text(out / name, "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                                            for row in rows))
     return paths

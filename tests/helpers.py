@@ -1,0 +1,307 @@
+"""What the tests share: a tiny random-weight model built in the test, tiny data files, the CLI (in this process
+or as a real one), run-directory readers and report checks. Test modules import from here, never from each
+other."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import csv
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHATML = (
+    "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+    "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CORPUS = [
+    "the quick brown fox jumps over the lazy dog",
+    "my card has not arrived yet where is it",
+    "how do I reset my password please help",
+    "the capital of France is Paris and of Italy is Rome",
+    "card arrival lost or stolen card exchange rate top up",
+    "hello world this is a tiny tokenizer for tests 0123456789",
+    "user assistant system tool you are a helpful assistant",
+] * 20
+CLI_ENV = {"COLUMNS": "400", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def build_tiny_model(path: Path, *, seed: int = 0, init_std: float = 0.02) -> Path:
+    """Write a 2-layer llama (hidden 64) and a byte-level BPE tokenizer with a ChatML template.
+
+    At the usual init_std the model repeats one token; 0.2 makes greedy answers differ by prompt."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(CORPUS, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    tok.save_pretrained(path)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True, initializer_range=init_std)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+# --- the CLI ---------------------------------------------------------------------------------------
+
+@dataclass
+class CliResult:
+    """What a `tunelab` command did: as subprocess.CompletedProcess names it."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@contextlib.contextmanager
+def _inside(cwd: Path, env: dict[str, str | None]) -> Iterator[None]:
+    """cwd and environment variables (None: unset) for the length of a command; the user modules it imported
+    from cwd (e.g. rl.rewards module:function) are forgotten after it, as they would be with its process."""
+    old_cwd, old_env, old_path = os.getcwd(), {k: os.environ.get(k) for k in env}, list(sys.path)
+    old_modules = set(sys.modules)
+    os.chdir(cwd)
+    for k, v in env.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        here = str(Path(cwd).resolve())
+        for name in set(sys.modules) - old_modules:
+            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(here):
+                del sys.modules[name]
+        sys.path[:] = old_path
+        os.chdir(old_cwd)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def tunelab_cli(*args: str | Path, cwd: Path, timeout: float = 180, input: str | None = None,
+                env: dict[str, str | None] | None = None) -> CliResult:
+    """`tunelab ARGS` run in this process (typer's CliRunner): the same command code, exit codes and output,
+    without paying for a new Python and torch import each time. `timeout` is for tunelab_process's signature;
+    env: variables to set (None: unset) while the command runs."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import app
+
+    with _inside(cwd, CLI_ENV | (env or {})):
+        r = CliRunner().invoke(app, [str(a) for a in args], input=input)
+    stderr = r.stderr
+    if r.exception is not None and not isinstance(r.exception, SystemExit):  # as a process would print it
+        stderr += "".join(traceback.format_exception(r.exception))
+    return CliResult(r.exit_code, r.stdout, stderr)
+
+
+def tunelab_process(*args: str | Path, cwd: Path, timeout: float = 180,
+                    input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`tunelab ARGS` as a real process: for the smoke tests of the installed command, and for signals."""
+    return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *map(str, args)], cwd=cwd,
+                          env=os.environ | CLI_ENV, capture_output=True, text=True, timeout=timeout, input=input)
+
+
+# --- data ------------------------------------------------------------------------------------------
+
+CHATS = [
+    ("hello", "the quick brown fox jumps over the lazy dog"),
+    ("where is my card", "my card has not arrived yet"),
+    ("how do I reset my password", "reset it from the app please"),
+    ("what is the capital of France", "the capital of France is Paris"),
+    ("and of Italy", "the capital of Italy is Rome"),
+]
+LABELED = [
+    ("my card has not arrived yet", "card_arrival"), ("where is my card", "card_arrival"),
+    ("card arrival please help", "card_arrival"), ("has my card arrived", "card_arrival"),
+    ("how do I reset my password", "password_reset"), ("reset my password please", "password_reset"),
+    ("password reset help", "password_reset"), ("I need to reset the password", "password_reset"),
+    ("my card is lost or stolen", "lost_or_stolen_card"), ("lost card", "lost_or_stolen_card"),
+    ("stolen card help", "lost_or_stolen_card"), ("I lost my card", "lost_or_stolen_card"),
+    ("exchange rate for my top up", "exchange_rate"), ("what is the exchange rate", "exchange_rate"),
+    ("top up exchange rate", "exchange_rate"), ("exchange rate please", "exchange_rate"),
+]
+
+
+def chat_line(user: str, reply: str) -> str:
+    msgs = [{"role": "user", "content": user}, {"role": "assistant", "content": reply}]
+    return json.dumps({"messages": msgs})
+
+
+def write_chat(path: Path, n: int = 20) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(chat_line(*CHATS[i % len(CHATS)]) + "\n" for i in range(n)))
+    return path
+
+
+def write_labeled(path: Path) -> Path:
+    """LABELED as a banking77-style CSV (text, category)."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "category"])
+        w.writerows(LABELED)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    """One line per row: a dict as JSON, a string as it is (for broken lines)."""
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2))
+
+
+# --- runs ------------------------------------------------------------------------------------------
+
+def config(tiny_model: Path, tmp_path: Path, name: str, data: Path, *overrides: str) -> Any:
+    """A quick run's config on the tiny model: no validation split, one thread, no probes (unless overridden)."""
+    import tunelab
+
+    return tunelab.load_config(None, [
+        f"name={name}", f"output_dir={tmp_path / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
+        "data.val_fraction=0", "train.threads=1", "eval.probes.enabled=false", *overrides])
+
+
+def metrics(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines() if ln.strip()]
+
+
+def step_losses(run: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in metrics(run) if "loss" in r}
+
+
+# --- the report ------------------------------------------------------------------------------------
+
+IMG = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
+
+
+def images(page: str) -> list[bytes]:
+    return [base64.b64decode(m) for m in IMG.findall(page)]
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", png[16:24])
+
+
+def self_contained(page: str) -> None:
+    assert not re.search(r'(src|href)\s*=\s*["\']?\s*(https?:)?//', page, re.I)
+    assert "<script" not in page.lower() and "<link" not in page.lower()
+
+
+# --- the loss on the tiny model --------------------------------------------------------------------
+
+CONVERSATIONS = [
+    ("hello", "the quick brown fox jumps over the lazy dog"),
+    ("where is my card", "my card has not arrived yet"),
+    ("how do I reset my password", "reset it from the app please"),
+    ("what is the capital of France", "Paris"),
+]
+
+
+def conversation_rows(tokenizer: Any) -> list[dict[str, Any]]:
+    """Rows of different lengths, loss on the assistant reply only (prompt tokens carry IGNORE)."""
+    from tunelab.data.records import Record
+    from tunelab.data.templates import encode_record
+
+    out = []
+    for user, reply in CONVERSATIONS:
+        rec = Record("t:1", "chat", messages=[{"role": "user", "content": user},
+                                              {"role": "assistant", "content": reply}])
+        enc = encode_record(rec, tokenizer)
+        out.append({"input_ids": enc.input_ids, "labels": enc.labels})
+    return out
+
+
+def tiny_base(tiny_model: Path) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model), dtype=torch.float32)
+    model.eval()  # no dropout anywhere: both paths must see the same function
+    return model
+
+
+def tiny_lora(tiny_model: Path) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    # init_lora_weights=False: B is random too, so that A and B both get non-zero gradients
+    cfg = LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules="all-linear",
+                     init_lora_weights=False, task_type="CAUSAL_LM")
+    model = get_peft_model(tiny_base(tiny_model), cfg)
+    model.eval()
+    return model
+
+
+def loss_and_grads(model: Any, batches: list[Any], num_items: Any,
+                   label_only: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    from tunelab.training.trainer import causal_lm_loss
+
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for batch in batches:
+        loss = causal_lm_loss(model, batch, num_items, label_only)
+        loss.backward()
+        total += loss.item()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()
+             if p.requires_grad and p.grad is not None}
+    return total, grads
+
+
+def assert_grads_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys() and a
+    nonzero = 0
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
+        nonzero += bool(a[name].abs().sum() > 0)
+    assert nonzero >= len(a) // 2, "most trainable tensors should get a gradient"
+
+
+def label_tokens(batch: dict[str, torch.Tensor]) -> int:
+    from tunelab.data.templates import IGNORE
+
+    return int((batch["labels"][:, 1:] != IGNORE).sum())
+
+
+def train_conversations(tiny_model: Path, tmp_path: Path, name: str, *extra: str) -> list[dict[str, Any]]:
+    """Train on CONVERSATIONS with a constant rate and no dropout, no probes; the logged training-loss rows."""
+    import tunelab
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(chat_line(u, a) for u, a in CONVERSATIONS) + "\n")
+    cfg = tunelab.load_config(None, [
+        f"name={name}", f"output_dir={tmp_path / 'runs'}", f"model.base={tiny_model}", f"data.train={data}",
+        "data.val_fraction=0", "peft.dropout=0", "train.group_by_length=false", "train.warmup_ratio=0",
+        "train.learning_rate=1e-2", "train.lr_scheduler=constant", "train.threads=1", "model.precision=fp32",
+        "eval.probes.enabled=false", *extra])
+    result = tunelab.train(cfg)
+    assert result.status == "completed"
+    return [row for row in metrics(result.run_dir) if "loss" in row]
