@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 
@@ -79,28 +80,20 @@ class CliResult:
 def _inside(cwd: Path, env: dict[str, str | None]) -> Iterator[None]:
     """cwd and environment variables (None: unset) for the length of a command; the user modules it imported
     from cwd (e.g. rl.rewards module:function) are forgotten after it, as they would be with its process."""
-    old_cwd, old_env, old_path = os.getcwd(), {k: os.environ.get(k) for k in env}, list(sys.path)
-    old_modules = set(sys.modules)
-    os.chdir(cwd)
-    for k, v in env.items():
-        if v is None:
+    old_cwd, old_path, old_modules = os.getcwd(), list(sys.path), set(sys.modules)
+    with mock.patch.dict(os.environ, {k: v for k, v in env.items() if v is not None}):
+        for k in (k for k, v in env.items() if v is None):
             os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-    try:
-        yield
-    finally:
-        here = str(Path(cwd).resolve())
-        for name in set(sys.modules) - old_modules:
-            if str(getattr(sys.modules[name], "__file__", None) or "").startswith(here):
-                del sys.modules[name]
-        sys.path[:] = old_path
-        os.chdir(old_cwd)
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        os.chdir(cwd)
+        try:
+            yield
+        finally:
+            here = str(Path(cwd).resolve())
+            for name in set(sys.modules) - old_modules:
+                if str(getattr(sys.modules[name], "__file__", None) or "").startswith(here):
+                    del sys.modules[name]
+            sys.path[:] = old_path
+            os.chdir(old_cwd)
 
 
 def tunelab_cli(*args: str | Path, cwd: Path, timeout: float = 180, input: str | None = None,

@@ -143,7 +143,9 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
                               max_new_tokens=max_new_tokens, max_length=max_length, batch_size=batch_size,
                               console=console)
     if lm.resolved.run is not None:  # kept beside the run's other evaluations, named after the data
-        RunDir(lm.resolved.run).write_evaluation(result)
+        kept = RunDir(lm.resolved.run).write_evaluation(result)
+        console.print(f"Kept in {kept}; `tunelab report {lm.resolved.run}` shows it beside the run's other "
+                      "evaluations", highlight=False)
     return result
 
 
