@@ -24,7 +24,7 @@ from typing import Any
 from quality_common import SHARED, machine, save
 
 from tunelab.config import load_config
-from tunelab.recipes.grpo import run
+from tunelab.recipes.dispatch import run
 
 SYSTEM = "Solve the math problem step by step. End with a final line of the form '#### <number>'."
 

@@ -90,7 +90,8 @@ def _inside(cwd: Path, env: dict[str, str | None]) -> Iterator[None]:
         finally:
             here = str(Path(cwd).resolve())
             for name in set(sys.modules) - old_modules:
-                if str(getattr(sys.modules[name], "__file__", None) or "").startswith(here):
+                where = getattr(sys.modules[name], "__file__", None)
+                if where and str(Path(where).resolve()).startswith(here):
                     del sys.modules[name]
             sys.path[:] = old_path
             os.chdir(old_cwd)

@@ -1,7 +1,7 @@
 """The base class of every error a user can fix: bad config, data, model reference or run directory.
 
 The CLI catches this one class and prints its message (which says where and what to do) instead of a
-traceback; the server and the jobs service turn it into a 400 with the same message."""
+traceback."""
 
 
 class TunelabError(Exception):

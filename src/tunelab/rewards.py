@@ -7,7 +7,6 @@ Completions are plain strings, or [{"role": "assistant", "content": ...}] for ch
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import re
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
-from .runs import RunDir
+from .runs import RunDir, layout
 
 RewardFunc = Callable[..., list[float]]
 
@@ -44,16 +43,6 @@ def _answers(kwargs: dict[str, Any], n: int) -> list[str | None]:
     return list(answers) if answers is not None else [None] * n
 
 
-def _same_number(a: str | None, b: str | None) -> bool:
-    """'72' == '72.0' == '72.00'; None (no number) never matches."""
-    if a is None or b is None:
-        return False
-    try:
-        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-9)
-    except ValueError:
-        return a == b
-
-
 def exact(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
     """1 when the completion, stripped, is the reference answer, stripped."""
     return [float(a is not None and text_of(c).strip() == str(a).strip())
@@ -62,9 +51,9 @@ def exact(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[flo
 
 def numeric(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
     """1 when the completion's final number (after '####', else the last one) equals the answer's."""
-    from .data.preference import final_number
+    from .eval.metrics import same_final_number
 
-    return [float(a is not None and _same_number(final_number(text_of(c)), final_number(str(a))))
+    return [float(a is not None and same_final_number(text_of(c), str(a)))
             for c, a in zip(completions, _answers(kwargs, len(completions)), strict=True)]
 
 
@@ -134,6 +123,9 @@ def _check_reward_run(p: Path) -> None:
     if method != "reward":
         raise ConfigError(f"rl.rewards: {p} is a method: {method} run, not a reward model; train one with "
                           "method: reward")
+    if run.labels() != ["reward"]:  # the one-output head a reward run saves with its adapter
+        raise ConfigError(f"rl.rewards: {p} has no reward head (its {layout.LABELS} is missing or is not "
+                          '["reward"]): the run is incomplete or not a tunelab reward model')
 
 
 def check(specs: list[str]) -> None:

@@ -1,8 +1,5 @@
-"""`tunelab data check` as a user runs it: the tiny model's tokenizer, exit codes, output.
-
-Files are passed by relative path (cwd is the test's directory) so that each `file:line` fits on one
-line of the 80-column console rich falls back to when stderr is not a terminal.
-"""
+"""`tunelab data check` as a user runs it: the tiny model's tokenizer, exit codes, output. Files are passed by
+relative path (cwd is the test's directory), as a user types them."""
 
 from __future__ import annotations
 
@@ -19,7 +16,7 @@ REPORT_KEYS = {"rows", "valid_rows", "errors", "duplicates", "prompt_tokens", "c
 
 
 def run_check(cwd: Path, model: Path, *args: str) -> CliResult:
-    return tunelab_cli("data", "check", *args, "--model", str(model), cwd=cwd, env={"NO_COLOR": "1"})
+    return tunelab_cli("data", "check", *args, "--model", str(model), cwd=cwd)
 
 
 def flat(text: str) -> str:

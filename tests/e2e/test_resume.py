@@ -15,7 +15,7 @@ import yaml
 from transformers import TrainerCallback
 
 import tunelab
-from tests.helpers import tunelab_cli
+from tests.helpers import tunelab_cli, tunelab_process
 from tunelab.models.load import ModelError
 from tunelab.recipes import dispatch
 from tunelab.runs import RunDirError
@@ -63,7 +63,6 @@ def write_config(workdir: Path, tiny_model: Path, name: str) -> Path:
         "peft": {"dropout": 0.1},  # dropout on, so that its RNG must be restored too
         "train": {"max_steps": STEPS, "save_every": 3, "batch_size": 2, "learning_rate": 1e-2,
                   "log_every": 1, "threads": 1},
-        "eval": {"probes": {"enabled": False}},
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -108,7 +107,9 @@ def test_interrupt_then_resume_reproduces(workdir: Path, tiny_model: Path, refer
         s = json.loads((run / "summary.json").read_text()) | {"status": "failed"}
         (run / "summary.json").write_text(json.dumps(s))
 
-    r = tunelab_cli("train", cfg_path, "--resume", cwd=workdir)
+    # after a crash the resume is a new process, as it would be; the others resume in this one
+    resume = tunelab_process if case.startswith("crash") else tunelab_cli
+    r = resume("train", cfg_path, "--resume", cwd=workdir)
     assert r.returncode == 0, r.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == STEPS
@@ -126,3 +127,28 @@ def test_resume_of_unknown_run_is_a_clear_error(workdir: Path, tiny_model: Path)
     with pytest.raises(RunDirError, match="nothing to resume"):
         dispatch.run(cfg, resume=True)
     assert not (workdir / "runs" / "never-started").exists()
+
+
+def test_ctrl_c_after_the_model_is_saved(workdir: Path, tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C during the probes stops them, not the finished run; during the scoring after training the run is
+    interrupted (not failed), and --resume finishes it."""
+    import tunelab.probes.run as probes
+    import tunelab.recipes.sft as sft
+
+    def ctrl_c(*args: Any, **kwargs: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(probes, "run_probes", ctrl_c)
+    result = dispatch.run(tunelab.load_config(str(write_config(workdir, tiny_model, "C-probes"))))
+    assert result.status == "completed" and not (result.run_dir / "probes.json").exists()
+    events = [json.loads(x)["message"] for x in (result.run_dir / "events.jsonl").read_text().splitlines()]
+    assert "Probes stopped" in events
+
+    monkeypatch.setattr(sft, "_score_generation", ctrl_c)
+    cfg = tunelab.load_config(str(write_config(workdir, tiny_model, "C-scoring")),
+                              ["data.val_fraction=0.2", "train.eval_every=3"])
+    result = dispatch.run(cfg)
+    assert result.status == "interrupted" and json.loads((result.run_dir / "summary.json").read_text())[
+        "status"] == "interrupted"
+    monkeypatch.undo()
+    assert dispatch.run(cfg, resume=True).status == "completed"

@@ -474,7 +474,7 @@ def test_cli_on_a_trained_run(tiny_model: Path, tmp_path: Path) -> None:
 
     from tests.helpers import tunelab_cli
 
-    # the real command, as a user runs it
+    # the command's own code: options, exit code and output
     r = tunelab_cli("export", run, "--format", "gguf", "--out", tmp_path / "g", "--quantize", "q8_0", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     file = tmp_path / "g" / "trained.q8_0.gguf"

@@ -162,3 +162,13 @@ def test_grpo_without_held_out_answers(tmp_path: Path) -> None:
     page, rep = report(run)
     assert rep["verdict"]["kind"] == "no_metrics" and "0.100" in rep["verdict"]["text"]
     assert "Online RL" in page
+
+
+def test_rl_answers_unmarked_by_an_earlier_version_are_scored_alike(tmp_path: Path) -> None:
+    summary = {"eval_rows": 40, "base_reward": 0.05, "tuned_reward": 0.5}
+    marked = gsm_predictions(40, 2, 20)
+    unmarked = [{k: v for k, v in p.items() if k not in ("correct", "base_correct")} for p in marked]
+    reps = [report(pref_run(tmp_path / name, "grpo", summary, [{"step": 1, "reward": 0.1}], preds))[1]
+            for name, preds in (("marked", marked), ("unmarked", unmarked))]
+    assert reps[0]["verdict"] == reps[1]["verdict"] and reps[0]["verdict"]["ci95"] is not None
+    assert reps[0]["examples"]["rows"] == reps[1]["examples"]["rows"]

@@ -111,3 +111,10 @@ def test_reward_model_run_scores_each_answer(tiny_model: Path, tmp_path: Path) -
     assert len(scores) == 2 and all(isinstance(s, float) for s in scores) and scores[0] != scores[1]
     # batched with padding or one at a time: the same score
     assert f(PROMPTS[:1], [chat("hello")])[0] == pytest.approx(scores[1], abs=1e-4)
+
+
+def test_a_reward_run_without_its_head_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("method: reward\n")
+    (tmp_path / "summary.json").write_text('{"status": "completed"}')
+    with pytest.raises(ConfigError, match="no reward head"):
+        rewards.check([str(tmp_path)])

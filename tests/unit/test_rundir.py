@@ -67,9 +67,15 @@ def test_evaluations_are_kept_side_by_side_named_after_their_data(tmp_path: Path
     run.write_evaluation({"data": "other/test.csv", "rows": 3})  # another file of the same name: its own
     run.write_evaluation({"data": "the validation split", "rows": 4}, name="validation")
     evals = run.evaluations()
-    assert list(evals) == ["eval", "test", "test-2", "validation"]
+    assert list(evals) == ["eval.json", "test", "test-2", "validation"]
     assert evals["test"]["rows"] == 12 and evals["test-2"]["data"] == "other/test.csv"
-    assert evals["eval"]["data"] == "old.csv"
+    assert evals["eval.json"]["data"] == "old.csv"
+    run.write_evaluation({"data": "eval.jsonl", "rows": 5})  # named like the old file: both kept, apart
+    (run.path / "evals" / "test-2.json").write_text("{damaged")  # a damaged evaluation doesn't stop a new one
+    assert run.write_evaluation({"data": "new.csv", "rows": 6}).name == "new.json"
+    assert run.write_evaluation({"data": "other/test.csv", "rows": 7}).name == "test-3.json"
+    with pytest.raises(RunDirError, match="test-2.json"):
+        run.evaluations()  # reading it whole does say which file is damaged
 
 
 def test_typed_readers(tmp_path: Path, tiny_model: Path) -> None:
@@ -109,3 +115,20 @@ def test_progress_and_events_seen_from_outside(tmp_path: Path) -> None:
     assert seen.events[1]["data"] == {"step": 3} and seen.events[1]["type"] == "checkpoint"
     assert [e["id"] for e in observe(run, events_after=1).events] == [2]
     assert Reporter(run)._next_id == 3  # a resumed run goes on numbering its events
+
+
+def test_a_run_trained_under_looser_rules_still_reads_back(tmp_path: Path) -> None:
+    """A run's own config.yaml is read without the rules across fields: it trained as it was. A new run with the
+    same settings is refused."""
+    from tunelab.runs import RunDir
+    from tunelab.runs.directory import resume_config
+
+    d = _run(tmp_path, "old-dpo", "interrupted")
+    (d / "config.yaml").write_text(f"name: old-dpo\noutput_dir: {tmp_path}\nmethod: dpo\neval:\n  limit: 50\n")
+    cfg = RunDir(d).config()
+    assert cfg.method == "dpo" and cfg.eval.limit == 50
+    cfg.name = "renamed"  # assigning does not bring the rules back
+    resumed = resume_config(tunelab.load_config(None, ["name=old-dpo", f"output_dir={tmp_path}"]), [])
+    assert resumed.eval.limit == 50
+    with pytest.raises(tunelab.config.ConfigError, match="eval.limit is not used by method dpo"):
+        tunelab.load_config(d / "config.yaml")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -33,3 +34,11 @@ def user_errors() -> Iterator[None]:
     except (TunelabError, FileNotFoundError) as exc:
         console.print(f"[red bold]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
+
+
+def run_path(given: str | Path) -> Path:
+    """A run directory as the user names it: a path, or a run's name under ./runs."""
+    path = Path(given)
+    if not path.exists() and not path.is_absolute() and (Path("runs") / path).is_dir():
+        return Path("runs") / path
+    return path

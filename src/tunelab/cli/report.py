@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import typer
 
-from .common import console, out, user_errors
+from .common import console, out, run_path, user_errors
 
 
 def report_cmd(
@@ -16,9 +14,7 @@ def report_cmd(
     """Write report.html and report.json into the run directory and print the HTML file's path."""
     from ..report import write_report
 
-    path = Path(run)
-    if not path.exists() and not path.is_absolute() and (Path("runs") / run).is_dir():
-        path = Path("runs") / run
+    path = run_path(run)
     with user_errors():
         html_path, json_path = write_report(path)
     import json

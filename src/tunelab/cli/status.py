@@ -9,7 +9,7 @@ from pathlib import Path
 
 import typer
 
-from .common import console, out, user_errors
+from .common import console, out, run_path, user_errors
 
 
 def _line(o: object) -> str:
@@ -45,7 +45,7 @@ def _event(e: dict[str, object]) -> str:
 
 
 def status_cmd(
-    run: Path = typer.Argument(..., help="Run directory, e.g. runs/my-run."),
+    run: Path = typer.Argument(..., help="Run directory, e.g. runs/my-run (or a run name under ./runs)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep watching until the run ends."),
     as_json: bool = typer.Option(False, "--json", help="Print the status, progress and events as JSON."),
     events: int = typer.Option(10, "--events", help="How many of the latest events to show."),
@@ -54,7 +54,7 @@ def status_cmd(
     from ..runs import RunDir, RunDirError, observe
 
     with user_errors():
-        rd = RunDir(run)
+        rd = RunDir(run_path(run))
         if not rd.looks_like_run():
             raise RunDirError(f"{run}: not a tunelab run directory (give the folder `tunelab train` writes)")
         seen = observe(rd)

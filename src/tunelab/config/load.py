@@ -114,8 +114,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TunelabConfig:
-    """Read a YAML config (or start from defaults), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
+                rules: bool = True) -> TunelabConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate. rules=False skips the rules across
+    fields: for a run's own config read back, which trained as it was (even under an earlier tunelab)."""
     text, source, data = "", "<defaults>", {}
     if path is not None:
         p = Path(path)
@@ -132,7 +134,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{source}: the config must be a mapping of keys to values")
     data = apply_overrides(data, list(overrides or []))
     try:
-        cfg = TunelabConfig.model_validate(data)
+        cfg = TunelabConfig.model_validate(data, context={"rules": rules})
     except ValidationError as err:
         from_cli = {tuple(o.split("=", 1)[0].strip().split(".")): o for o in overrides or []}
         raise ConfigError(_explain(err, source, _key_lines(text), from_cli)) from None

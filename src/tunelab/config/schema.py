@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, model_validator
 from pydantic_core import PydanticCustomError
 
 from .base import Section
@@ -62,8 +62,14 @@ class TunelabConfig(Section):
     rl: RLConfig = Field(default_factory=RLConfig)
     """Online RL settings (method grpo, rloo)."""
 
+    _rules_off: bool = PrivateAttr(False)  # a run's own config, read back: it trained as it was (kept on assignment)
+
     @model_validator(mode="after")
-    def _rules_across_fields(self) -> TunelabConfig:
+    def _rules_across_fields(self, info: ValidationInfo) -> TunelabConfig:
+        if (info.context or {}).get("rules") is False:
+            self._rules_off = True
+        if self._rules_off:
+            return self
         found = problems(self)
         if found:  # one error carrying every problem with its key: the loader puts each at its file:line
             raise PydanticCustomError("config_rules", "; ".join(msg for _, msg in found), {"problems": found})
@@ -81,11 +87,12 @@ def default(key: str) -> Any:
 
 # --- rules across fields ---------------------------------------------------------------------------
 
-Problem = tuple[str, str]  # (dotted key, what is wrong and what to do)
+RuleProblem = tuple[str, str]  # (dotted key, what is wrong and what to do)
 
 PAIR_METHODS = ("dpo", "kto", "orpo", "cpo", "simpo")
 RL_METHODS = ("grpo", "rloo")
-GENERATION_MONITORS = ("token_f1", "rouge_l", "exact_match", "numeric_accuracy")
+REFERENCE_FREE = ("orpo", "cpo", "simpo")  # preference methods without a reference model
+GENERATION_MONITORS = ("token_f1", "rouge_l", "exact_match", "numeric_accuracy")  # task metrics of generated answers
 
 # Settings only some methods read: key -> (methods that read it, why the others don't).
 ONLY_FOR: dict[str, tuple[tuple[str, ...], str]] = {
@@ -134,7 +141,7 @@ def _changed(value: Any, default: Any) -> list[str]:
     return [""] if value != default else []
 
 
-def unused_by_method(cfg: TunelabConfig) -> list[Problem]:
+def unused_by_method(cfg: TunelabConfig) -> list[RuleProblem]:
     out = []
     for key, (methods, why) in ONLY_FOR.items():
         if cfg.method in methods:
@@ -152,7 +159,7 @@ def has_validation(cfg: TunelabConfig) -> bool:
     return cfg.data.validation is not None or cfg.data.val_fraction > 0
 
 
-def combinations(cfg: TunelabConfig) -> list[Problem]:
+def combinations(cfg: TunelabConfig) -> list[RuleProblem]:
     t, out = cfg.train, []
     val = has_validation(cfg) and cfg.method not in RL_METHODS  # RL scores held-out prompts after training only
     if val and t.save_every and not t.eval_every:
@@ -186,5 +193,5 @@ def combinations(cfg: TunelabConfig) -> list[Problem]:
     return out
 
 
-def problems(cfg: TunelabConfig) -> list[Problem]:
+def problems(cfg: TunelabConfig) -> list[RuleProblem]:
     return unused_by_method(cfg) + combinations(cfg)

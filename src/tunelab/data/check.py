@@ -15,10 +15,10 @@ def _tokenizer_and_speed(model: str | None) -> tuple[Any, float | None]:
     from transformers import AutoConfig
 
     from ..device import estimate_tokens_per_second
-    from ..models.load import load_tokenizer, resolve
+    from ..models.load import load_tokenizer, resolve, tokenizer_path
 
     res = resolve(model)
-    tokenizer = load_tokenizer(str(res.run / "tokenizer") if res.run else res.path)
+    tokenizer = load_tokenizer(tokenizer_path(res))
     cfg = AutoConfig.from_pretrained(res.path)
     h, n_layers = getattr(cfg, "hidden_size", 0), getattr(cfg, "num_hidden_layers", 0)
     n_params = 12 * n_layers * h * h  # non-embedding parameters, the standard estimate

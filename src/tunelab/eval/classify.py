@@ -8,7 +8,10 @@ from typing import Any
 
 import torch
 
+from ..config import default
 from ..data.templates import IGNORE, classification_messages
+
+BATCH_SIZE: int = default("eval.batch_size")
 
 
 @contextlib.contextmanager
@@ -48,7 +51,7 @@ def _trie(seqs: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
 @torch.no_grad()
 def predict_generate(
     model: Any, tokenizer: Any, texts: list[str], labels: list[str], display: list[str],
-    system_prompt: str | None, batch_size: int = 16, bf16: bool = False,
+    system_prompt: str | None, batch_size: int = BATCH_SIZE, bf16: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy answers restricted, token by token, to the label set."""
@@ -84,7 +87,7 @@ def predict_generate(
 
 @torch.no_grad()
 def predict_head(
-    model: Any, tokenizer: Any, texts: list[str], labels: list[str], batch_size: int = 32, bf16: bool = False,
+    model: Any, tokenizer: Any, texts: list[str], labels: list[str], batch_size: int = BATCH_SIZE, bf16: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Argmax of a sequence-classification head."""

@@ -25,13 +25,12 @@ from ..models.load import LoadedModel, ModelError, load
 from ..runs import RunDir
 from ..training.collate import PadCollator
 from ..training.trainer import causal_lm_loss
-from .classify import predict_generate, predict_head
+from .classify import BATCH_SIZE, predict_generate, predict_head
 from .metrics import bootstrap_diff, classification_metrics, generation_metrics, per_example_generation
 from .scoring import generate_answers
 
 N_EXAMPLES = 12
 MAX_NEW_TOKENS: int = default("eval.max_new_tokens")
-BATCH_SIZE: int = default("eval.batch_size")
 
 
 @dataclass

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections import Counter
 from typing import Any
-
-NUMBER = re.compile(r"-?\d[\d,]*\.?\d*")
 
 
 def classification_metrics(gold: list[str], pred: list[str], labels: list[str]) -> dict[str, Any]:
@@ -43,15 +42,19 @@ def token_f1(reference: str, prediction: str) -> float:
 
 
 def final_number(text: str) -> float | None:
-    """The answer of a GSM8K-style text: the number after '####', else the last number."""
-    tail = text.split("####")[-1] if "####" in text else text
-    found = NUMBER.findall(tail)
-    if not found:
-        return None
-    try:
-        return float(found[-1 if "####" not in text else 0].replace(",", "").rstrip("."))
-    except ValueError:
-        return None
+    """The answer of a GSM8K-style text: the number after '####', else the last number (as the data layer
+    reads reference answers)."""
+    from ..data.preference import final_number as written
+
+    num = written(text)
+    return float(num) if num is not None else None
+
+
+def same_final_number(prediction: str, reference: str) -> bool:
+    """Whether a prediction ends in the reference's number ('72' == '72.0'); no number never matches. What the
+    `numeric` RL reward and numeric accuracy count as right."""
+    a, b = final_number(prediction), final_number(reference)
+    return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def per_example_generation(reference: str, prediction: str) -> dict[str, float]:
@@ -61,9 +64,8 @@ def per_example_generation(reference: str, prediction: str) -> dict[str, float]:
     out = {"exact_match": float(normalize_answer(reference) == normalize_answer(prediction)),
            "token_f1": token_f1(reference, prediction),
            "rouge_l": scorer.score(reference, prediction)["rougeL"].fmeasure}
-    ref_num = final_number(reference) if "####" in reference else None
-    if ref_num is not None:
-        out["numeric_correct"] = float(final_number(prediction) == ref_num)
+    if "####" in reference and final_number(reference) is not None:
+        out["numeric_correct"] = float(same_final_number(prediction, reference))
     return out
 
 

@@ -9,7 +9,7 @@ import torch
 from ..data.records import Message, Record
 from ..data.templates import IGNORE, encode_record
 from ..training.collate import PadCollator
-from .classify import left_padding
+from .classify import BATCH_SIZE, left_padding
 
 Prompt = str | list[Message]  # raw text, or a conversation to continue as the assistant
 
@@ -20,7 +20,7 @@ def _device(model: Any) -> torch.device:
 
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int,
-                     batch_size: int = 16) -> list[str]:
+                     batch_size: int = BATCH_SIZE) -> list[str]:
     """Greedy answers, batched with left padding."""
     dev = _device(model)
     out: list[str] = []
@@ -40,7 +40,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_
 
 @torch.no_grad()
 def reference_logprobs(model: Any, tokenizer: Any, prompts: list[list[Message]], references: list[str],
-                       batch_size: int = 16) -> list[float]:
+                       batch_size: int = BATCH_SIZE) -> list[float]:
     """Mean log-probability per token of each reference reply, given its conversation."""
     rows = []
     for p, ref in zip(prompts, references, strict=True):

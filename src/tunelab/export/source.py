@@ -27,7 +27,7 @@ class Source:
     config: TunelabConfig | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     data_report: dict[str, Any] | None = None
-    eval: dict[str, Any] | None = None  # the newest evaluation that compares tuned with base (else the newest)
+    eval: dict[str, Any] | None = None  # the evaluation the run's report is about
     labels: list[str] | None = None  # classification-head runs
 
     @property
@@ -62,9 +62,10 @@ class Source:
 
 
 def _main_evaluation(run: RunDir) -> dict[str, Any] | None:
-    evals = list(run.evaluations().values())
-    compared = [e for e in evals if isinstance(e.get("comparison"), dict)]
-    return (compared or evals or [None])[-1]
+    """The evaluation the run's report is about (report.source.headline_evaluation), so card and report agree."""
+    from ..report import load_run
+
+    return load_run(run.path).eval
 
 
 def source(ref: str) -> Source:

@@ -43,10 +43,6 @@ class ModelRef:
         return self.adapters[-1] if self.adapters else None
 
 
-def is_run_dir(p: Path) -> bool:
-    return RunDir(p).is_run()
-
-
 def _hub_reachable(timeout: float = 3.0) -> bool:
     """Whether the hub answers on 443 within `timeout` seconds in all. Socket timeouts don't cover name
     resolution (a resolver that never answers blocks for its own timeouts, tens of seconds), so the

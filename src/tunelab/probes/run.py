@@ -118,7 +118,7 @@ def summary_line(result: dict[str, Any]) -> str:
     return "Probes: " + ", ".join(parts)
 
 
-def subject_for(lm: Any, *, bf16: bool = False) -> Subject:
+def subject_for(lm: Any, *, bf16: bool = False, batch_size: int = default("eval.batch_size")) -> Subject:
     """What to probe in a loaded run or model (`tunelab probe`, and a run that has just trained): its labels,
     system prompt and base as it was trained. bf16: classify under bf16 autocast, as training scored it."""
     from ..data.templates import label_display, trained_system_prompt
@@ -130,7 +130,7 @@ def subject_for(lm: Any, *, bf16: bool = False) -> Subject:
     labels = lm.labels
     if labels:
         def classify(m: Any, texts: list[str]) -> list[str]:
-            return predict_head(m, tok, texts, labels, bf16=bf16)
+            return predict_head(m, tok, texts, labels, batch_size, bf16)
 
         return Subject(lm.model, tok, classify=classify, generative=False)
     base_model = None
@@ -144,7 +144,7 @@ def subject_for(lm: Any, *, bf16: bool = False) -> Subject:
         shown = label_display(all_labels, cfg.classification.humanize_labels)
 
         def generate_label(m: Any, texts: list[str]) -> list[str]:
-            return predict_generate(m, tok, texts, all_labels, shown, prompt, bf16=bf16)
+            return predict_generate(m, tok, texts, all_labels, shown, prompt, batch_size, bf16)
 
         return Subject(lm.model, tok, classify=generate_label, base_model=base_model)
     return Subject(lm.model, tok, system_prompt=prompt, base_model=base_model)

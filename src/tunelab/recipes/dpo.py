@@ -10,6 +10,7 @@ import math
 from typing import Any
 
 from ..config import TunelabConfig
+from ..config.schema import REFERENCE_FREE
 from ..models.load import starting_model
 from ..training.setup import wrap_model
 from ..training.trl_common import SeenTokens, conversational, eval_metrics, final_eval, pair_lengths, quiet, trl_kwargs
@@ -18,7 +19,7 @@ from .pairs import prepare_pairs
 
 
 def prepare(start: Start) -> Prepared:
-    return prepare_pairs(start.cfg, probed=True)
+    return prepare_pairs(start.cfg)
 
 
 def _dataset(cfg: TunelabConfig, pairs: list[Any]) -> Any:
@@ -80,9 +81,9 @@ def train(session: Session, prepared: Prepared) -> Any:
     summary = session.summary
     summary.update(method=cfg.method, task="chat", base_model=cfg.model.base, train_pairs=len(train_pairs),
                    validation_pairs=len(val), precision=session.precision)
-    if val and cfg.method in ("orpo", "cpo", "simpo") and cfg.eval.compare_base and not session.resume:
+    if val and cfg.method in REFERENCE_FREE and cfg.eval.compare_base and not session.resume:
         # no reference model: the starting model already ranks pairs by its own likelihood; that is the baseline
-        session.phase("scoring base")
+        session.phase("scoring base model")
         base_acc = eval_metrics(trainer.evaluate()).get("eval_rewards_accuracies")
         if base_acc is not None and not math.isnan(base_acc):
             summary["base_preference_accuracy"] = base_acc

@@ -32,10 +32,13 @@ class Prompts:
     reward_funcs: list[Any]
 
 
+def check(cfg: TunelabConfig) -> None:
+    rewards.check(cfg.rl.rewards)  # a typo in rl.rewards fails before any loading
+
+
 def prepare(start: Start) -> Prepared:
     """Prompts and reward functions; user modules and reward models load here, before the run opens."""
     cfg = start.cfg
-    rewards.check(cfg.rl.rewards)  # a typo in rl.rewards fails before any loading
     train, val, skipped, report = _prompts(cfg, start.tokenizer)
     return Prepared(Prompts(train, val, rewards.build(cfg.rl.rewards, start.tokenizer)), report, skipped)
 
@@ -174,7 +177,7 @@ def train(session: Session, prepared: Prepared) -> Any:
                    precision=session.precision)
     if scored and not session.resume:
         t0 = time.perf_counter()
-        session.phase("scoring base", len(scored))
+        session.phase("scoring base model")
         base_scores, base_answers = _score(model, tokenizer, scored, cfg)
         summary["base_reward"] = _mean(base_scores)
         run.write_base_predictions(base_answers)  # kept for the paired comparison, also on --resume
@@ -217,7 +220,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     session.save(trainer.model)
     if scored:
         t0 = time.perf_counter()
-        session.phase("scoring tuned model", len(scored))
+        session.phase("scoring tuned model")
         merged = lora and hasattr(trainer.model, "merge_adapter")
         if merged:  # saved already: fold the adapter in for scoring, unmerged LoRA generates far slower on a CPU
             trainer.model.merge_adapter()

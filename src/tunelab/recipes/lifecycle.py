@@ -13,6 +13,7 @@ what the run is doing to any other process watching it. A method's module keeps 
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from rich.console import Console
 from ..config import ConfigError, TunelabConfig
 from ..data.records import DataError, Problem
 from ..models.load import LoadedModel, ModelRef, load_tokenizer, resolve, tokenizer_path
-from ..runs import Reporter, RunDir, RunResult, open_run
+from ..runs import Reporter, RunDir, RunResult, checkpoint_step, open_run
 from ..training import auto
 from ..training.auto import Hyperparams
 from ..training.callbacks import GracefulInterrupt, MetricsLogger, RichProgress, RunProgress, TokenCounter
@@ -47,11 +48,11 @@ class Prepared:
     data: Any  # the method's own: rows, pairs or prompts, its task...
     report: dict[str, Any]  # data_report.json
     skipped: list[Problem] = field(default_factory=list)  # bad rows left out (data.on_error: skip)
-    probed: Literal["generative", "classifier"] | None = "generative"  # what the probes will ask; None: no probes
 
 
 class Recipe(Protocol):
-    """A method's module (recipes/sft.py, dpo.py, reward.py, grpo.py)."""
+    """A method's module (recipes/sft.py, dpo.py, reward.py, grpo.py). It may also define check(cfg): cheap
+    checks of its own settings, run before any model or data is loaded."""
 
     def prepare(self, start: Start) -> Prepared: ...
 
@@ -106,7 +107,7 @@ class Session:
     def callbacks(self, *extra: Any) -> list[Any]:
         """metrics.jsonl, the console bar, progress.json and a clean Ctrl-C, plus the method's own."""
         self._interrupt = GracefulInterrupt(self.console)
-        return [*extra, MetricsLogger(self.run.metrics_path, self.counter), RichProgress(self.counter, self.console),
+        return [*extra, MetricsLogger(self.run, self.counter), RichProgress(self.counter, self.console),
                 RunProgress(self.reporter, self.counter), self._interrupt, *self.extra_callbacks]
 
     def hyperparams(self, *, n_params: int, lengths: list[int], head: bool = False) -> Hyperparams:
@@ -128,13 +129,14 @@ class Session:
         checkpoint = self.run.last_checkpoint() if self.resume else None
         if self.resume and checkpoint is None:
             self.console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
-        self.run.trim_metrics(int(checkpoint.name.split("-")[-1]) if checkpoint else 0)
+        self.run.trim_metrics(checkpoint_step(checkpoint) if checkpoint else 0)
         t0 = time.perf_counter()
         out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         seconds = time.perf_counter() - t0
+        trained = self.counter.tokens - self.counter.at_start  # in this process: a resumed run's rate is its own
         self.summary.update(steps=trainer.state.global_step, train_loss=out.training_loss,
                             train_seconds=round(seconds, 1), tokens_seen=self.counter.tokens,
-                            tokens_per_s=round(self.counter.tokens / max(seconds, 1e-9), 1))
+                            tokens_per_s=round(trained / max(seconds, 1e-9), 1))
         if self._interrupt is not None and self._interrupt.requested:
             raise Interrupted(trainer.state.global_step)
         return out
@@ -187,6 +189,15 @@ def _start(cfg: TunelabConfig, console: Console) -> Start:
     return Start(cfg, base, tokenizer, auto.bf16(cfg), console)
 
 
+def probed(cfg: TunelabConfig) -> Literal["generative", "classifier"] | None:
+    """What the probes will ask of the trained model: answers, labels (a classification head), or nothing (a
+    reward model writes no answers, and probes switched off)."""
+    if not cfg.eval.probes.enabled or cfg.method == "reward":
+        return None
+    head = cfg.task == "classification" and cfg.classification.mode == "head"
+    return "classifier" if head else "generative"
+
+
 def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console: Console | None = None,
             callbacks: list[Any] | None = None) -> RunResult:
     console = console or Console(stderr=True)
@@ -194,36 +205,44 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
         import torch
 
         torch.set_num_threads(cfg.train.threads)
-    start = _start(cfg, console)
-    prepared = recipe.prepare(start)  # every data problem is found before anything is written
-    if cfg.eval.probes.enabled and prepared.probed:  # a bad probe file is found now, not after training
+    check = getattr(recipe, "check", None)
+    if check is not None:  # e.g. a typo in rl.rewards: found before anything loads
+        check(cfg)
+    kind = probed(cfg)
+    if kind:  # a bad probe file is found now, not after training
         from ..probes.run import probe_sets
 
-        probe_sets(cfg.eval.probes, generative=prepared.probed == "generative")
+        probe_sets(cfg.eval.probes, generative=kind == "generative")
+    start = _start(cfg, console)
+    prepared = recipe.prepare(start)  # every data problem is found before anything is written
     run = open_run(cfg, resume)
     reporter = Reporter(run)
     session = Session(run, start, resume, reporter, list(callbacks or []))
     reporter.event(f"Run {'resumed' if resume else 'started'}: method {cfg.method}, base {cfg.model.base}")
+    sigint = signal.getsignal(signal.SIGINT)
     try:
         skipped_file = run.write_data_report(prepared.report, prepared.skipped)
         if skipped_file:
             console.print(f"[yellow]Skipped {len(prepared.skipped)} bad row(s); see {skipped_file}[/]")
         model = recipe.train(session, prepared)
-        if model is not None and cfg.eval.probes.enabled and prepared.probed:
+        if model is not None and kind:
             run.set_status("running", **session.summary)  # the probes read the run's labels from its summary
             _probe(session, model)
         summary = run.set_status("completed", **session.summary)
-    except Interrupted as stop:
+    except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C: in training a checkpoint is saved first
         summary = run.set_status("interrupted", **session.summary)
-        reporter.event(f"Interrupted at step {stop}: continue with --resume", level="warn", kind="interrupted")
+        where = f"at step {stop}" if isinstance(stop, Interrupted) else f"while {reporter.state.get('phase')}"
+        reporter.event(f"Interrupted {where}: continue with --resume", level="warn", kind="interrupted")
         reporter.phase("interrupted")
-        console.print(f"[yellow]Stopped at step {stop}; continue with --resume[/]")
+        console.print(f"[yellow]Stopped {where}; continue with --resume[/]")
         return RunResult(run.path, "interrupted", summary)
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         run.set_status("failed", error=f"{type(exc).__name__}: {exc}")
         reporter.event(f"Failed: {type(exc).__name__}: {exc}", level="error", kind="failed")
         reporter.phase("failed")
         raise
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # the trainer's Ctrl-C handler never outlives the run
     reporter.event("Completed", kind="completed")
     reporter.phase("reporting")
     _report(run, console)
@@ -239,13 +258,15 @@ def _probe(session: Session, model: Any) -> None:
     session.phase("probing")
     model.eval()
     lm = LoadedModel(model, session.tokenizer, session.model_ref(), session.labels)
+    batch = session.cfg.eval.batch_size
     try:
-        result = run_probes(subject_for(lm, bf16=session.bf16), session.cfg.eval.probes,
-                            batch_size=session.cfg.eval.batch_size, console=session.console)
-    except Exception as exc:
-        session.console.print(f"[yellow]Probes failed ({type(exc).__name__}: {exc}); the run is complete without "
-                              f"them. Retry with `tunelab probe {session.run.path}`[/]")
-        session.event(f"Probes failed: {type(exc).__name__}: {exc}", level="warn")
+        result = run_probes(subject_for(lm, bf16=session.bf16, batch_size=batch), session.cfg.eval.probes,
+                            batch_size=batch, console=session.console)
+    except (Exception, KeyboardInterrupt) as exc:  # Ctrl-C here stops the probes, not the finished run
+        what = "stopped" if isinstance(exc, KeyboardInterrupt) else f"failed ({type(exc).__name__}: {exc})"
+        session.console.print(f"[yellow]Probes {what}; the run is complete without them. Retry with "
+                              f"`tunelab probe {session.run.path}`[/]")
+        session.event(f"Probes {what}", level="warn")
         return
     session.run.write_probes(result)
     session.console.print(summary_line(result) + f" ({result['seconds']:.0f} s)", highlight=False)

@@ -10,7 +10,7 @@ from ..data.split import sample_limit, split_validation
 from .lifecycle import Prepared
 
 
-def prepare_pairs(cfg: TunelabConfig, probed: bool) -> Prepared:
+def prepare_pairs(cfg: TunelabConfig) -> Prepared:
     """Training and validation pairs, every problem found before anything is written."""
     from ..data.preference import load_pairs
 
@@ -33,4 +33,4 @@ def prepare_pairs(cfg: TunelabConfig, probed: bool) -> Prepared:
     if not train:
         raise DataError([Problem(cfg.data.train, "no usable preference pairs")])
     report = {"format": formats, "train_pairs": len(train), "validation_pairs": len(val), "skipped": len(skipped)}
-    return Prepared((train, val), report, skipped, probed="generative" if probed else None)
+    return Prepared((train, val), report, skipped)

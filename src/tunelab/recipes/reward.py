@@ -17,7 +17,7 @@ LABELS = ["reward"]  # one score: the run loads as a 1-output head
 
 
 def prepare(start: Start) -> Prepared:
-    return prepare_pairs(start.cfg, probed=False)  # a reward model writes no answers: nothing to probe
+    return prepare_pairs(start.cfg)
 
 
 def train(session: Session, prepared: Prepared) -> None:
@@ -54,7 +54,7 @@ def train(session: Session, prepared: Prepared) -> None:
         console.print(f"[yellow]{dropped} training pair(s) are longer than model.max_length="
                       f"{cfg.model.max_length} tokens and were left out; raise model.max_length to keep them[/]")
     if val and cfg.eval.compare_base and not session.resume:  # an untrained head: what chance ranking gives
-        session.phase("scoring base")
+        session.phase("scoring base model")
         summary["base_pairwise_accuracy"] = eval_metrics(trainer.evaluate()).get("eval_accuracy")
     session.fit(trainer)
     session.save(trainer.model, labels=LABELS)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..config import ConfigError, TunelabConfig
+from ..config.schema import GENERATION_MONITORS
 from ..data.load import Loaded, load_records
 from ..data.records import DataError, Problem, RowError
 from ..data.report import DataReport, Example, encode_loaded
@@ -18,12 +19,11 @@ from ..data.split import overlap, sample_limit, split_validation
 from ..data.templates import Encoded, encode_record, label_display
 from ..eval.classify import predict_generate, predict_head
 from ..models.load import LoadedModel, starting_model
+from ..runs import checkpoint_step
 from ..training import auto
 from ..training.setup import training_arguments, wrap_model
 from ..training.trainer import TunelabTrainer
 from .lifecycle import Prepared, Session, Start
-
-GENERATION_METRICS = ("token_f1", "rouge_l", "exact_match", "numeric_accuracy")
 
 
 @dataclass
@@ -133,13 +133,12 @@ def prepare(start: Start) -> Prepared:
     # the config rules checked monitor against the task; whether the rows allow it is known only now
     if cfg.train.monitor == "accuracy" and not val_ex:
         raise ConfigError("train.monitor=accuracy needs validation rows: the validation split is empty")
-    if cfg.train.monitor in GENERATION_METRICS and not _generation_rows(val_ex):
+    if cfg.train.monitor in GENERATION_MONITORS and not _generation_rows(val_ex):
         raise ConfigError(f"train.monitor={cfg.train.monitor} scores generated answers: it needs a chat or "
                           "completion task with prompt/answer validation rows (data.validation or data.val_fraction)")
     report = rep.to_dict() | {"train_rows": len(train_ex), "validation_rows": len(val_ex),
                               "train_validation_overlap": n_overlap}
-    return Prepared(Rows(task, train_ex, val_ex, n_overlap), report, skipped,
-                    probed="classifier" if task.head else "generative")
+    return Prepared(Rows(task, train_ex, val_ex, n_overlap), report, skipped)
 
 
 # --- scoring ---------------------------------------------------------------------------------------
@@ -188,7 +187,7 @@ def _task_metric(tokenizer: Any, task: TaskLabels, val: list[Example], cfg: Tune
         prompts, refs = zip(*(prompt_and_reference(e.record) for e in rows), strict=True)
         preds = generate_answers(model, tokenizer, list(prompts), cfg.eval.max_new_tokens, cfg.eval.batch_size)
         scores = generation_metrics(list(refs), preds)
-        return {k: scores[k] for k in GENERATION_METRICS if k in scores}
+        return {k: scores[k] for k in GENERATION_MONITORS if k in scores}
 
     return accuracy if task.labels else generated
 
@@ -202,7 +201,7 @@ def _score_generation(session: Session, model: Any, rows: list[Example]) -> dict
     model.eval()
     lm = LoadedModel(model, session.tokenizer, session.model_ref())
     t0 = time.perf_counter()
-    session.phase("scoring tuned model", len(rows))
+    session.phase("scoring tuned model")
     session.console.print(f"Scoring generated answers on {len(rows)} validation rows")
     res = evaluate_records(lm, [e.record for e in rows], data_name="the validation split",
                            compare_base=cfg.eval.compare_base and hasattr(model, "disable_adapter"),
@@ -213,7 +212,7 @@ def _score_generation(session: Session, model: Any, rows: list[Example]) -> dict
     if comp:
         session.console.print(f"{comp['metric']}: base {comp['base']:.3f} -> tuned [bold]{comp['tuned']:.3f}[/] "
                               f"({time.perf_counter() - t0:.0f} s)")
-    return {"eval_rows": len(rows)} | {f"tuned_{k}": res["model"][k] for k in GENERATION_METRICS if k in res["model"]}
+    return {"eval_rows": len(rows)} | {f"tuned_{k}": res["model"][k] for k in GENERATION_MONITORS if k in res["model"]}
 
 
 # --- training --------------------------------------------------------------------------------------
@@ -279,7 +278,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     summary = session.summary
     if val_ex:  # the best checkpoint's evaluation is the final model's (load_best_model_at_end)
         best_ckpt = trainer.state.best_model_checkpoint
-        best_step = int(best_ckpt.rsplit("-", 1)[-1]) if best_ckpt else None
+        best_step = checkpoint_step(best_ckpt) if best_ckpt else None
         evals = [e for e in trainer.state.log_history if "eval_loss" in e]
         best_eval = next((e for e in evals if e.get("step") == best_step), evals[-1] if evals else None)
         summary["eval_loss"] = best_eval["eval_loss"] if best_eval else trainer.evaluate()["eval_loss"]

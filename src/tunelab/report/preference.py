@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..config.schema import PAIR_METHODS, RL_METHODS
-from ..eval.metrics import bootstrap_diff
+from ..config.schema import PAIR_METHODS, REFERENCE_FREE, RL_METHODS
+from ..eval.metrics import bootstrap_diff, same_final_number
 from .numbers import fmt_diff, num
 from .source import Run
 
-REFERENCE_FREE = ("orpo", "cpo", "simpo")  # their "reward" is the policy's own likelihood, not a log-ratio
 CHANCE = 0.5
 MAX_EXAMPLES = 12
 
@@ -135,13 +134,17 @@ def _pairs(run: Run, method: str) -> dict[str, Any]:
 
 
 def _scored_predictions(run: Run) -> list[dict[str, Any]]:
-    """Held-out RL predictions, each marked right or wrong as training scored it (None where it was not)."""
-    def mark(x: Any) -> bool | None:
-        return x if isinstance(x, bool) else None
+    """Held-out RL predictions, each marked right or wrong as training scored it; runs trained before answers were
+    marked are scored here by the same rule (the final number)."""
+    def mark(p: dict[str, Any], key: str, answer: str) -> bool | None:
+        if isinstance(p.get(f"{key}correct"), bool):
+            return p[f"{key}correct"]
+        said = p.get(f"{key}predicted")
+        return same_final_number(str(said), str(answer)) if said is not None and answer is not None else None
 
     return [{"input": str(p.get("prompt") or p.get("where") or ""), "reference": p.get("answer"),
-             "tuned": p["predicted"], "base": p.get("base_predicted"), "tuned_ok": mark(p.get("correct")),
-             "base_ok": mark(p.get("base_correct")) if "base_predicted" in p else None}
+             "tuned": p["predicted"], "base": p.get("base_predicted"), "tuned_ok": mark(p, "", p.get("answer")),
+             "base_ok": mark(p, "base_", p.get("answer"))}
             for p in run.predictions or [] if "predicted" in p]
 
 

@@ -67,8 +67,8 @@ class Run:
 
 
 def source_of(eval_name: str) -> str:
-    """The file an evaluation is kept in, as the report names it."""
-    return files.LEGACY_EVAL if eval_name == "eval" else f"{files.EVALS}/{eval_name}.json"
+    """The file an evaluation is kept in, relative to the run."""
+    return eval_name if eval_name == files.LEGACY_EVAL else f"{files.EVALS}/{eval_name}.json"
 
 
 def is_evaluation(source: str | None) -> bool:
@@ -132,7 +132,7 @@ def load_run(run_dir: str | Path) -> Run:
         if lines.damaged:
             run.unreadable.append(f"{files.METRICS}: {lines.damaged} damaged line(s) skipped")
     run.predictions = read(files.PREDICTIONS, rd.predictions, None)
-    run.evaluations = read(files.EVALS, rd.evaluations, {})
+    run.evaluations = rd.evaluations(damaged=run.unreadable)  # each damaged one noted, the others shown
     run.probes = read(files.PROBES, rd.probes, None)
     run.eval_name = headline_evaluation(run)
     return run

@@ -152,7 +152,7 @@ class RunDir:
         if not path.is_file():
             raise RunDirError(f"{self.path}: no {layout.CONFIG}; this is not a tunelab run directory")
         try:
-            return load_config(path)
+            return load_config(path, rules=False)
         except ConfigError as exc:
             raise RunDirError(f"{path}: the run's config can't be read: {exc}") from None
 
@@ -197,20 +197,26 @@ class RunDir:
     def probes(self) -> dict[str, Any] | None:
         return self._object(layout.PROBES)
 
-    def evaluations(self) -> dict[str, dict[str, Any]]:
-        """Every evaluation kept in the run, by name, oldest first (an earlier version's eval.json too)."""
+    def evaluations(self, damaged: list[str] | None = None) -> dict[str, dict[str, Any]]:
+        """Every evaluation kept in the run, by name, oldest first; an earlier version's one evaluation is named
+        after its file (eval.json), which no new name can be. A damaged file raises RunDirError, or, given a
+        `damaged` list, is left out and its error added to the list."""
+        paths = [self.file(layout.LEGACY_EVAL)] + sorted(self.file(layout.EVALS).glob("*.json"))
         found: list[tuple[float, str, dict[str, Any]]] = []
-        legacy = self.file(layout.LEGACY_EVAL)
-        if legacy.is_file():
-            got = self._object(layout.LEGACY_EVAL)
+        for path in paths:
+            if not path.is_file():
+                continue
+            try:
+                got = self._object(str(path.relative_to(self.path)))
+            except RunDirError as exc:
+                if damaged is None:
+                    raise
+                damaged.append(str(exc))
+                continue
             if got is not None:
-                found.append((legacy.stat().st_mtime, "eval", got))
-        folder = self.file(layout.EVALS)
-        if folder.is_dir():
-            for path in folder.glob("*.json"):
-                got = self._object(f"{layout.EVALS}/{path.name}")
-                if got is not None:
-                    found.append((float(got.get("created") or path.stat().st_mtime), path.stem, got))
+                legacy = path.name == layout.LEGACY_EVAL
+                when = path.stat().st_mtime if legacy else float(got.get("created") or path.stat().st_mtime)
+                found.append((when, layout.LEGACY_EVAL if legacy else path.stem, got))
         return {name: ev for _, name, ev in sorted(found, key=lambda x: x[:2])}
 
     def progress(self) -> dict[str, Any] | None:
@@ -265,7 +271,12 @@ class RunDir:
         evaluating the same data again replaces its earlier result, other data gets a file of its own."""
         folder = self.file(layout.EVALS)
         folder.mkdir(exist_ok=True)
-        taken = {n: ev.get("data") for n, ev in self.evaluations().items() if n != "eval"}
+        taken: dict[str, Any] = {}
+        for path in folder.glob("*.json"):  # a damaged file keeps its name, and costs nothing else
+            try:
+                taken[path.stem] = json.loads(path.read_text()).get("data")
+            except (OSError, ValueError, AttributeError):
+                taken[path.stem] = None
         name = name or evaluation_name(str(result.get("data") or "data"), taken)
         return atomic.write_json(folder / f"{name}.json", result | {"created": time.time()})
 
@@ -292,6 +303,11 @@ class RunDir:
             return
         kept = [r for r in self.metrics().rows if r.get("step", 0) <= upto_step]
         atomic.write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The step a trainer checkpoint was saved at (transformers names them checkpoint-<step>)."""
+    return int(Path(path).name.rsplit("-", 1)[-1])
 
 
 def _finite(x: Any) -> bool:
@@ -327,7 +343,7 @@ def resume_config(cfg: TunelabConfig, overrides: list[str]) -> TunelabConfig:
 
     run = RunDir(Path(cfg.output_dir) / resumable(cfg.output_dir, str(cfg.name)))
     saved = run.file(layout.CONFIG)
-    return load_config(saved, overrides) if saved.is_file() else cfg
+    return load_config(saved, overrides, rules=False) if saved.is_file() else cfg
 
 
 def open_run(cfg: TunelabConfig, resume: bool) -> RunDir:

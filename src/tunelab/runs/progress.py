@@ -1,6 +1,9 @@
 """A run seen from outside: progress.json (rewritten as the run goes) and events.jsonl (appended), written by
-the training process and readable by any other process while the run goes on (`tunelab status`, the jobs
-service, the UI). Only the run directory is shared, nothing else."""
+the training process and readable by any other process while the run goes on (`tunelab status`, or a program
+that started the run). Only the run directory is shared, nothing else.
+
+Phases, in order: starting, scoring base model, training, saving, scoring tuned model, probing, reporting, done
+(or interrupted, failed)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ from .. import atomic
 from . import layout
 from .directory import RunDir, now
 
-PHASES = ("starting", "scoring base", "training", "saving", "scoring", "probing", "reporting", "done")
 MIN_WRITE_INTERVAL = 0.5  # seconds between progress.json rewrites during training: steps can take milliseconds
 
 

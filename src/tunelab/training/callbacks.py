@@ -2,31 +2,31 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
-from ..runs import Reporter
+from ..runs import Reporter, RunDir
 
 
 class TokenCounter:
-    """Real (non-padding) tokens seen in training steps, shared with the trainer."""
+    """Real (non-padding) tokens seen in training steps, shared with the trainer; at_start: the count when this
+    process began training (a resumed TRL run restores the count of the steps before)."""
 
     def __init__(self) -> None:
         self.tokens = 0
+        self.at_start = 0
 
 
 class MetricsLogger(TrainerCallback):
     """Appends one JSON line per log event: step, epoch, loss, lr, tokens/s, eval metrics."""
 
-    def __init__(self, path: Path, counter: TokenCounter) -> None:
-        self.path, self.counter = path, counter
+    def __init__(self, run: RunDir, counter: TokenCounter) -> None:
+        self.run, self.counter = run, counter
         self._t0 = time.perf_counter()
         self._tok0 = 0
 
@@ -43,8 +43,7 @@ class MetricsLogger(TrainerCallback):
         if "loss" in logs and elapsed > 0:
             row["tokens_per_s"] = round((self.counter.tokens - self._tok0) / elapsed, 1)
             row["tokens_seen"] = self.counter.tokens
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.run.append_metrics(row)
 
 
 class RichProgress(TrainerCallback):
@@ -89,7 +88,7 @@ class RichProgress(TrainerCallback):
 
 class RunProgress(TrainerCallback):
     """The run's progress.json and events.jsonl as training goes: step, loss, tokens/s, ETA; evaluations and
-    checkpoints as events. What another process (`tunelab status`, the jobs service) reads."""
+    checkpoints as events. What another process (`tunelab status`) reads."""
 
     def __init__(self, reporter: Reporter, counter: TokenCounter) -> None:
         self.reporter, self.counter = reporter, counter

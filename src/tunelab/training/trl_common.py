@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from ..config import TunelabConfig
+from ..runs import checkpoint_step
 from .auto import Hyperparams
 from .callbacks import TokenCounter
 from .setup import training_kwargs
@@ -19,6 +20,9 @@ class SeenTokens(TrainerCallback):
 
     def __init__(self, counter: TokenCounter) -> None:
         self.counter = counter
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.counter.tokens = self.counter.at_start = int(state.num_input_tokens_seen or 0)  # restored on resume
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.counter.tokens = int(state.num_input_tokens_seen or 0)
@@ -66,7 +70,7 @@ def final_eval(trainer: Any) -> dict[str, float]:
     state = trainer.state
     last = next((h for h in reversed(state.log_history) if "eval_loss" in h), None)
     best = state.best_model_checkpoint
-    kept_last = best is None or Path(best).name == f"checkpoint-{state.global_step}"
+    kept_last = best is None or checkpoint_step(best) == state.global_step
     if last is not None and last.get("step") == state.global_step and kept_last:
         return eval_metrics(last)
     return eval_metrics(trainer.evaluate())
