@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"training"},
     {"eval", "probes", "rewards", "report"},
     {"recipes"},
-    {"export", "serve", "inference", "quickstart"},
+    {"export", "serve", "jobs", "inference", "quickstart"},
     {"cli", "<root>"},
 ]
 

@@ -7,6 +7,7 @@ import typer
 from ..config.reference import keys_help
 from . import config as config_cli
 from . import data as data_cli
+from . import jobs as jobs_cli
 from .common import quiet_libraries
 from .eval import eval_cmd
 from .export import export_cmd
@@ -38,6 +39,8 @@ app.command("export")(export_cmd)
 app.command("serve")(serve_cmd)
 app.command("monitor")(monitor_cmd)
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(jobs_cli.app, name="jobs")
+app.command("worker")(jobs_cli.worker_cmd)
 app.add_typer(config_cli.app, name="config")
 
 if __name__ == "__main__":

@@ -24,8 +24,11 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to "
                              "the network (set --api-key then)."),
     port: int = typer.Option(8000, "--port"),
-    api_key: list[str] = typer.Option([], "--api-key", help="Accepted key (repeat for more); also read from "
-                                      "TUNELAB_API_KEYS (comma-separated). None: no authentication."),
+    api_key: list[str] = typer.Option([], "--api-key", help="Accepted key, as KEY (project 'default') or "
+                                      "PROJECT:KEY; repeat for more; also read from TUNELAB_API_KEYS "
+                                      "(comma-separated). A project's files, jobs and fine-tuned models are its "
+                                      "own. None: no authentication."),
+    keys_file: Path | None = typer.Option(None, "--keys-file", help="More keys, one PROJECT:KEY (or KEY) a line."),
     admin_key: list[str] = typer.Option([], "--admin-key", help="Key for loading and unloading adapters "
                                         "(POST/DELETE /v1/adapters); without it any API key may."),
     data: str | None = typer.Option(None, "--data", help=DATA_HELP),
@@ -37,6 +40,10 @@ def serve_cmd(
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences generated together."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests allowed to wait; more get 429."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens for chat requests."),
+    max_file_mb: int = typer.Option(512, "--max-file-mb", min=1, help="Largest upload to /v1/files."),
+    jobs: int = typer.Option(1, "--jobs", min=0, help="Fine-tuning jobs trained at once by this server; 0: none "
+                             "here (run `tunelab worker` elsewhere)."),
+    no_jobs: bool = typer.Option(False, "--no-jobs", help="Serve models only: no files or fine_tuning API."),
 ) -> None:
     """Serve a model and its adapters behind an OpenAI-compatible API."""
     from ..models.load import ModelError
@@ -53,8 +60,13 @@ def serve_cmd(
                                      param_hint="--adapter")
         pairs.append((adapter_name, ref))
     keys = list(api_key) + [k.strip() for k in os.environ.get("TUNELAB_API_KEYS", "").split(",") if k.strip()]
+    if keys_file is not None:
+        if not keys_file.is_file():
+            raise typer.BadParameter(f"{keys_file}: no such file", param_hint="--keys-file")
+        keys += [ln.strip() for ln in keys_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     settings = ServeSettings(api_keys=keys, admin_keys=list(admin_key), log_content=log_content,
-                             default_max_tokens=max_tokens)
+                             default_max_tokens=max_tokens, max_file_bytes=max_file_mb * 1024 * 1024,
+                             jobs=not no_jobs, worker_jobs=jobs)
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,

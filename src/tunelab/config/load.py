@@ -76,7 +76,7 @@ def _explain(err: ValidationError, source: str, lines: dict[tuple[str, ...], int
         elif e["type"] == "extra_forbidden":
             section = _section_model(loc[:-1])
             valid = sorted(section.model_fields) if section else []
-            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            close = difflib.get_close_matches(loc[-1], valid, n=1) if loc else []
             hint = f" Did you mean '{'.'.join((*loc[:-1], close[0]))}'?" if close else ""
             out.append(f"{where}: unknown key '{key}'.{hint} Valid keys here: {', '.join(valid)}")
         else:

@@ -28,6 +28,9 @@ class TrainConfig(Section):
     learning_rate: PositiveFloat | Literal["auto"] = "auto"
     """Peak learning rate; auto picks by method (LoRA, full, classification head) and model size."""
 
+    learning_rate_multiplier: PositiveFloat = 1.0
+    """The learning rate (auto or given) times this; OpenAI's fine-tuning API calls it learning_rate_multiplier."""
+
     batch_size: PositiveInt | Literal["auto"] = "auto"
     """Examples per optimizer step on one device; auto picks from sequence lengths."""
 

@@ -9,20 +9,29 @@ from rich.console import Console
 
 from ..config import ConfigError, TunelabConfig
 from ..runs import RunResult
-from .lifecycle import execute
+from .lifecycle import Recipe, execute, validate
 
 RECIPES = {"sft": "sft", "reward": "reward", "dpo": "dpo", "kto": "dpo", "orpo": "dpo", "cpo": "dpo", "simpo": "dpo",
            "grpo": "grpo", "rloo": "grpo"}
 
 
-def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
-        callbacks: list[Any] | None = None) -> RunResult:
-    """Train as the config says; returns the run directory, how the run ended and its summary."""
+def recipe_for(cfg: TunelabConfig) -> Recipe:
     name = f"{__package__}.{RECIPES[cfg.method]}"
     try:
-        recipe = importlib.import_module(name)
+        return importlib.import_module(name)  # type: ignore[return-value]
     except ModuleNotFoundError as exc:
         if exc.name != name:
             raise
         raise ConfigError(f"method: {cfg.method} is not available in this version of tunelab") from None
-    return execute(cfg, recipe, resume=resume, console=console, callbacks=callbacks)  # type: ignore[arg-type]
+
+
+def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
+        callbacks: list[Any] | None = None) -> RunResult:
+    """Train as the config says; returns the run directory, how the run ended and its summary."""
+    return execute(cfg, recipe_for(cfg), resume=resume, console=console, callbacks=callbacks)
+
+
+def check(cfg: TunelabConfig, console: Console | None = None) -> dict[str, Any]:
+    """Check a run's inputs as training would before it starts (model, data, probe files), without training;
+    returns the data report or raises the user error that training would raise."""
+    return validate(cfg, recipe_for(cfg), console)

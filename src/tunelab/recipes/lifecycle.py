@@ -198,13 +198,9 @@ def probed(cfg: TunelabConfig) -> Literal["generative", "classifier"] | None:
     return "classifier" if head else "generative"
 
 
-def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console: Console | None = None,
-            callbacks: list[Any] | None = None) -> RunResult:
-    console = console or Console(stderr=True)
-    if cfg.train.threads:
-        import torch
-
-        torch.set_num_threads(cfg.train.threads)
+def _inputs(cfg: TunelabConfig, recipe: Recipe, console: Console) -> tuple[Start, Prepared]:
+    """Everything checked that can be checked before the run directory opens: the recipe's own settings, probe
+    files, the base model and the data (loaded, validated, tokenised)."""
     check = getattr(recipe, "check", None)
     if check is not None:  # e.g. a typo in rl.rewards: found before anything loads
         check(cfg)
@@ -214,7 +210,25 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
 
         probe_sets(cfg.eval.probes, generative=kind == "generative")
     start = _start(cfg, console)
-    prepared = recipe.prepare(start)  # every data problem is found before anything is written
+    return start, recipe.prepare(start)
+
+
+def validate(cfg: TunelabConfig, recipe: Recipe, console: Console | None = None) -> dict[str, Any]:
+    """What training would check before it starts, without training: the data report, or the user error (a
+    DataError lists every bad row with its file:line)."""
+    _, prepared = _inputs(cfg, recipe, console or Console(stderr=True))
+    return prepared.report | {"skipped": len(prepared.skipped)}
+
+
+def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console: Console | None = None,
+            callbacks: list[Any] | None = None) -> RunResult:
+    console = console or Console(stderr=True)
+    if cfg.train.threads:
+        import torch
+
+        torch.set_num_threads(cfg.train.threads)
+    start, prepared = _inputs(cfg, recipe, console)  # every problem is found before anything is written
+    kind = probed(cfg)
     run = open_run(cfg, resume)
     reporter = Reporter(run)
     session = Session(run, start, resume, reporter, list(callbacks or []))

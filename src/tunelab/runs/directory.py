@@ -68,6 +68,10 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.path / layout.CHECKPOINTS
 
+    def checkpoint(self, step: int) -> Path:
+        """The trainer's checkpoint of a step (transformers names them checkpoint-<step>)."""
+        return self.checkpoints / f"checkpoint-{step}"
+
     @property
     def metrics_path(self) -> Path:
         return self.path / layout.METRICS

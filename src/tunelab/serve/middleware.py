@@ -15,25 +15,27 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .schemas import APIError
-from .state import State
+from .state import DEFAULT_PROJECT, State
 
 log = logging.getLogger("tunelab.serve")
 DRAIN_BYTES = 64 * 1024 * 1024  # past this a too-large body is not read at all: the connection just closes
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, whether or not they declare their length."""
+    """Refuse request bodies over `limit` bytes with 413, whether or not they declare their length; paths in
+    `limits` (file uploads) have their own."""
 
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: Any, limit: int, limits: dict[str, int] | None = None) -> None:
+        self.app, self.default, self.limits = app, limit, limits or {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        limit = self.limits.get(scope.get("path", ""), self.default)
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await self._drain(receive, int(declared))
-            return await self._too_large(send)
+            return await self._too_large(send, limit)
         if declared is None and scope.get("method") in ("POST", "PUT", "PATCH"):
             # no declared length (chunked upload): read it all here, counting, then hand it on
             chunks: list[bytes] = []
@@ -44,8 +46,8 @@ class BodyLimit:
                     return None  # client left
                 chunks.append(message.get("body", b""))
                 seen += len(chunks[-1])
-                if seen > self.limit:
-                    return await self._too_large(send)
+                if seen > limit:
+                    return await self._too_large(send, limit)
                 if not message.get("more_body"):
                     break
             replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
@@ -66,21 +68,22 @@ class BodyLimit:
             if message["type"] != "http.request" or not message.get("more_body"):
                 return
 
-    async def _too_large(self, send: Any) -> None:
-        body = json.dumps(APIError(413, f"request body over {self.limit} bytes", code="request_too_large")
+    async def _too_large(self, send: Any, limit: int) -> None:
+        body = json.dumps(APIError(413, f"request body over {limit} bytes", code="request_too_large")
                           .body()).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
 
-def bearer_auth(keys: list[str]) -> Callable[[Request], Awaitable[None]]:
-    """A FastAPI dependency that requires `Authorization: Bearer KEY` with one of `keys` (none: anyone may)."""
-    encoded = [k.encode() for k in keys]
+def bearer_auth(keys: dict[str, str]) -> Callable[[Request], Awaitable[str]]:
+    """A FastAPI dependency that requires `Authorization: Bearer KEY` with one of `keys` (key -> project; none:
+    anyone may, as project "default") and gives the key's project."""
+    encoded = [(k.encode(), project) for k, project in keys.items()]
 
-    async def check(request: Request) -> None:
+    async def check(request: Request) -> str:
         if not encoded:
-            return
+            return DEFAULT_PROJECT
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -88,9 +91,10 @@ def bearer_auth(keys: list[str]) -> Callable[[Request], Awaitable[None]]:
                            code="invalid_api_key")
         given = token.strip().encode()
         # compare with every key, in constant time, so neither the match nor its position leaks through timing
-        ok = [hmac.compare_digest(given, k) for k in encoded]
-        if not any(ok):
+        matches = [project for k, project in encoded if hmac.compare_digest(given, k)]
+        if not matches:
             raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
+        return matches[0]
 
     return check
 

@@ -12,27 +12,34 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 from .generation import run_generation
+from .jobs_api import add_jobs_routes
 from .middleware import BodyLimit, add_error_handlers, bearer_auth
 from .schemas import AdapterRequest, APIError, ChatRequest, CompletionRequest, FeedbackRequest
-from .state import State
+from .state import DEFAULT_PROJECT, State
 
 
 def create_app(state: State) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.engine.start()
+        if state.jobs is not None:
+            state.jobs.start()
         try:
             yield
         finally:
+            if state.jobs is not None:  # running jobs save a checkpoint and go back to the queue
+                await asyncio.to_thread(state.jobs.stop)
             state.engine.stop()
             state.writer.shutdown(wait=True)
 
     app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.tunelab = state
-    app.add_middleware(BodyLimit, limit=state.settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=state.settings.max_body_bytes,
+                       limits={"/v1/files": state.settings.max_file_bytes})
     add_error_handlers(app, state)
-    auth = Depends(bearer_auth(state.settings.api_keys))
-    admin = Depends(bearer_auth(state.settings.admin_keys or state.settings.api_keys))
+    projects = state.settings.projects()
+    auth = Depends(bearer_auth(projects))
+    admin = Depends(bearer_auth({k: DEFAULT_PROJECT for k in state.settings.admin_keys} or projects))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -42,18 +49,19 @@ def create_app(state: State) -> FastAPI:
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
-    @app.get("/v1/models", dependencies=[auth])
-    async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [state.model_card(n) for n in state.engine.model_names]}
+    @app.get("/v1/models")
+    async def models(project: str = auth) -> dict[str, Any]:
+        return {"object": "list", "data": [state.model_card(n) for n in state.models_for(project)]}
 
-    @app.get("/v1/models/{name:path}", dependencies=[auth])
-    async def model(name: str) -> dict[str, Any]:
-        state.resolve_model(name)
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, project: str = auth) -> dict[str, Any]:
+        await asyncio.to_thread(state.resolve_model, name, project)
         return state.model_card(name)
 
-    @app.get("/v1/adapters", dependencies=[auth])
-    async def adapters() -> dict[str, Any]:
-        return {"object": "list", "data": [state.model_card(n) for n in state.engine.adapters]}
+    @app.get("/v1/adapters")
+    async def adapters(project: str = auth) -> dict[str, Any]:
+        return {"object": "list", "data": [state.model_card(n) for n in state.engine.adapters
+                                           if state.visible(n, project)]}
 
     @app.post("/v1/adapters", dependencies=[admin], status_code=201)
     async def add_adapter(body: AdapterRequest) -> dict[str, Any]:
@@ -76,10 +84,10 @@ def create_app(state: State) -> FastAPI:
         fb_id = await asyncio.wrap_future(state.writer.submit(write))
         return {"id": fb_id, "object": "feedback", "request_id": body.request_id, "rating": body.rating}
 
-    @app.post("/v1/chat/completions", dependencies=[auth])
-    async def chat(body: ChatRequest, request: Request) -> Any:
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatRequest, request: Request, project: str = auth) -> Any:
         request.state.model = body.model
-        adapter = state.resolve_model(body.model)
+        adapter = await asyncio.to_thread(state.resolve_model, body.model, project)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
         system = state.engine.adapters[adapter].get("system_prompt") if adapter else state.base.system_prompt
@@ -97,10 +105,10 @@ def create_app(state: State) -> FastAPI:
         max_tokens = body.max_completion_tokens or body.max_tokens or state.settings.default_max_tokens
         return await run_generation(state, request, body, "chat", adapter, [ids], max_tokens, {"messages": messages})
 
-    @app.post("/v1/completions", dependencies=[auth])
-    async def completions(body: CompletionRequest, request: Request) -> Any:
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request, project: str = auth) -> Any:
         request.state.model = body.model
-        adapter = state.resolve_model(body.model)
+        adapter = await asyncio.to_thread(state.resolve_model, body.model, project)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or len(prompts) > 16:
             raise APIError(400, "prompt must be a string or a list of 1 to 16 strings", param="prompt")
@@ -109,4 +117,6 @@ def create_app(state: State) -> FastAPI:
         return await run_generation(state, request, body, "completions", adapter, ids, max_tokens,
                                     {"prompt": body.prompt})
 
+    if state.jobs is not None:
+        add_jobs_routes(app, state, auth)
     return app

@@ -19,11 +19,17 @@ def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = 
           max_queue: int = 64, settings: ServeSettings | None = None) -> Any:
     """The FastAPI app, with the base model loaded and every adapter added (errors raised before serving)."""
     from ..models.load import ModelError
+    from ..models.registry import DEFAULT_MODEL
 
     base = load_base(model, name=name, dtype=dtype)
     store = Store(database_url(data_dir(data), db_url))
     engine = Engine(base.model, base.tokenizer, base_name=base.name, max_batch=max_batch, max_queue=max_queue)
     state = State(base, engine, store, settings or ServeSettings())
+    state.base_ref = model or DEFAULT_MODEL
+    if state.settings.jobs:
+        from .jobs_api import JobsRuntime
+
+        state.jobs = JobsRuntime(state, data_dir(data), db_url, state.settings.worker_jobs)
     for adapter_name, ref in adapters or []:
         try:
             state.add_adapter(adapter_name, ref)

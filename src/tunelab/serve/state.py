@@ -25,13 +25,27 @@ log = logging.getLogger("tunelab.serve")
 GENERATION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
 
 
+DEFAULT_PROJECT = "default"
+
+
 @dataclass
 class ServeSettings:
-    api_keys: list[str] = field(default_factory=list)
+    api_keys: list[str] = field(default_factory=list)  # KEY (project "default") or PROJECT:KEY
     admin_keys: list[str] = field(default_factory=list)  # for loading/unloading adapters; default: api_keys
     log_content: bool = False
     max_body_bytes: int = 2_000_000
+    max_file_bytes: int = 512 * 1024 * 1024  # uploads to /v1/files
     default_max_tokens: int = 256
+    jobs: bool = True  # the files and fine_tuning.jobs API
+    worker_jobs: int = 1  # jobs this server trains at once; 0: none (workers run elsewhere)
+
+    def projects(self) -> dict[str, str]:
+        """key -> the project it belongs to."""
+        out = {}
+        for entry in self.api_keys:
+            project, sep, key = entry.partition(":")
+            out[key if sep and project and key else entry] = project if sep and project and key else DEFAULT_PROJECT
+        return out
 
 
 class State:
@@ -43,9 +57,16 @@ class State:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="tunelab-log")  # one writer: FIFO, no lock fights
         self.adapter_lock = threading.Lock()
         self.started = int(time.time())
+        self.owners: dict[str, str] = {}  # fine-tuned model -> the project that owns it; other models are shared
+        self.base_ref: str | None = None  # the model reference the base was loaded from (jobs train on it)
+        self.jobs: Any = None  # JobsRuntime when the jobs API is on
 
-    def add_adapter(self, name: str, ref: str) -> dict[str, Any]:
-        """Load an adapter (blocking: call from a worker thread) and profile its training data afterwards."""
+    def visible(self, name: str, project: str) -> bool:
+        return name in self.engine.model_names and self.owners.get(name, project) == project
+
+    def add_adapter(self, name: str, ref: str, owner: str | None = None) -> dict[str, Any]:
+        """Load an adapter (blocking: call from a worker thread) and profile its training data afterwards;
+        `owner`: the only project that sees it (a fine-tuned model), else every key sees it."""
         with self.adapter_lock:
             if name in self.engine.model_names:
                 raise APIError(409, f"a model named {name!r} is already loaded; DELETE /v1/adapters/{name} first",
@@ -60,6 +81,8 @@ class State:
             except Exception as exc:  # e.g. an adapter made for another model: shapes don't fit
                 raise APIError(400, f"{ref}: can't load this adapter onto {self.base.name}: {exc}", param="path",
                                code="invalid_adapter") from None
+        if owner is not None:
+            self.owners[name] = owner
         self.metrics.adapter.labels(name).set(1)
         threading.Thread(target=self._profile, args=(name, src), daemon=True).start()
         return self.model_card(name)
@@ -80,22 +103,33 @@ class State:
             self.engine.remove_adapter(name)
         except KeyError:
             raise APIError(404, f"no adapter named {name!r}", param="name", code="model_not_found") from None
+        self.owners.pop(name, None)
         self.metrics.adapter.remove(name)
 
     def model_card(self, name: str) -> dict[str, Any]:
-        card = {"id": name, "object": "model", "created": self.started, "owned_by": "tunelab"}
+        card = {"id": name, "object": "model", "created": self.started, "owned_by": self.owners.get(name, "tunelab")}
         if name in self.engine.adapters:
             card["parent"] = self.base.name
             card["source"] = self.engine.adapters[name].get("source")
         return card
 
-    def resolve_model(self, name: str) -> str | None:
-        """The adapter to use for a requested model name (None: the base)."""
+    def models_for(self, project: str) -> list[str]:
+        return [n for n in self.engine.model_names if self.visible(n, project)]
+
+    def resolve_model(self, name: str, project: str = DEFAULT_PROJECT) -> str | None:
+        """The adapter to use for a requested model name (None: the base). A checkpoint of the project's own
+        fine-tuned model (<model>:ckpt-step-N) is loaded the first time it is asked for (blocking: call from a
+        worker thread)."""
         if name == self.base.name:
             return None
-        if name in self.engine.adapters:
+        if name not in self.engine.adapters and self.jobs is not None:
+            path = self.jobs.service.checkpoint_path(project, name)
+            if path is not None:
+                with contextlib.suppress(APIError):  # loaded meanwhile by another request
+                    self.add_adapter(name, str(path), owner=project)
+        if name in self.engine.adapters and self.visible(name, project):
             return name
-        raise APIError(404, f"The model '{name}' does not exist. Loaded: {', '.join(self.engine.model_names)}",
+        raise APIError(404, f"The model '{name}' does not exist. Loaded: {', '.join(self.models_for(project))}",
                        param="model", code="model_not_found")
 
     def record_failure(self, request: Request, status: int, error: str) -> None:

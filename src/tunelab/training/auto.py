@@ -89,7 +89,7 @@ def hyperparams(cfg: TunelabConfig, *, n_params: int, lengths: list[int], head: 
     t = cfg.train
     ep = epochs(cfg.method, len(lengths)) if t.epochs == "auto" else int(t.epochs)
     lr = (learning_rate(cfg.method, cfg.peft.method, n_params, head) if t.learning_rate == "auto"
-          else float(t.learning_rate))
+          else float(t.learning_rate)) * t.learning_rate_multiplier
     if t.batch_size != "auto":
         bs = int(t.batch_size)
     elif cfg.method in RL_METHODS:

@@ -1,0 +1,180 @@
+"""The files and fine_tuning.jobs API on the server, in OpenAI's shapes: uploads, jobs run by the worker, and
+each succeeded job's model loaded as an adapter under its ft: name the moment the job is done."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from ..jobs.db import JobsDB, database_url
+from ..jobs.errors import JobsError
+from ..jobs.files import FileStore, file_object
+from ..jobs.schemas import JobCreate
+from ..jobs.service import CKPT, JobsService, checkpoint_object, event_object, job_object
+from ..jobs.worker import Worker
+from ..runs import RunDir
+from .schemas import APIError
+from .state import State
+
+log = logging.getLogger("tunelab.serve")
+SYNC_S = 0.3  # how often the server looks for newly succeeded (or deleted) fine-tuned models
+
+
+class JobsRuntime:
+    """The jobs database, file store, service, the server's own worker (unless workers run elsewhere), and the
+    thread that keeps the served fine-tuned models in step with the jobs."""
+
+    def __init__(self, state: State, data: Path, db_url: str | None, worker_jobs: int) -> None:
+        self.state = state
+        self.db = JobsDB(database_url(data, db_url))
+        self.files = FileStore(self.db, data / "files", state.settings.max_file_bytes)
+        self.service = JobsService(self.db, self.files, data / "jobs")
+        self.worker = Worker(self.db, self.files, data / "jobs", max_jobs=worker_jobs) if worker_jobs else None
+        self._stop = threading.Event()
+        self._failed: set[str] = set()  # models that would not load: said once, not retried every tick
+        self._thread = threading.Thread(target=self._sync_forever, name="tunelab-models", daemon=True)
+
+    def start(self) -> None:
+        if self.worker is not None:
+            self.worker.start()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.worker is not None:
+            self.worker.stop()
+        self._thread.join(timeout=10)
+
+    def _sync_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sync()
+            except Exception:  # the database away for a moment: try again next tick
+                log.exception("model sync")
+            self._stop.wait(SYNC_S)
+
+    def sync(self) -> None:
+        served = {m.name: m for m in self.service.served()}
+        for name, m in served.items():
+            if name not in self.state.engine.adapters and name not in self._failed:
+                try:
+                    self.state.add_adapter(name, str(m.run_dir), owner=m.project)
+                except APIError as exc:
+                    self._failed.add(name)
+                    log.error("fine-tuned model %s could not be loaded: %s", name, exc.message)
+        for name in [n for n in self.state.owners if n.split(CKPT, 1)[0] not in served]:
+            self.state.remove_adapter(name)  # deleted: the model and its checkpoints go
+
+
+def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
+    jobs: JobsRuntime = state.jobs
+    service, files = jobs.service, jobs.files
+
+    @app.exception_handler(JobsError)
+    async def jobs_error(request: Request, exc: JobsError) -> JSONResponse:
+        err = APIError(exc.status, exc.message, param=exc.param, code=exc.code)
+        return JSONResponse(err.body(), status_code=exc.status)
+
+    # --- files ----------------------------------------------------------------------------------
+
+    @app.post("/v1/files")
+    async def upload(file: UploadFile = File(...), purpose: str = Form(...), project: str = auth) -> Any:
+        row = await asyncio.to_thread(files.add, project, file.filename or "upload", purpose, file.file)
+        return file_object(row)
+
+    @app.get("/v1/files")
+    async def list_files(purpose: str | None = None, limit: int = 10000, after: str | None = None,
+                         order: str = "desc", project: str = auth) -> Any:
+        rows, more = files.list(project, purpose=purpose, limit=limit, after=after, order=order)
+        return {"object": "list", "data": [file_object(r) for r in rows], "has_more": more,
+                "first_id": rows[0].id if rows else None, "last_id": rows[-1].id if rows else None}
+
+    @app.get("/v1/files/{file_id}")
+    async def get_file(file_id: str, project: str = auth) -> Any:
+        return file_object(files.get(project, file_id))
+
+    @app.get("/v1/files/{file_id}/content")
+    async def file_content(file_id: str, project: str = auth) -> Any:
+        row = files.get(project, file_id)
+        return FileResponse(row.path, media_type="application/octet-stream")
+
+    @app.delete("/v1/files/{file_id}")
+    async def delete_file(file_id: str, project: str = auth) -> Any:
+        await asyncio.to_thread(files.delete, project, file_id)
+        return {"id": file_id, "object": "file", "deleted": True}
+
+    # --- jobs -----------------------------------------------------------------------------------
+
+    def base_for(project: str, model: str) -> str:
+        """The model reference a job trains from: the server's base, or a model the project tuned before."""
+        if model == state.base.name:
+            return state.base_ref or model
+        job = service.job_of_model(project, model)
+        if job is not None and job.status == "succeeded" and CKPT not in model and job.run_dir:
+            return job.run_dir
+        raise JobsError(400, f"model {model!r} can't be fine-tuned on this server: use {state.base.name!r} (the "
+                        "model it serves) or one of your own fine-tuned models", param="model",
+                        code="model_not_available")
+
+    @app.post("/v1/fine_tuning/jobs")
+    async def create_job(body: JobCreate, project: str = auth) -> Any:
+        row = await asyncio.to_thread(service.create, project, body, base_for(project, body.model))
+        return job_object(row)
+
+    @app.get("/v1/fine_tuning/jobs")
+    async def list_jobs(request: Request, after: str | None = None, limit: int = 20, project: str = auth) -> Any:
+        wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items()
+                  if k.startswith("metadata[") and k.endswith("]")}
+        rows, more = service.list(project, after=after, limit=limit, metadata=wanted)
+        return {"object": "list", "data": [job_object(r) for r in rows], "has_more": more}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}")
+    async def get_job(job_id: str, project: str = auth) -> Any:
+        return job_object(service.get(project, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str, project: str = auth) -> Any:
+        return job_object(service.cancel(project, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    async def pause_job(job_id: str, project: str = auth) -> Any:
+        return job_object(service.pause(project, job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    async def resume_job(job_id: str, project: str = auth) -> Any:
+        return job_object(service.resume(project, job_id))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/events")
+    async def job_events(job_id: str, after: str | None = None, limit: int = 20, project: str = auth) -> Any:
+        rows, more = service.events(project, job_id, after=after, limit=limit)
+        return {"object": "list", "data": [event_object(r) for r in rows], "has_more": more}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+    async def job_checkpoints(job_id: str, after: str | None = None, limit: int = 10, project: str = auth) -> Any:
+        job = service.get(project, job_id)
+        rows, more = service.checkpoints(project, job_id, after=after, limit=limit)
+        data = [checkpoint_object(r, job) for r in rows]
+        return {"object": "list", "data": data, "has_more": more, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None}
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/report")
+    async def job_report(job_id: str, project: str = auth) -> Any:
+        job = service.get(project, job_id)
+        page = RunDir(Path(job.run_dir or "")).report_html
+        if not page.is_file():
+            raise JobsError(404, f"the job's report is written when its training completes (status {job.status})",
+                            param="fine_tuning_job_id", code="not_found")
+        return FileResponse(page, media_type="text/html")
+
+    @app.delete("/v1/models/{name:path}")
+    async def delete_model(name: str, project: str = auth) -> Any:
+        await asyncio.to_thread(service.delete_model, project, name)
+        for loaded in [n for n in list(state.owners) if n.split(CKPT, 1)[0] == name]:
+            state.remove_adapter(loaded)
+        return {"id": name, "object": "model", "deleted": True}

@@ -1,0 +1,231 @@
+"""The files and fine_tuning.jobs API on a real server (in this process, its worker training in processes of its
+own) and a real database, driven by the official openai client: jobs that succeed and are served at once,
+validation failures with line numbers, cancel, pause and resume, and one project's objects hidden from another."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+
+from tests.helpers import write_chat, write_jsonl
+from tunelab.serve.server import BackgroundServer, build
+from tunelab.serve.state import ServeSettings
+
+QUICK = {"train.threads": 1, "eval.probes.enabled": False, "data.val_fraction": 0.2}
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data = tmp_path_factory.mktemp("jobs-server")
+    settings = ServeSettings(api_keys=["acme:key-a", "beta:key-b"], max_file_bytes=200_000, worker_jobs=1)
+    app = build(str(tiny_model), name="tiny", data=str(data), settings=settings)
+    with BackgroundServer(app) as url:
+        yield url
+
+
+def client(url: str, key: str = "key-a") -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=60)
+
+
+def upload(c: openai.OpenAI, path: Path) -> Any:
+    with path.open("rb") as f:
+        return c.files.create(file=f, purpose="fine-tune")
+
+
+def wait(c: openai.OpenAI, job_id: str, timeout: float = 240, until: tuple[str, ...] = FINISHED) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = c.fine_tuning.jobs.retrieve(job_id)
+        if job.status in until:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} still {job.status} after {timeout} s")
+
+
+def answer(c: openai.OpenAI, model: str, timeout: float = 30) -> str:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            r = c.chat.completions.create(model=model, messages=[{"role": "user", "content": "hello"}], max_tokens=4)
+            return r.choices[0].message.content or ""
+        except openai.NotFoundError:
+            if time.time() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_supervised_job_from_upload_to_the_served_model(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    f = upload(c, write_chat(tmp_path / "support.jsonl", 20))
+    assert f.id.startswith("file-") and f.filename == "support.jsonl" and f.purpose == "fine-tune" and f.bytes > 0
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="support", seed=7,
+                                    metadata={"team": "support"},
+                                    method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2}}},
+                                    extra_body={"tunelab": {"config": QUICK | {"train.batch_size": 4}}})
+    assert job.id.startswith("ftjob-") and job.status == "validating_files" and job.seed == 7
+    job = wait(c, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model == f"ft:tiny:acme:support:{job.id.removeprefix('ftjob-')}"
+    assert job.trained_tokens and job.finished_at >= job.created_at and job.result_files
+    assert job.method.supervised.hyperparameters.n_epochs == 2 and job.metadata == {"team": "support"}
+
+    events = list(reversed(c.fine_tuning.jobs.list_events(job.id, limit=100).data))
+    messages = [e.message for e in events]
+    assert messages[0].startswith("Validating training file") and "moving job to queued state" in messages[1]
+    assert messages[-1] == "The job has successfully completed"
+    steps = [e.data for e in events if e.type == "metrics" and "train_loss" in e.data]
+    assert steps and steps[-1]["step"] == steps[-1]["total_steps"] and all(s["train_loss"] > 0 for s in steps)
+    assert any("valid_loss" in e.data for e in events if e.type == "metrics")
+    page = c.fine_tuning.jobs.list_events(job.id, limit=2)
+    assert len(page.data) == 2 and page.has_more
+    after = c.fine_tuning.jobs.list_events(job.id, limit=2, after=page.data[-1].id)
+    assert after.data[0].id not in {e.id for e in page.data}
+
+    ckpts = c.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert ckpts and ckpts[0].step_number >= ckpts[-1].step_number
+    assert ckpts[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-{ckpts[0].step_number}"
+    assert ckpts[0].metrics.train_loss is not None
+
+    t0 = time.perf_counter()
+    assert isinstance(answer(c, job.fine_tuned_model), str)
+    assert time.perf_counter() - t0 < 30  # the timing goal is measured in bench/jobs_service.py, not here
+    assert job.fine_tuned_model in [m.id for m in c.models.list().data]
+    assert isinstance(answer(c, ckpts[-1].fine_tuned_model_checkpoint), str)  # checkpoints serve too
+
+    csv_text = c.files.content(job.result_files[0]).text
+    assert csv_text.startswith("step,train_loss,valid_loss")
+    with urllib.request.urlopen(urllib.request.Request(
+            f"{server}/v1/fine_tuning/jobs/{job.id}/report", headers={"authorization": "Bearer key-a"})) as r:
+        assert b"Run report" in r.read()
+    assert [j.id for j in c.fine_tuning.jobs.list(metadata={"team": "support"}).data] == [job.id]
+    assert c.fine_tuning.jobs.list(metadata={"team": "other"}).data == []
+
+    assert c.models.delete(job.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.chat.completions.create(model=job.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_dpo_job_on_preference_pairs(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    pairs = [{"input": {"messages": [{"role": "user", "content": q}]},
+              "preferred_output": [{"role": "assistant", "content": good}],
+              "non_preferred_output": [{"role": "assistant", "content": bad}]}
+             for q, good, bad in [("where is my card", "my card has not arrived yet", "no"),
+                                  ("hello", "hello how can I help", "what")] * 8]
+    f = upload(c, write_jsonl(tmp_path / "pairs.jsonl", pairs))
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="prefs",
+                                    method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 1}}},
+                                    extra_body={"tunelab": {"config": QUICK}})
+    job = wait(c, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method.dpo.hyperparameters.beta == 0.2
+    assert isinstance(answer(c, job.fine_tuned_model), str)
+
+
+def test_a_bad_file_fails_in_validation_with_its_lines(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    rows = [json.loads(x) for x in write_chat(tmp_path / "ok.jsonl", 6).read_text().splitlines()]
+    rows[2] = {"messages": [{"role": "user", "content": "no answer here"}]}
+    rows.append("{not json")
+    f = upload(c, write_jsonl(tmp_path / "tickets.jsonl", rows))
+    job = wait(c, c.fine_tuning.jobs.create(model="tiny", training_file=f.id).id)
+    assert job.status == "failed" and job.error.code == "invalid_training_file"
+    assert job.error.param == "training_file"
+    msg = job.error.message
+    assert f"tickets.jsonl ({f.id}):3" in msg and f"tickets.jsonl ({f.id}):7" in msg, msg
+    assert str(tmp_path) not in msg  # the server's own paths stay private
+
+
+def test_bad_requests_say_which_parameter(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    f = upload(c, write_chat(tmp_path / "a.jsonl", 4))
+    cases = [(dict(model="gpt-4o", training_file=f.id), "model"),
+             (dict(model="tiny", training_file="file-nope"), "training_file"),
+             (dict(model="tiny", training_file=f.id,
+                   method={"type": "supervised", "supervised": {"hyperparameters": {"beta": 0.1}}}), "beta"),
+             (dict(model="tiny", training_file=f.id, extra_body={"tunelab": {"config": {"train.packing": "x"}}}),
+              "train.packing"),
+             (dict(model="tiny", training_file=f.id, extra_body={"tunelab": {"config": {"data.train": "/etc"}}}),
+              "data.train")]
+    for kwargs, said in cases:
+        with pytest.raises((openai.BadRequestError, openai.NotFoundError)) as err:
+            c.fine_tuning.jobs.create(**kwargs)
+        text = str(err.value) + json.dumps(err.value.body)  # the message, and the parameter it names
+        assert said in text, (kwargs, text)
+
+
+def test_cancel_pause_and_resume(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    f = upload(c, write_chat(tmp_path / "long.jsonl", 40))
+    slow = QUICK | {"train.max_steps": 400, "train.batch_size": 2, "train.save_every": 10, "data.val_fraction": 0}
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body={"tunelab": {"config": slow}})
+    wait(c, job.id, until=("running",))
+    deadline = time.time() + 120
+    while not c.fine_tuning.jobs.checkpoints.list(job.id).data and time.time() < deadline:
+        time.sleep(0.3)
+    paused = wait(c, c.fine_tuning.jobs.pause(job.id).id, until=("paused",))
+    assert paused.status == "paused"
+    step = c.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number
+    assert c.fine_tuning.jobs.resume(job.id).status == "queued"
+    wait(c, job.id, until=("running",))
+    continues = [e.message for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data]
+    assert any("continues from its last checkpoint" in m for m in continues)
+    t0 = time.time()
+    c.fine_tuning.jobs.cancel(job.id)
+    job = wait(c, job.id)
+    assert job.status == "cancelled" and time.time() - t0 < 30 and step >= 10
+    with pytest.raises(openai.BadRequestError, match="nothing to cancel"):
+        c.fine_tuning.jobs.cancel(job.id)
+
+
+def test_projects_see_only_their_own(server: str, tmp_path: Path) -> None:
+    a, b = client(server, "key-a"), client(server, "key-b")
+    f = upload(a, write_chat(tmp_path / "mine.jsonl", 4))
+    job = a.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body={"tunelab": {"config": QUICK}})
+    for call in (lambda: b.files.retrieve(f.id), lambda: b.files.content(f.id), lambda: b.files.delete(f.id),
+                 lambda: b.fine_tuning.jobs.retrieve(job.id), lambda: b.fine_tuning.jobs.cancel(job.id),
+                 lambda: b.fine_tuning.jobs.list_events(job.id)):
+        with pytest.raises(openai.NotFoundError):
+            call()
+    with pytest.raises(openai.NotFoundError):
+        b.files.retrieve("file-doesnotexist")
+    assert f.id not in [x.id for x in b.files.list().data] and f.id in [x.id for x in a.files.list().data]
+    done = wait(a, job.id)
+    assert done.status == "succeeded", done.error
+    answer(a, done.fine_tuned_model)
+    assert done.fine_tuned_model not in [m.id for m in b.models.list().data]
+    with pytest.raises(openai.NotFoundError):
+        b.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
+    with pytest.raises(openai.NotFoundError):
+        b.models.delete(done.fine_tuned_model)
+    with pytest.raises(openai.AuthenticationError):
+        client(server, "wrong").files.list()
+    req = urllib.request.Request(f"{server}/v1/fine_tuning/jobs")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 401
+
+
+def test_uploads_over_the_limit_and_hostile_names(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    big = tmp_path / "big.jsonl"
+    big.write_text("x" * 300_000)
+    with pytest.raises(openai.APIStatusError) as err:
+        upload(c, big)
+    assert err.value.status_code == 413
+    evil = c.files.create(file=("../../etc/passwd", b'{"text": "hi"}\n'), purpose="fine-tune")
+    assert evil.filename == "../../etc/passwd"
+    assert c.files.content(evil.id).text == '{"text": "hi"}\n'
+    with pytest.raises(openai.BadRequestError, match="purpose"):
+        c.files.create(file=("x.jsonl", b"{}\n"), purpose="assistants")
+    assert c.files.delete(evil.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        c.files.retrieve(evil.id)
