@@ -10,10 +10,13 @@ import csv
 import json
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
+import time
 import traceback
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,6 +122,27 @@ def tunelab_process(*args: str | Path, cwd: Path, timeout: float = 180,
     """`tunelab ARGS` as a real process: for the smoke tests of the installed command, and for signals."""
     return subprocess.run([sys.executable, "-m", "tunelab.cli.main", *map(str, args)], cwd=cwd,
                           env=os.environ | CLI_ENV, capture_output=True, text=True, timeout=timeout, input=input)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_up(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
+    """Until a `tunelab serve` process answers /health (or fails with what it printed)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError("server did not come up")
 
 
 # --- data ------------------------------------------------------------------------------------------

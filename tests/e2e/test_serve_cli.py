@@ -6,40 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import openai
 import torch
 
-from tests.helpers import build_tiny_model, config, tunelab_cli, write_chat
+from tests.helpers import build_tiny_model, config, free_port, tunelab_cli, wait_up, write_chat
 from tunelab.recipes import dispatch
 
 SYSTEM = "You answer bank customers."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_up(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError("server did not come up")
 
 
 def test_serve_monitor_feedback_through_the_cli(tmp_path: Path) -> None:

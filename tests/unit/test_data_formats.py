@@ -41,8 +41,8 @@ def test_chat_with_system_user_assistant_tool() -> None:
         {"role": "system", "content": "you are a bank assistant"},
         {"role": "user", "content": "what is the rate?"},
         {"role": "assistant", "content": None,
-         "tool_calls": [{"type": "function", "function": {"name": "rate", "arguments": "{}"}}]},
-        {"role": "tool", "content": "1.1"},
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "rate", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "1.1"},
         {"role": "assistant", "content": "It is 1.1."},
     ]
     rec = convert({"messages": messages}, "chat")
@@ -51,6 +51,7 @@ def test_chat_with_system_user_assistant_tool() -> None:
     assert [m["content"] for m in rec.messages] == [
         "you are a bank assistant", "what is the rate?", "", "1.1", "It is 1.1."]
     assert rec.messages[2]["tool_calls"][0]["function"]["name"] == "rate"
+    assert rec.messages[3]["tool_call_id"] == "call_1" and rec.tools is None
 
 
 def test_chat_weights_are_kept() -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import write_jsonl
+from tests.helpers import CHATS, write_jsonl
 from tunelab.data.records import Record, RowError
 from tunelab.data.report import histogram, prepare
 from tunelab.data.templates import (
@@ -277,3 +280,52 @@ def test_fallback_mask_finds_the_reply_after_the_prompt(tiny_tokenizer) -> None:
     enc = encode_record(rec, tok)
     trained = tok.decode([t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE])
     assert trained == "positive<|im_end|>"
+
+
+# --- regression: rows without tools ---------------------------------------------------------------
+
+FALLBACK_TEMPLATE = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'assistant says:' }}{% endif %}")
+# sha256(json([input_ids, labels]))[:16] of each row below, as tunelab encoded them before function-calling rows
+# were supported (the same for the template that takes the fallback path). Regenerate only if the tiny tokenizer
+# in tests/helpers.py changes.
+BEFORE_TOOLS = {
+    "conversation": "3b7e78202bc6c184", "weight0": "f5f6e82ba13abc17", "train_on_all": "fe9af936ad4d8b87",
+    "first_assistant": "4b8d1c9e3fafa054", "tool_role": "7e3782746d3b4a5d", "classification": "a0c3f79d857e0584",
+    "completion": "3530fa5953d7e9df", "chats0": "ac659c56e021e4ed", "chats1": "bc699f9a7819041f",
+    "chats2": "7f6d8f88be412065", "chats3": "5d775eb56310be2b", "chats4": "80ade5a364356586",
+}
+
+
+def _regression_rows() -> list[tuple[str, Record, dict[str, Any]]]:
+    weighted = [dict(m) for m in CONVERSATION]
+    weighted[2]["weight"] = 0
+    rows = [
+        ("conversation", chat(CONVERSATION), {}),
+        ("weight0", chat(weighted), {}),
+        ("train_on_all", chat(CONVERSATION), {"train_on": "all"}),
+        ("first_assistant", chat([{"role": "assistant", "content": "how can I help"},
+                                  {"role": "user", "content": "my card"},
+                                  {"role": "assistant", "content": "it has arrived"}]), {}),
+        ("tool_role", chat([{"role": "user", "content": "rate?"}, {"role": "assistant", "content": "checking"},
+                            {"role": "tool", "content": "1.1"}, {"role": "assistant", "content": "it is 1.1"}]), {}),
+        ("classification", Record("f:2", "classification", text="my card has not arrived", label="card_arrival"),
+         {"label_text": "card arrival"}),
+        ("completion", Record("f:1", "completion", prompt="the capital of France is", completion=" Paris"), {}),
+    ]
+    rows += [(f"chats{i}", chat([{"role": "user", "content": u}, {"role": "assistant", "content": a}]), {})
+             for i, (u, a) in enumerate(CHATS)]
+    return rows
+
+
+def test_rows_without_tools_encode_exactly_as_before_function_calling(tiny_tokenizer: Any) -> None:
+    fallback = copy.deepcopy(tiny_tokenizer)
+    fallback.chat_template = FALLBACK_TEMPLATE
+    for tok in (tiny_tokenizer, fallback):
+        for name, rec, kwargs in _regression_rows():
+            if tok is fallback and rec.kind != "chat":
+                continue
+            enc = encode_record(rec, tok, **kwargs)
+            digest = hashlib.sha256(json.dumps([enc.input_ids, enc.labels]).encode()).hexdigest()[:16]
+            assert digest == BEFORE_TOOLS[name], name

@@ -13,7 +13,7 @@ from typing import Any
 from .. import atomic
 from ..home import home
 
-CACHE_VERSION = 1  # bump when the cached objects change shape
+CACHE_VERSION = 2  # bump when the cached objects change shape
 
 
 def _source_digest(path: Path, h: Any) -> None:

@@ -7,7 +7,16 @@ from typing import Any, Literal
 
 from ..errors import TunelabError
 
-Message = dict[str, Any]  # {"role", "content", optional "weight" 0/1}
+# {"role", "content", optional "weight" 0/1 (assistant), "tool_calls" (assistant), "tool_call_id" (tool), "name"};
+# a tool call is {"id" (optional), "type": "function", "function": {"name", "arguments": a JSON object as text}}
+Message = dict[str, Any]
+Tool = dict[str, Any]  # {"type": "function", "function": {"name", optional "description", "parameters"}}
+_TOOL_FIELDS = frozenset({"tool_calls", "tool_call_id", "name"})
+
+
+def uses_tools(messages: list[Message], tools: list[Tool] | None) -> bool:
+    """Whether a conversation carries function-calling data that its rendering must keep."""
+    return bool(tools) or any(m.get("tool_calls") for m in messages)
 
 
 @dataclass
@@ -21,11 +30,17 @@ class Record:
     completion: str = ""
     text: str = ""  # text, classification input
     label: str = ""  # classification
+    tools: list[Tool] | None = None  # chat: the functions the assistant may call (OpenAI's `tools`)
 
     def key(self) -> str:
         """Identity used to find exact duplicates."""
         if self.kind == "chat":
-            return repr([(m["role"], m.get("content")) for m in self.messages])
+            plain = [(m["role"], m.get("content")) for m in self.messages]
+            if not self.tools and not any(_TOOL_FIELDS & m.keys() for m in self.messages):
+                return repr(plain)
+            # rows that differ only in their calls or tools are different examples
+            calls = [tuple(m.get(k) for k in sorted(_TOOL_FIELDS)) for m in self.messages]
+            return repr((plain, calls, self.tools))
         return repr((self.kind, self.prompt, self.completion, self.text, self.label))
 
 

@@ -2,14 +2,18 @@
 
 Chat rows go through the tokenizer's own chat template; the trained spans are found by rendering
 the conversation prefix by prefix, so any template that renders prefixes consistently works.
+Function-calling rows are rendered with their `tools`, and an assistant turn's tool calls are trained
+with it; a template that would leave the tool data out is refused rather than trained on half a row.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .records import Message, Record, RowError
+from .records import Message, Record, RowError, Tool, uses_tools
 
 if TYPE_CHECKING:
     from ..config import TunelabConfig
@@ -59,34 +63,188 @@ def classification_messages(text: str, label: str | None, system_prompt: str | N
     return msgs
 
 
-def _render(tokenizer: Any, messages: list[Message], gen: bool = False) -> str:
+def _render(tokenizer: Any, messages: list[Message], gen: bool = False, tools: list[Tool] | None = None) -> str:
+    # tools only when there are some: a template with a separate "tool_use" variant picks it when tools is given
+    extra = {"tools": tools} if tools else {}
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **extra)
     except Exception as exc:  # jinja errors such as "roles must alternate", or no template at all
         raise RowError(f"the model's chat template rejects this conversation: {exc}", field="messages") from None
 
 
-def assistant_spans(tokenizer: Any, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+# --- function calling -----------------------------------------------------------------------------
+
+PROBE_FUNCTION = "tunelab_probe_function"
+_PROBE_ARGS = {"tunelab_probe_argument": "tunelab_probe_value"}
+_PROBE_TOOL: Tool = {"type": "function", "function": {
+    "name": PROBE_FUNCTION, "description": "probe",
+    "parameters": {"type": "object", "properties": {"tunelab_probe_argument": {"type": "string"}}}}}
+
+
+@dataclass(frozen=True)
+class ToolSupport:
+    """What a chat template does with function-calling data; None where it can't render the probe at all
+    (the row itself is then rendered, and the template's own error, if any, reported)."""
+
+    tools: bool | None  # renders the tool definitions
+    calls: bool | None  # renders an assistant's tool calls
+    text_arguments: bool = False  # prints arguments as they are: give it OpenAI's JSON text, not an object
+
+
+_SUPPORT: dict[tuple[str, bool], ToolSupport] = {}  # (template, with tools) -> support: probed once per template
+
+
+def tool_support(tokenizer: Any, with_tools: bool = True) -> ToolSupport:
+    """Whether the tokenizer's chat template keeps tool definitions and calls: a probe conversation is rendered
+    with and without them (with_tools: the calls under a tools block, which picks a "tool_use" template variant)."""
+    key = (repr(getattr(tokenizer, "chat_template", None)), with_tools)
+    if key not in _SUPPORT:
+        _SUPPORT[key] = _probe(tokenizer, [_PROBE_TOOL] if with_tools else None)
+    return _SUPPORT[key]
+
+
+def _try_render(tokenizer: Any, messages: list[Message], gen: bool = False,
+                tools: list[Tool] | None = None) -> str | None:
+    try:
+        return _render(tokenizer, messages, gen, tools)
+    except RowError:
+        return None
+
+
+def _probe(tokenizer: Any, tools: list[Tool] | None) -> ToolSupport:
+    user: list[Message] = [{"role": "user", "content": "probe"}]
+    shown = _try_render(tokenizer, user, gen=True, tools=[_PROBE_TOOL])
+    has_tools = None if shown is None else PROBE_FUNCTION in shown
+    # the same conversation with and without the call, under the same tools: the tools block names the function too
+    base = _try_render(tokenizer, [*user, {"role": "assistant", "content": ""}], tools=tools)
+
+    def with_call(arguments: Any) -> str | None:
+        # a 9-character alphanumeric id: Mistral's templates refuse any other
+        call = {"id": "probe0001", "type": "function", "function": {"name": PROBE_FUNCTION, "arguments": arguments}}
+        return _try_render(tokenizer, [*user, {"role": "assistant", "content": "", "tool_calls": [call]}],
+                           tools=tools)
+
+    # Hugging Face templates expect arguments as an object and print them with tojson; OpenAI rows hold JSON text,
+    # which tojson would print as a quoted string. A template that prints the object as Python's repr (or fails on
+    # it) wants the text.
+    as_object = with_call(dict(_PROBE_ARGS))
+    if as_object is not None and "'tunelab_probe_argument'" not in as_object:
+        return ToolSupport(has_tools, None if base is None else as_object != base)
+    as_text = with_call(json.dumps(_PROBE_ARGS))
+    if as_text is None or base is None:
+        return ToolSupport(has_tools, None)
+    return ToolSupport(has_tools, as_text != base, text_arguments=True)
+
+
+def _template_messages(tokenizer: Any, messages: list[Message], tools: list[Tool] | None) -> list[Message]:
+    """The conversation as the template reads it; RowError when the template would drop its tool data."""
+    support = tool_support(tokenizer, bool(tools))
+    lost = []
+    if tools and support.tools is False:
+        lost.append("the tool definitions (`tools`)")
+    if support.calls is False and any(m.get("tool_calls") for m in messages):
+        lost.append("the assistant's tool calls")
+    if lost:
+        raise RowError(f"the model's chat template has no tool support: it leaves out {' and '.join(lost)}, so "
+                       "training would see half of this conversation. Use a model whose chat template renders "
+                       "tools (e.g. Qwen2.5-Instruct), or make the row plain chat: describe the functions in "
+                       "data.system_prompt, write the calls into the assistant's content and drop tools/tool_calls",
+                       field="tools" if tools and support.tools is False else "messages")
+    return [_with_arguments(m, support.text_arguments) for m in messages]
+
+
+def _with_arguments(m: Message, as_text: bool) -> Message:
+    if as_text or not m.get("tool_calls"):
+        return m
+    calls = []
+    for call in m["tool_calls"]:
+        fn = call.get("function") or {}
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            with contextlib.suppress(json.JSONDecodeError):  # rows not checked by formats: left as they are
+                args = json.loads(args)
+        calls.append({**call, "function": {**fn, "arguments": args}})
+    return {**m, "tool_calls": calls}
+
+
+def _changed(tokenizer: Any, full: str, other: str) -> tuple[int, int] | None:
+    """The characters of `full` whose tokens differ from `other`'s, between their common first and last tokens;
+    compared token by token, so that the span starts and ends on token boundaries (a character comparison can
+    stop inside a token such as "<tool_call>"). None when nothing differs."""
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    ref = list(tokenizer(other, add_special_tokens=False)["input_ids"])
+    n = min(len(ids), len(ref))
+    head = next((k for k in range(n) if ids[k] != ref[k]), n)
+    tail = next((k for k in range(n - head) if ids[-1 - k] != ref[-1 - k]), n - head)
+    if head >= len(ids) - tail:
+        return None
+    return offsets[head][0], offsets[len(ids) - tail - 1][1]
+
+
+def _call_span(tokenizer: Any, messages: list[Message], i: int, full: str, from_pos: int,
+               tools: list[Tool] | None) -> tuple[int, int]:
+    """Where reply i and its tool calls are in `full`, for templates that render prefixes inconsistently: the
+    calls are what changes when they are left out. Refused when that would take in a tool result (templates
+    that render results inside the assistant's turn)."""
+    def fail(why: str) -> RowError:
+        return RowError(f"the chat template renders this conversation differently prefix by prefix, and {why}; "
+                        "use a template that renders each reply the same way wherever it is", field="messages")
+
+    bare = {k: v for k, v in messages[i].items() if k != "tool_calls"}
+    other = _try_render(tokenizer, [*messages[:i], bare, *messages[i + 1:]], tools=tools)
+    found = _changed(tokenizer, full, other) if other is not None else None
+    if found is None:
+        raise fail("the tokens of an assistant tool call can't be located in it")
+    start, end = found
+    for k in range(i + 1, len(messages)):
+        m = messages[k]
+        if m["role"] != "tool" or not m["content"]:
+            continue
+        # a replacement unlike the result at both ends: the change covers all of it
+        marker = "§" if "§" not in (m["content"][0], m["content"][-1]) else "¤"
+        changed = _try_render(tokenizer, [*messages[:k], {**m, "content": marker}, *messages[k + 1:]], tools=tools)
+        result = _changed(tokenizer, full, changed) if changed is not None else None
+        if result is not None and result[0] < end and start < result[1]:
+            raise fail("a tool result is rendered inside the assistant's turn, so the call can't be trained without "
+                       "training on the result")
+    content = messages[i]["content"]
+    at = full.find(content, from_pos) if content else -1
+    return (at if 0 <= at < start else start), end
+
+
+# --- masks ----------------------------------------------------------------------------------------
+
+
+def assistant_spans(tokenizer: Any, messages: list[Message],
+                    tools: list[Tool] | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans of the replies that carry loss
-    (assistant content plus its end-of-turn token; weight 0 replies excluded)."""
-    full = _render(tokenizer, messages)
+    (assistant content and tool calls plus the end-of-turn token; weight 0 replies excluded).
+    Tool definitions and tool results are rendered but never trained."""
+    tools = tools or None
+    if uses_tools(messages, tools):
+        messages = _template_messages(tokenizer, messages, tools)
+    full = _render(tokenizer, messages, tools=tools)
     spans: list[tuple[int, int]] = []
     cursor = 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], gen=True) if i else ""
-        after = _render(tokenizer, messages[: i + 1])
+        before = _render(tokenizer, messages[:i], gen=True, tools=tools) if i else ""
+        after = _render(tokenizer, messages[: i + 1], tools=tools)
         if i and full.startswith(after) and after.startswith(before):
             start, end = len(before), len(after)
         else:  # template does not render prefixes consistently: locate the content after what precedes it
-            prefix = _render(tokenizer, messages[:i]) if i else ""
+            prefix = _render(tokenizer, messages[:i], tools=tools) if i else ""
             from_pos = max(cursor, len(prefix) if full.startswith(prefix) else cursor)
-            start = full.find(m["content"], from_pos)
-            if start < 0:
-                raise RowError(f"messages[{i}]: the chat template changes this assistant reply, so its tokens "
-                               "can't be found; use a template that renders replies verbatim", field="messages")
-            end = start + len(m["content"])
+            if m.get("tool_calls"):
+                start, end = _call_span(tokenizer, messages, i, full, from_pos, tools)
+            else:
+                start = full.find(m["content"], from_pos)
+                if start < 0:
+                    raise RowError(f"messages[{i}]: the chat template changes this assistant reply, so its tokens "
+                                   "can't be found; use a template that renders replies verbatim", field="messages")
+                end = start + len(m["content"])
             eos = tokenizer.eos_token or ""
             if eos and full.startswith(eos, end):
                 end += len(eos)
@@ -123,7 +281,7 @@ def encode_record(
     if rec.kind in ("chat", "classification"):
         messages = rec.messages if rec.kind == "chat" else classification_messages(
             rec.text, label_text if label_text is not None else rec.label, system_prompt)
-        full, spans = assistant_spans(tokenizer, messages)
+        full, spans = assistant_spans(tokenizer, messages, rec.tools if rec.kind == "chat" else None)
         ids, labels = _encode_spans(tokenizer, full, spans if train_on == "assistant" else None)
     elif rec.kind == "completion":  # raw text: the tokenizer adds its BOS where the model expects one
         prompt_ids = tokenizer(rec.prompt)["input_ids"] if rec.prompt else []

@@ -230,12 +230,19 @@ class RunDir:
         return self._lines(layout.EVENTS).rows
 
     def last_checkpoint(self) -> Path | None:
-        from transformers.trainer_utils import get_last_checkpoint
-
+        """The newest complete checkpoint. The trainer writes trainer_state.json last: a process killed while
+        saving leaves a checkpoint without it (or with it cut short), which a resume must pass over."""
         if not self.checkpoints.is_dir():
             return None
-        last = get_last_checkpoint(str(self.checkpoints))
-        return Path(last) if last else None
+        steps = sorted((d for d in self.checkpoints.glob("checkpoint-*") if d.name.rsplit("-", 1)[-1].isdigit()),
+                       key=checkpoint_step, reverse=True)
+        for d in steps:
+            try:
+                json.loads((d / "trainer_state.json").read_text())
+            except (OSError, ValueError):
+                continue
+            return d
+        return None
 
     # --- writing ---------------------------------------------------------------------------------
 
