@@ -145,6 +145,44 @@ def wait_up(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None
     raise AssertionError("server did not come up")
 
 
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """A throwaway PostgreSQL server (Debian's package: apt-get install postgresql) on a free port; yields its
+    URL. Raises RuntimeError saying what is missing where it can't be started."""
+    import glob
+    import shutil
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    initdb = bins[-1] if bins else shutil.which("initdb")
+    if not initdb:
+        raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql)")
+    bin_dir = Path(initdb).parent
+    root = Path(tempfile.mkdtemp(prefix="tunelab-pg-", dir="/tmp"))
+    root.chmod(0o755)
+    data, port = root / "data", free_port()
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: its own system user runs it
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+
+    def run(*cmd: str) -> None:
+        done = subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=120)
+        if done.returncode:
+            raise RuntimeError(f"{' '.join(cmd)}: {done.stderr or done.stdout}")
+
+    run(str(bin_dir / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres")
+    run(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100", "start")
+    try:
+        run(str(bin_dir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "tunelab")
+        yield f"postgresql://postgres@127.0.0.1:{port}/tunelab"
+    finally:
+        with contextlib.suppress(RuntimeError):
+            run(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # --- data ------------------------------------------------------------------------------------------
 
 CHATS = [

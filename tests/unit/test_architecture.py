@@ -17,7 +17,7 @@ LAYERS: list[set[str]] = [
     {"version", "errors", "atomic", "home", "config", "device", "runs"},
     {"models", "data"},
     {"training"},
-    {"eval", "probes", "rewards", "report"},
+    {"eval", "probes", "rewards", "graders", "report"},
     {"recipes"},
     {"export", "serve", "jobs", "inference", "quickstart"},
     {"cli", "<root>"},

@@ -91,6 +91,16 @@ def database_url(data_dir: Path, url: str | None) -> str:
     return url or f"sqlite:///{(data_dir / 'tunelab-jobs.db').resolve()}"
 
 
+def driver_url(url: str) -> str:
+    """postgresql://... through psycopg 3 (`tunelab[postgres]`), which SQLAlchemy takes only when named."""
+    if url.startswith(("postgresql://", "postgres://")):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
 class JobsDB:
     """The database, migrated to the current schema on open."""
 
@@ -99,7 +109,7 @@ class JobsDB:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         try:
-            self.engine = create_engine(url, **kwargs)
+            self.engine = create_engine(driver_url(url), **kwargs)
         except ModuleNotFoundError as exc:
             raise ValueError(f"database URL {url!r} needs the driver {exc.name!r}: pip install it "
                              f"(`pip install 'tunelab[postgres]'` for PostgreSQL)") from None

@@ -18,6 +18,8 @@ from typing import Any
 from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from ..jobs.db import driver_url
+
 
 class Base(DeclarativeBase):
     pass
@@ -85,7 +87,7 @@ class Store:
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
         try:
-            self.engine = create_engine(url, **kwargs)
+            self.engine = create_engine(driver_url(url), **kwargs)
             Base.metadata.create_all(self.engine)
         except ModuleNotFoundError as exc:
             raise ValueError(f"database URL {url!r} needs the driver {exc.name!r}: pip install it "
