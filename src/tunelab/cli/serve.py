@@ -44,6 +44,8 @@ def serve_cmd(
     jobs: int = typer.Option(1, "--jobs", min=0, help="Fine-tuning jobs trained at once by this server; 0: none "
                              "here (run `tunelab worker` elsewhere)."),
     no_jobs: bool = typer.Option(False, "--no-jobs", help="Serve models only: no files or fine_tuning API."),
+    no_python_graders: bool = typer.Option(False, "--no-python-graders", help="Refuse python graders (user code "
+                                           "run in a limited subprocess, not a sandbox): for shared servers."),
 ) -> None:
     """Serve a model and its adapters behind an OpenAI-compatible API."""
     from ..models.load import ModelError
@@ -66,7 +68,7 @@ def serve_cmd(
         keys += [ln.strip() for ln in keys_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     settings = ServeSettings(api_keys=keys, admin_keys=list(admin_key), log_content=log_content,
                              default_max_tokens=max_tokens, max_file_bytes=max_file_mb * 1024 * 1024,
-                             jobs=not no_jobs, worker_jobs=jobs)
+                             jobs=not no_jobs, worker_jobs=jobs, python_graders=not no_python_graders)
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,

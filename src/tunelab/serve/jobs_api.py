@@ -72,6 +72,15 @@ class JobsRuntime:
             self.state.remove_adapter(name)  # deleted: the model and its checkpoints go
 
 
+def _uses_python(grader: Any) -> bool:
+    """Whether a grader object is, or contains, a python grader."""
+    if isinstance(grader, dict):
+        return grader.get("type") == "python" or any(_uses_python(v) for v in grader.values())
+    if isinstance(grader, list):
+        return any(_uses_python(v) for v in grader)
+    return False
+
+
 def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
     jobs: JobsRuntime = state.jobs
     service, files = jobs.service, jobs.files
@@ -124,6 +133,10 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
 
     @app.post("/v1/fine_tuning/jobs")
     async def create_job(body: JobCreate, project: str = auth) -> Any:
+        reinforcement = body.method.reinforcement if body.method else None
+        if reinforcement is not None and not state.settings.python_graders and _uses_python(reinforcement.grader):
+            raise JobsError(400, "python graders are switched off on this server (--no-python-graders)",
+                            param="method.reinforcement.grader")
         row = await asyncio.to_thread(service.create, project, body, base_for(project, body.model))
         return job_object(row)
 
@@ -171,6 +184,41 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
             raise JobsError(404, f"the job's report is written when its training completes (status {job.status})",
                             param="fine_tuning_job_id", code="not_found")
         return FileResponse(page, media_type="text/html")
+
+    # --- graders: try one before a job --------------------------------------------------------
+
+    def grader_of(body: dict[str, Any]) -> Any:
+        from ..config import ConfigError
+        from ..graders import validate
+
+        if not isinstance(body.get("grader"), dict):
+            raise JobsError(400, "grader: an object is required", param="grader")
+        try:
+            grader = validate(body["grader"])
+        except ConfigError as exc:
+            raise JobsError(400, str(exc), param="grader") from None
+        if not state.settings.python_graders and _uses_python(body["grader"]):
+            raise JobsError(400, "python graders are switched off on this server (--no-python-graders)",
+                            param="grader")
+        return grader
+
+    @app.post("/v1/fine_tuning/alpha/graders/validate")
+    async def validate_grader(body: dict[str, Any], project: str = auth) -> Any:
+        grader_of(body)
+        return {"grader": body["grader"]}
+
+    @app.post("/v1/fine_tuning/alpha/graders/run")
+    async def run_grader(body: dict[str, Any], project: str = auth) -> Any:
+        from ..graders import grade, sample_from_text
+
+        grader = grader_of(body)
+        if not isinstance(body.get("model_sample"), str):
+            raise JobsError(400, "model_sample: the model's answer, as a string, is required", param="model_sample")
+        item = body.get("item") or {}
+        if not isinstance(item, dict):
+            raise JobsError(400, "item: an object is required", param="item")
+        result = await asyncio.to_thread(grade, grader, sample_from_text(body["model_sample"]), item)
+        return result.to_dict()
 
     @app.delete("/v1/models/{name:path}")
     async def delete_model(name: str, project: str = auth) -> Any:

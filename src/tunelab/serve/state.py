@@ -38,6 +38,7 @@ class ServeSettings:
     default_max_tokens: int = 256
     jobs: bool = True  # the files and fine_tuning.jobs API
     worker_jobs: int = 1  # jobs this server trains at once; 0: none (workers run elsewhere)
+    python_graders: bool = True  # user code run by python graders (a subprocess with limits, not a sandbox)
 
     def projects(self) -> dict[str, str]:
         """key -> the project it belongs to."""
