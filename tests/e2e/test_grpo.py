@@ -124,3 +124,77 @@ def test_data_and_reward_problems_stop_before_a_run_exists(varied_model: Path, t
     r = tunelab_cli("train", write_config(tmp_path, varied_model, "grpo", rewards=["numerik"]), cwd=tmp_path)
     assert r.returncode != 0 and "numerik" in r.stderr and "module:function" in r.stderr
     assert not (tmp_path / "runs").exists()
+
+
+# --- OpenAI's graders as the reward (rl.grader) ------------------------------------------------------------------
+
+LENGTH_GRADER = ("def grade(sample, item):\n"
+                 "    text = sample['output_text']\n"
+                 "    hit = 1.0 if item['reference'] in text else 0.0\n"
+                 "    return 0.5 * hit + 0.5 * min(len(set(text)) / 20, 1.0) * item['meta']['weight']\n")
+
+
+def write_rft_rows(path: Path, n: int = 12) -> Path:
+    """OpenAI's reinforcement rows: messages ending with a user turn; every other key is the grader's item."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [{"messages": [{"role": "user", "content": PROBLEMS[i % len(PROBLEMS)][0]}],
+             "reference": PROBLEMS[i % len(PROBLEMS)][1].removeprefix("#### "), "meta": {"weight": 1}}
+            for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_grader_config(tmp_path: Path, model: Path, grader: dict[str, Any], **rl: Any) -> Path:
+    cfg = yaml.safe_load(write_config(tmp_path, model, "grpo").read_text())
+    cfg["rl"] = {"grader": grader, "num_generations": 2, "max_completion_tokens": 8} | rl
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_grpo_with_a_python_grader(varied_model: Path, tmp_path: Path) -> None:
+    """rl.grader is the reward: it reads each row's other fields as {{item.*}} (here in its python source), its
+    mean reward on held-out prompts is the run's base vs tuned score, and the report is written."""
+    write_rft_rows(tmp_path / "data" / "train.jsonl")
+    grader = {"type": "python", "name": "has_answer", "source": LENGTH_GRADER}
+    r = tunelab_cli("train", write_grader_config(tmp_path, varied_model, grader), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "grpo"
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert summary["eval_metric"] == "grader_mean_reward" and summary["grader"] == "has_answer"
+    assert summary["rewards"] == ["has_answer"] and summary["eval_rows"] == 3
+    assert 0.0 <= summary["base_reward"] <= 1.0 and 0.0 <= summary["tuned_reward"] <= 1.0
+    assert summary["grader_graded"] > 0 and summary["grader_failed"] == 0
+    assert "grader 'has_answer' mean reward" in r.stderr
+
+    rewarded = [m for m in metrics(run) if m.get("reward") is not None]
+    assert rewarded and all("rewards/has_answer/mean" in m and m["grader/error_rate"] == 0 for m in rewarded)
+    preds = json.loads((run / "predictions.json").read_text())
+    assert len(preds) == 3 and all(0.0 <= p["reward"] <= 1.0 and p["correct"] == (p["reward"] >= 0.5)
+                                   and "base_reward" in p for p in preds)
+    assert (run / "report.html").is_file() and (run / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_grpo_with_a_string_check_grader_and_its_refusals(varied_model: Path, tmp_path: Path) -> None:
+    write_rft_rows(tmp_path / "data" / "train.jsonl")
+    check = {"type": "string_check", "name": "contains", "input": "{{sample.output_text}}",
+             "reference": "{{item.reference}}", "operation": "like"}
+    r = tunelab_cli("train", write_grader_config(tmp_path, varied_model, check), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "grpo" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["grader_type"] == "string_check"
+
+    # refused before a run directory exists: both a grader and rl.rewards; a python grader that doesn't compile;
+    # a template reading an item field the rows don't have (at the row's file:line)
+    cases = [({"rewards": ["exact"]}, check, "rl.rewards"),
+             ({}, {"type": "python", "name": "p", "source": "def grade(s, i)\n    return 1\n"}, "does not compile"),
+             ({}, check | {"reference": "{{item.missing}}"}, "train.jsonl:1: error: no item.missing")]
+    for i, (rl, grader, said) in enumerate(cases):
+        cfg = write_grader_config(tmp_path, varied_model, grader, **rl)
+        cfg_text = yaml.safe_load(cfg.read_text()) | {"name": f"bad{i}"}
+        cfg.write_text(yaml.safe_dump(cfg_text))
+        r = tunelab_cli("train", cfg, cwd=tmp_path, timeout=300)
+        assert r.returncode != 0 and said in r.stderr, r.stderr[-2000:]
+        assert not (tmp_path / "runs" / f"bad{i}").exists()

@@ -229,3 +229,35 @@ def test_uploads_over_the_limit_and_hostile_names(server: str, tmp_path: Path) -
     assert c.files.delete(evil.id).deleted
     with pytest.raises(openai.NotFoundError):
         c.files.retrieve(evil.id)
+
+
+def test_reinforcement_job_with_a_grader(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    rows = [{"messages": [{"role": "user", "content": f"what is {i} + 1"}], "answer": str(i + 1)} for i in range(8)]
+    f = upload(c, write_jsonl(tmp_path / "rft.jsonl", rows))
+    grader = {"type": "string_check", "name": "right", "input": "{{sample.output_text}}",
+              "reference": "{{item.answer}}", "operation": "like"}
+    job = c.fine_tuning.jobs.create(
+        model="tiny", training_file=f.id, method={"type": "reinforcement", "reinforcement": {"grader": grader}},
+        extra_body={"tunelab": {"config": QUICK | {"train.max_steps": 2, "rl.num_generations": 2,
+                                                   "rl.max_completion_tokens": 8}}})
+    job = wait(c, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.method.type == "reinforcement" and job.method.reinforcement.grader.reference == "{{item.answer}}"
+    assert isinstance(answer(c, job.fine_tuned_model), str)
+
+
+def test_graders_can_be_tried_before_a_job(server: str) -> None:
+    c = client(server)
+    grader = {"type": "string_check", "name": "exact", "input": "{{sample.output_text}}",
+              "reference": "{{item.city}}", "operation": "eq"}
+    run = c.fine_tuning.alpha.graders.run(grader=grader, model_sample="Paris", item={"city": "Paris"})
+    assert run.reward == 1.0 and run.metadata.name == "exact"
+    assert c.fine_tuning.alpha.graders.run(grader=grader, model_sample="Rome", item={"city": "Paris"}).reward == 0.0
+    multi = {"type": "multi", "name": "both", "calculate_output": "0.5 * a + 0.5 * b",
+             "graders": {"a": grader, "b": grader | {"operation": "ne"}}}
+    both = c.fine_tuning.alpha.graders.run(grader=multi, model_sample="Paris", item={"city": "Paris"})
+    assert both.reward == 0.5 and set(both.sub_rewards) == {"a", "b"}
+    assert c.fine_tuning.alpha.graders.validate(grader=grader).grader.name == "exact"
+    with pytest.raises(openai.BadRequestError, match="operation"):
+        c.fine_tuning.alpha.graders.validate(grader=grader | {"operation": "almost"})

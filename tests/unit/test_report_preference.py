@@ -172,3 +172,63 @@ def test_rl_answers_unmarked_by_an_earlier_version_are_scored_alike(tmp_path: Pa
             for name, preds in (("marked", marked), ("unmarked", unmarked))]
     assert reps[0]["verdict"] == reps[1]["verdict"] and reps[0]["verdict"]["ci95"] is not None
     assert reps[0]["examples"]["rows"] == reps[1]["examples"]["rows"]
+
+
+def grader_predictions(n: int) -> list[dict[str, Any]]:
+    """A grader run's predictions as training writes them: each answer's reward, right at the pass threshold."""
+    out = []
+    for i in range(n):
+        base, tuned = 0.2 + (i % 3) / 10, 0.6 + (i % 4) / 10
+        out.append({"where": f"rft.jsonl:{i + 1}", "prompt": f"Name the capital of country {i}", "answer": None,
+                    "predicted": f"City {i}", "correct": tuned >= 0.5, "reward": tuned,
+                    "base_predicted": f"Town {i}", "base_correct": base >= 0.5, "base_reward": base})
+    return out
+
+
+def test_grpo_with_a_grader_reports_its_mean_reward_not_a_share(tmp_path: Path) -> None:
+    metrics = [{"step": s, "loss": 0.0, "reward": 0.3 + s / 100, "rewards/contact/mean": 0.3 + s / 100,
+                "grader/error_rate": 0.1 if s < 3 else 0.0, "kl": s / 1e4} for s in range(1, 11)]
+    preds = grader_predictions(40)
+    base = sum(p["base_reward"] for p in preds) / 40
+    tuned = sum(p["reward"] for p in preds) / 40
+    run = pref_run(tmp_path, "grpo", {"eval_rows": 40, "base_reward": base, "tuned_reward": tuned,
+                                      "eval_metric": "grader_mean_reward", "grader": "contact", "grader_type": "multi",
+                                      "pass_threshold": 0.5, "grader_graded": 320, "grader_failed": 4,
+                                      "reward_first": 0.31, "reward_last": 0.4}, metrics, preds)
+    page, rep = report(run)
+    v = rep["verdict"]
+    assert v["kind"] == "better" and v["metric"] == "grader_mean_reward"
+    assert f"mean reward of greedy answers by grader 'contact' (multi) {base:.3f} → {tuned:.3f}" in v["text"]
+    assert f"(+{tuned - base:.3f}, 95% CI +" in v["text"] and "final-number" not in v["text"]
+    assert "%" not in v["text"].replace("95% CI", "")  # rewards are numbers on the grader's scale, not shares
+    assert "failed on 4 of 320 training answers" in v["text"]
+    # the interval is over the answers' rewards, not over right/wrong
+    from tunelab.eval.metrics import bootstrap_diff
+    _, lo, hi = bootstrap_diff([p["reward"] for p in preds], [p["base_reward"] for p in preds])
+    assert v["ci95"] == [lo, hi] and 0 < lo < tuned - base < hi
+    facts = dict(rep["preference"]["rows"])
+    assert facts["held-out mean reward, base → tuned"] == f"{base:.3f} → {tuned:.3f}"
+    assert facts["grader"] == "grader 'contact' (multi)" and facts[
+        "training answers the grader failed on (scored 0)"] == "4 of 320"
+    assert "right (✓) at 0.5 or more" in rep["preference"]["explain"]
+    panels = dict(rep["preference"]["panels"])
+    assert "contact" in panels["mean reward per answer"] and "share of answers the grader failed on" in panels
+    ex = rep["examples"]["rows"]
+    assert all(r["tuned_ok"] for r in ex) and not any(r["base_ok"] for r in ex)  # as training marked them
+    assert ex[0]["tuned_reward"] == preds[0]["reward"] and ex[0]["base_reward"] == preds[0]["base_reward"]
+    assert "✓ [0.6] City 0" in page and "✗ [0.2] Town 0" in page
+
+
+def test_grader_run_without_base_or_marks(tmp_path: Path) -> None:
+    """A grader's mean reward alone is a number, not a share; unmarked answers stay unmarked (only the grader
+    could mark them, the final-number rule does not apply)."""
+    preds = [{k: v for k, v in p.items() if k not in ("correct", "base_correct")} for p in grader_predictions(4)]
+    preds[0]["answer"], preds[0]["predicted"] = "#### 3", "#### 3"
+    run = pref_run(tmp_path, "rloo", {"eval_rows": 4, "tuned_reward": 0.75, "eval_metric": "grader_mean_reward",
+                                      "grader": "judge", "grader_type": "score_model"},
+                   [{"step": 1, "reward": 0.1}], preds)
+    _, rep = report(run)
+    v = rep["verdict"]
+    assert v["kind"] == "no_comparison" and v["metric"] == "grader_mean_reward"
+    assert "mean reward of greedy answers by grader 'judge' (score_model) 0.750 on 4 held-out prompts" in v["text"]
+    assert all(r["tuned_ok"] is None for r in rep["examples"]["rows"])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, model_validator
+from pydantic_core import PydanticCustomError
 
 from .base import Section
+from .graders import Grader
 
 DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
                      "apo_zero", "apo_down", "sigmoid_norm"]
@@ -52,3 +54,24 @@ class RLConfig(Section):
 
     answer_field: str = "answer"
     """Column holding each prompt's reference answer (used by exact and numeric rewards)."""
+
+    grader: Grader | None = None
+    """OpenAI's grader object (reinforcement fine-tuning): string_check, text_similarity, python, score_model or
+    multi, reading {{sample.output_text}} and each row's other fields as {{item.<field>}}. When set, it is the
+    reward, instead of rl.rewards; see docs/preference.md."""
+
+    grader_timeout: float = Field(5.0, gt=0)
+    """Seconds a python grader may take on one answer; past it the answer scores 0 and the error is counted."""
+
+    @model_validator(mode="after")
+    def _grader_or_rewards(self, info: ValidationInfo) -> RLConfig:
+        if self.grader is None or (info.context or {}).get("rules") is False:
+            return self
+        # a rule across fields, reported as TunelabConfig's rules are: each at the line of the key it names
+        found = [(f"rl.{key}", f"rl.grader and rl.{key} are both set: a grader is the whole reward. Remove "
+                  f"rl.{key}, or rl.grader to use rl.rewards")
+                 for key in ("rewards", "reward_weights")
+                 if getattr(self, key) != type(self).model_fields[key].get_default(call_default_factory=True)]
+        if found:
+            raise PydanticCustomError("config_rules", "; ".join(m for _, m in found), {"problems": found})
+        return self

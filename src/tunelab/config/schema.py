@@ -131,8 +131,9 @@ def _field(cfg: BaseModel, key: str) -> tuple[Any, Any]:
 
 
 def _changed(value: Any, default: Any) -> list[str]:
-    """The keys under a setting that differ from their defaults ([""] for a plain setting that differs)."""
-    if isinstance(value, BaseModel):
+    """The keys under a setting that differ from their defaults ([""] for a plain setting that differs, or a
+    section set where its default is None, such as rl.grader)."""
+    if isinstance(value, BaseModel) and isinstance(default, BaseModel):
         out = []
         for name in type(value).model_fields:
             sub, sub_default = getattr(value, name), getattr(default, name)

@@ -47,6 +47,9 @@ class PromptRow:
     where: str
     prompt: list[Message]
     answer: str | None
+    # every other field of the row (after data.columns): what an OpenAI grader reads as {{item.<field>}}; not part
+    # of a row's identity (equality, duplicates), as before it was kept
+    item: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def key(self) -> str:
         return repr((_plain(self.prompt), self.answer))
@@ -321,7 +324,8 @@ def to_prompt_row(where: str, data: dict[str, Any], fmt: str, system_prompt: str
         p.append(Problem(where, "empty prompt: there is nothing to answer", field=fmt))
     if _errors_since(p, 0):
         return None, p
-    return PromptRow(where, _with_system(prompt, system_prompt), answer), p
+    item = {k: v for k, v in data.items() if k != ("messages" if fmt == "chat" else fmt)}
+    return PromptRow(where, _with_system(prompt, system_prompt), answer, item), p
 
 
 # --- loading ----------------------------------------------------------------------------------------------
@@ -397,7 +401,8 @@ def load_prompts(path: str | Path, fmt: str = "auto", columns: dict[str, str] | 
                  system_prompt: str | None = None, answer_field: str = "answer",
                  ) -> tuple[list[PromptRow], list[Problem]]:
     """Prompts for online RL: {"prompt": str | messages, answer_field: ...}, {"question", "answer"} (GSM8K),
-    or {"messages": [...]} whose last assistant message, if any, is the answer. Bad rows become Problems."""
+    or {"messages": [...]} whose last assistant message, if any, is the answer (OpenAI's reinforcement rows end
+    with a user turn). Each row's other fields are kept as its `item`. Bad rows become Problems."""
     rows, out = _load(path, fmt, PROMPT_FORMATS, columns, lambda d: detect_prompt_format(set(d)),
                       _explain_prompts, lambda w, d, f: to_prompt_row(w, d, f, system_prompt, answer_field))
     return rows, out.problems

@@ -1,7 +1,9 @@
 """Online RL through TRL: GRPO and RLOO. Each prompt is answered num_generations times by the model being
 trained, the answers are scored by rl.rewards, and each answer is pushed up or down by how it scored against
 the others from the same prompt (GRPO: group mean and std; RLOO: the mean of the others). The KL reference is
-the starting model: with LoRA/DoRA the same weights with the adapter switched off.
+the starting model: with LoRA/DoRA the same weights with the adapter switched off. With rl.grader (OpenAI's grader
+object) the grader is the reward, reading each row's other fields as its item, and held-out prompts are scored by
+the grader's mean reward instead of the numeric one.
 
 Reads top to bottom: rewards and prompts -> (run directory) -> model -> base score -> trainer -> adapter -> score.
 """
@@ -13,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .. import rewards
+from .. import graders, rewards
 from ..config import TunelabConfig
 from ..data.records import DataError, Problem
 from ..data.split import sample_limit, split_validation
@@ -33,14 +35,21 @@ class Prompts:
 
 
 def check(cfg: TunelabConfig) -> None:
-    rewards.check(cfg.rl.rewards)  # a typo in rl.rewards fails before any loading
+    """A typo in rl.rewards, or a grader tunelab can't run (its source compiled with the config), fails before
+    any loading."""
+    if cfg.rl.grader is not None:
+        graders.check(cfg.rl.grader, "rl.grader")
+    else:
+        rewards.check(cfg.rl.rewards)
 
 
 def prepare(start: Start) -> Prepared:
     """Prompts and reward functions; user modules and reward models load here, before the run opens."""
     cfg = start.cfg
     train, val, skipped, report = _prompts(cfg, start.tokenizer)
-    return Prepared(Prompts(train, val, rewards.build(cfg.rl.rewards, start.tokenizer)), report, skipped)
+    funcs = ([graders.reward_function(cfg.rl.grader, python_timeout=cfg.rl.grader_timeout)]
+             if cfg.rl.grader is not None else rewards.build(cfg.rl.rewards, start.tokenizer))
+    return Prepared(Prompts(train, val, funcs), report, skipped)
 
 
 def _prompts(cfg: TunelabConfig, tokenizer: Any) -> tuple[list[Any], list[Any], list[Problem], dict[str, Any]]:
@@ -48,7 +57,7 @@ def _prompts(cfg: TunelabConfig, tokenizer: Any) -> tuple[list[Any], list[Any], 
     from ..data.preference import load_prompts
 
     room = cfg.model.max_length - cfg.rl.max_completion_tokens  # prompt tokens that leave room for the answer
-    answer_needed = rewards.needs_answer(cfg.rl.rewards)
+    answer_needed = cfg.rl.grader is None and rewards.needs_answer(cfg.rl.rewards)  # a grader reads the item
 
     def one(path: str) -> tuple[list[Any], list[Problem]]:
         rows, problems = load_prompts(path, cfg.data.format, cfg.data.columns, cfg.data.system_prompt,
@@ -56,7 +65,12 @@ def _prompts(cfg: TunelabConfig, tokenizer: Any) -> tuple[list[Any], list[Any], 
         errors = [p for p in problems if p.severity == "error"]
         kept = []
         for r in rows:
-            if answer_needed and r.answer is None:
+            missing = graders.missing_item_fields(cfg.rl.grader, r.item) if cfg.rl.grader is not None else []
+            if missing:
+                errors.append(Problem(r.where, f"no {', '.join(missing)}: rl.grader's templates read "
+                                      f"{'them' if len(missing) > 1 else 'it'} from the row's fields",
+                                      field=missing[0].removeprefix("item.")))
+            elif answer_needed and r.answer is None:
                 errors.append(Problem(r.where, f"no {cfg.rl.answer_field!r} field: rl.rewards "
                                       f"{[s for s in cfg.rl.rewards if s in rewards.ANSWER_REWARDS]} score against "
                                       "it (set rl.answer_field to the column holding the reference answer)",
@@ -92,11 +106,13 @@ def _prompt_tokens(tokenizer: Any, prompt: list[dict[str, Any]]) -> int:
                                              return_dict=True)["input_ids"])
 
 
-def _dataset(rows: list[Any]) -> Any:
-    """TRL's conversational prompt format; `answer` reaches the reward functions as a keyword argument."""
+def _dataset(rows: list[Any], with_items: bool) -> Any:
+    """TRL's conversational prompt format; `answer` (and a grader's `item`) reach the reward functions as keyword
+    arguments."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": messages(r.prompt), "answer": r.answer} for r in rows])
+    return Dataset.from_list([{"prompt": messages(r.prompt), "answer": r.answer}
+                              | ({"item": graders.item_column(r.item)} if with_items else {}) for r in rows])
 
 
 def _trainer_class(cfg: TunelabConfig) -> tuple[Any, Any]:
@@ -109,8 +125,9 @@ def _trainer_class(cfg: TunelabConfig) -> tuple[Any, Any]:
     return GRPOTrainer, GRPOConfig
 
 
-def _score(model: Any, tokenizer: Any, rows: list[Any], cfg: TunelabConfig) -> tuple[list[float], list[str]]:
-    """The `numeric` reward of each greedy answer (right or wrong on '#### N' style answers)."""
+def _score(model: Any, tokenizer: Any, rows: list[Any], cfg: TunelabConfig,
+           grader: graders.GraderReward | None) -> tuple[list[float], list[str]]:
+    """Each greedy answer's reward: the grader's, else `numeric` (right or wrong on '#### N' style answers)."""
     from ..eval.scoring import generate_answers
 
     was_training = model.training
@@ -119,7 +136,13 @@ def _score(model: Any, tokenizer: Any, rows: list[Any], cfg: TunelabConfig) -> t
                                cfg.rl.max_completion_tokens, cfg.eval.batch_size)
     if was_training:
         model.train()
-    return rewards.numeric([], answers, answer=[r.answer for r in rows]), answers
+    return _rewards_of(answers, rows, grader), answers
+
+
+def _rewards_of(answers: list[str], rows: list[Any], grader: graders.GraderReward | None) -> list[float]:
+    if grader is not None:
+        return [r.reward for r in grader.grade(answers, [r.item for r in rows])]
+    return rewards.numeric([], answers, answer=[r.answer for r in rows])
 
 
 def _mean(xs: list[float]) -> float:
@@ -170,19 +193,30 @@ def train(session: Session, prepared: Prepared) -> Any:
     set_seed(cfg.train.seed)
     model = starting_model(session.start.base)
     n_params = sum(p.numel() for p in model.parameters())
-    scored = [r for r in data.val if r.answer is not None][: auto.scored_rows(cfg, classification=False)]
+    grader = data.reward_funcs[0] if cfg.rl.grader is not None else None
+    # a grader scores every held-out prompt (it reads the row's item); numeric needs a reference answer
+    scorable = data.val if grader is not None else [r for r in data.val if r.answer is not None]
+    scored = scorable[: auto.scored_rows(cfg, classification=False)]
+    metric = f"grader {grader.grader.name!r} mean reward" if grader is not None else "numeric reward"
     summary = session.summary
     summary.update(method=cfg.method, task="chat", base_model=cfg.model.base, train_prompts=len(data.train),
-                   validation_prompts=len(data.val), eval_rows=len(scored), rewards=list(cfg.rl.rewards),
+                   validation_prompts=len(data.val), eval_rows=len(scored),
+                   rewards=[grader.__name__] if grader is not None else list(cfg.rl.rewards),
                    precision=session.precision)
+    if grader is not None:  # base_reward / tuned_reward are the grader's mean reward, not a share answered right
+        summary.update(eval_metric="grader_mean_reward", grader=grader.grader.name, grader_type=grader.grader.type,
+                       pass_threshold=graders.pass_threshold(grader.grader))
     if scored and not session.resume:
         t0 = time.perf_counter()
         session.phase("scoring base model")
-        base_scores, base_answers = _score(model, tokenizer, scored, cfg)
+        base_scores, base_answers = _score(model, tokenizer, scored, cfg, grader)
         summary["base_reward"] = _mean(base_scores)
         run.write_base_predictions(base_answers)  # kept for the paired comparison, also on --resume
-        console.print(f"base model numeric reward: [bold]{summary['base_reward']:.1%}[/] on {len(scored)} "
+        console.print(f"base model {metric}: [bold]{_shown(summary['base_reward'], grader)}[/] on {len(scored)} "
                       f"validation prompts ({time.perf_counter() - t0:.0f} s)")
+        if grader is not None and grader.failed:  # seen before training, not only in metrics.jsonl
+            console.print(f"[yellow]The grader failed on {grader.failed} of {grader.graded} base answers (scored 0); "
+                          f"the first: {grader.first_error}[/]")
 
     # LoRA/DoRA: TRL wraps the model itself, so its KL reference is this model with the adapter switched off.
     # Full: the policy is every weight, so the reference is a frozen copy of where it started.
@@ -201,7 +235,7 @@ def train(session: Session, prepared: Prepared) -> Any:
                       max_completion_length=cfg.rl.max_completion_tokens, temperature=cfg.rl.temperature,
                       beta=cfg.rl.kl_beta, reward_weights=cfg.rl.reward_weights, log_completions=False)
     trainer = quiet(trainer_cls(model=model, reward_funcs=data.reward_funcs, args=args,
-                                train_dataset=_dataset(data.train), processing_class=tokenizer,
+                                train_dataset=_dataset(data.train, grader is not None), processing_class=tokenizer,
                                 callbacks=session.callbacks(SeenTokens(session.counter)),
                                 peft_config=peft_config(cfg, "CAUSAL_LM") if lora else None))
     if ref is not None:
@@ -211,12 +245,15 @@ def train(session: Session, prepared: Prepared) -> Any:
                      prompts_per_step=prompts_per_step * cfg.train.grad_accum, num_generations=G,
                      completions_per_step=prompts_per_step * G * cfg.train.grad_accum,
                      what=f"{cfg.method}  prompts {len(data.train)} train / {len(data.val)} validation  "
-                          f"rewards {', '.join(cfg.rl.rewards)}",
+                          + (f"grader {grader.grader.name} ({grader.grader.type})" if grader is not None
+                             else f"rewards {', '.join(cfg.rl.rewards)}"),
                      batch=f"{prompts_per_step}x{cfg.train.grad_accum} prompts x {G} answers")
     try:
         session.fit(trainer)
     finally:
         summary |= _reward_summary(run)  # also for an interrupted run
+        if grader is not None:  # answers the grader failed on scored 0: how many, so that it is seen
+            summary.update(grader_graded=grader.graded, grader_failed=grader.failed)
     session.save(trainer.model)
     if scored:
         t0 = time.perf_counter()
@@ -224,21 +261,29 @@ def train(session: Session, prepared: Prepared) -> Any:
         merged = lora and hasattr(trainer.model, "merge_adapter")
         if merged:  # saved already: fold the adapter in for scoring, unmerged LoRA generates far slower on a CPU
             trainer.model.merge_adapter()
-        tuned_scores, answers = _score(trainer.model, tokenizer, scored, cfg)
+        tuned_scores, answers = _score(trainer.model, tokenizer, scored, cfg, grader)
         if merged:
             trainer.model.unmerge_adapter()
         summary["tuned_reward"] = _mean(tuned_scores)
         base_answers = _base_answers(run, len(scored))
-        base_scores = (rewards.numeric([], base_answers, answer=[r.answer for r in scored]) if base_answers
-                       else None)
-        # each answer marked right or wrong now, so the report needs no scoring code of its own
+        base_scores = _rewards_of(base_answers, scored, grader) if base_answers else None
+        # each answer marked right or wrong now, so the report needs no scoring code of its own; a grader's
+        # answer is right at its pass threshold, and its reward is kept beside
+        passed = graders.pass_threshold(grader.grader) if grader is not None else 1.0
+        graded = grader is not None
         run.write_predictions([
             {"where": r.where, "prompt": _last_user(r.prompt), "answer": r.answer, "predicted": a,
-             "correct": tuned_scores[i] == 1.0}
-            | ({"base_predicted": base_answers[i], "base_correct": base_scores[i] == 1.0}
+             "correct": tuned_scores[i] >= passed} | ({"reward": tuned_scores[i]} if graded else {})
+            | ({"base_predicted": base_answers[i], "base_correct": base_scores[i] >= passed}
+               | ({"base_reward": base_scores[i]} if graded else {})
                if base_answers and base_scores else {})
             for i, (r, a) in enumerate(zip(scored, answers, strict=True))])
-        console.print(f"numeric reward: base {summary.get('base_reward', float('nan')):.1%} -> tuned "
-                      f"[bold]{summary['tuned_reward']:.1%}[/] on {len(scored)} validation prompts "
+        console.print(f"{metric}: base {_shown(summary.get('base_reward', float('nan')), grader)} -> tuned "
+                      f"[bold]{_shown(summary['tuned_reward'], grader)}[/] on {len(scored)} validation prompts "
                       f"({time.perf_counter() - t0:.0f} s)")
     return trainer.model
+
+
+def _shown(value: float, grader: Any) -> str:
+    """numeric's mean is a share answered right; a grader's is a reward on its own scale."""
+    return f"{value:.3f}" if grader is not None else f"{value:.1%}"

@@ -183,19 +183,21 @@ def _examples_html(f: dict[str, Any]) -> str:
         return _note(f["missing"]["examples"])
     exact = f["classification"]
 
-    def cell(v: Any, ref: Any, ok: bool | None = None) -> str:
+    def cell(v: Any, ref: Any, ok: bool | None = None, reward: float | None = None) -> str:
         if v is None:
             return "–"
         text = str(v)
         text = text if len(text) <= 400 else text[:399] + "…"
+        if reward is not None:  # a grader's answer: its reward beside the mark
+            text = f"[{reward:.3g}] {text}"
         if ok is None and not exact:
             return _e(text)
         ok = v == ref if ok is None else ok
         return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(text)}</span>'
 
     rows = [[_e(r["input"] if len(r["input"]) <= 400 else r["input"][:399] + "…"), _e(r.get("reference")),
-             cell(r.get("tuned"), r.get("reference"), r.get("tuned_ok")),
-             cell(r.get("base"), r.get("reference"), r.get("base_ok"))] for r in ex["rows"]]
+             cell(r.get("tuned"), r.get("reference"), r.get("tuned_ok"), r.get("tuned_reward")),
+             cell(r.get("base"), r.get("reference"), r.get("base_ok"), r.get("base_reward"))] for r in ex["rows"]]
     head = ["input", "expected label" if exact else "reference", "tuned", "base"]
     out = f'<p class="sub">{len(rows)} rows from {_e(ex["source"])}.'
     if exact and ex["source"] == files.PREDICTIONS:

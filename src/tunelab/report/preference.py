@@ -11,6 +11,7 @@ from typing import Any
 
 from ..config.schema import PAIR_METHODS, REFERENCE_FREE, RL_METHODS
 from ..eval.metrics import bootstrap_diff, same_final_number
+from ..runs import layout as files
 from .numbers import fmt_diff, num
 from .source import Run
 
@@ -133,54 +134,100 @@ def _pairs(run: Run, method: str) -> dict[str, Any]:
                                                        "validation": "eval_rewards/margins"})])}
 
 
-def _scored_predictions(run: Run) -> list[dict[str, Any]]:
+def _scored_predictions(run: Run, graded: bool) -> list[dict[str, Any]]:
     """Held-out RL predictions, each marked right or wrong as training scored it; runs trained before answers were
-    marked are scored here by the same rule (the final number)."""
+    marked are scored here by the same rule (the final number). A grader's answers keep their rewards; unmarked
+    ones stay unmarked, as only the grader could mark them."""
     def mark(p: dict[str, Any], key: str, answer: str) -> bool | None:
         if isinstance(p.get(f"{key}correct"), bool):
             return p[f"{key}correct"]
         said = p.get(f"{key}predicted")
-        return same_final_number(str(said), str(answer)) if said is not None and answer is not None else None
+        if graded or said is None or answer is None:
+            return None
+        return same_final_number(str(said), str(answer))
 
     return [{"input": str(p.get("prompt") or p.get("where") or ""), "reference": p.get("answer"),
              "tuned": p["predicted"], "base": p.get("base_predicted"), "tuned_ok": mark(p, "", p.get("answer")),
              "base_ok": mark(p, "base_", p.get("answer"))}
+            | ({"tuned_reward": num(p.get("reward")), "base_reward": num(p.get("base_reward"))} if graded else {})
             for p in run.predictions or [] if "predicted" in p]
+
+
+class _Scale:
+    """How an RL run's held-out score reads: numeric's share of answers right (percent, differences in points),
+    or a grader's mean reward, a number on the grader's own scale."""
+
+    def __init__(self, s: dict[str, Any]) -> None:
+        self.graded = s.get("eval_metric") == "grader_mean_reward"
+        kind = f" ({s['grader_type']})" if s.get("grader_type") else ""
+        self.grader = f"grader '{s.get('grader') or '?'}'{kind}" if self.graded else ""
+        threshold = num(s.get("pass_threshold"))
+        self.threshold = 0.5 if threshold is None else threshold  # where training marked a grader's answer right
+        if self.graded:
+            self.metric, self.what = "grader_mean_reward", f"mean reward of greedy answers by {self.grader}"
+        else:
+            self.metric, self.what = "numeric_accuracy", "final-number accuracy of greedy answers"
+
+    def value(self, x: float) -> str:
+        return f"{x:.3f}" if self.graded else _p(x)
+
+    def diff(self, d: float) -> str:
+        return (f"{'+' if d > 0 else '−' if d < 0 else ''}{abs(d):.3f}" if self.graded
+                else f"{fmt_diff(d, True)} points")
+
+    def interval(self, rows: list[dict[str, Any]]) -> list[float] | None:
+        """95% paired bootstrap interval of tuned − base over the scored answers: of their rewards for a grader,
+        of right (1) and wrong (0) otherwise; None unless every answer has both."""
+        keys = ("tuned_reward", "base_reward") if self.graded else ("tuned_ok", "base_ok")
+        if not rows or any(r.get(k) is None for r in rows for k in keys):
+            return None
+        _, lo, hi = bootstrap_diff([float(r[keys[0]]) for r in rows], [float(r[keys[1]]) for r in rows])
+        return [lo, hi]
 
 
 def _online(run: Run, method: str) -> dict[str, Any]:
     s = run.summary
     base, tuned, n = num(s.get("base_reward")), num(s.get("tuned_reward")), s.get("eval_rows")
-    scored = _scored_predictions(run)
+    scale = _Scale(s)
+    scored = _scored_predictions(run, scale.graded)
     first, last = num(s.get("reward_first")), num(s.get("reward_last"))
-    rows = [("held-out accuracy, base → tuned", f"{_p(base)} → {_p(tuned)}" if base is not None and tuned is not None
-             else _p(tuned) if tuned is not None else "–"),
+    shown = (f"{scale.value(base)} → {scale.value(tuned)}" if base is not None and tuned is not None
+             else scale.value(tuned) if tuned is not None else "–")
+    rows = [("held-out mean reward, base → tuned" if scale.graded else "held-out accuracy, base → tuned", shown),
             ("held-out prompts scored", str(n or "–")),
             ("training reward, first → last logged step", f"{first:.3f} → {last:.3f}" if first is not None and
              last is not None else "–"),
             ("KL to the starting model, last step",
              f"{s['kl_last']:.4f}" if num(s.get("kl_last")) is not None else "–")]
+    failures = ""
+    if scale.graded:
+        rows.insert(1, ("grader", scale.grader))
+        if isinstance(s.get("grader_graded"), int):
+            rows.append(("training answers the grader failed on (scored 0)",
+                         f"{s.get('grader_failed') or 0} of {s['grader_graded']}"))
+            if s.get("grader_failed"):
+                failures = (f" The grader failed on {s['grader_failed']} of {s['grader_graded']} training answers, "
+                            f"which scored 0 ({files.METRICS} has the share per step).")
     for k, val in s.items():
         if k.startswith("reward_last_") and num(val) is not None:
             rows.append((f"reward '{k.removeprefix('reward_last_')}', last step", f"{val:.3f}"))
     trend = (f" The mean training reward went from {first:.3f} at the first logged step to {last:.3f} at the last."
-             if first is not None and last is not None else "")
+             if first is not None and last is not None else "") + failures
     name = method.upper()
     v: dict[str, Any]
     if tuned is None:
-        v = {"kind": "no_metrics", "text": f"No held-out prompts with reference answers were scored.{trend} Give "
-             "data.validation (or data.val_fraction > 0) with answers to see whether the model improved on prompts "
-             "it did not train on."}
+        scored_by = "by the grader" if scale.graded else "with reference answers"
+        v = {"kind": "no_metrics", "text": f"No held-out prompts were scored {scored_by}.{trend} Give "
+             "data.validation (or data.val_fraction > 0)" + ("" if scale.graded else " with answers") +
+             " to see whether the model improved on prompts it did not train on."}
     elif base is None:
-        v = {"kind": "no_comparison", "metric": "numeric_accuracy", "tuned": tuned,
-             "text": f"After {name}: {_p(tuned)} of {n} held-out prompts answered right (final number).{trend}"}
+        said = (f"{scale.what} {scale.value(tuned)} on {n} held-out prompts" if scale.graded
+                else f"{_p(tuned)} of {n} held-out prompts answered right (final number)")
+        v = {"kind": "no_comparison", "metric": scale.metric, "tuned": tuned, "text": f"After {name}: {said}.{trend}"}
     else:
-        d, ci = tuned - base, None
-        if scored and all(r["base_ok"] is not None and r["tuned_ok"] is not None for r in scored):
-            _, lo, hi = bootstrap_diff([float(r["tuned_ok"]) for r in scored], [float(r["base_ok"]) for r in scored])
-            ci = [lo, hi]
-        detail = f"{fmt_diff(d, True)} points" + (f", 95% CI {fmt_diff(ci[0], True)} to {fmt_diff(ci[1], True)}"
-                                                  if ci else ", no confidence interval")
+        d, ci = tuned - base, scale.interval(scored)
+        detail = scale.diff(d) + (f", 95% CI {scale.diff(ci[0])} to {scale.diff(ci[1])}" if ci
+                                  else ", no confidence interval")
         if ci and ci[0] <= 0 <= ci[1] and not (ci[0] == ci[1] == 0 and d == 0):
             kind, head = "unclear", "No clear difference on held-out prompts"
         elif d > 0:
@@ -188,23 +235,28 @@ def _online(run: Run, method: str) -> dict[str, Any]:
         elif d < 0:
             kind, head = "worse", f"{name} made held-out answers worse"
         else:
-            kind, head = "same", "Held-out accuracy did not change"
-        text = (f"{head}: final-number accuracy of greedy answers {_p(base)} → {_p(tuned)} ({detail}) on {n} "
-                f"prompts.{trend}")
+            kind, head = "same", ("The held-out mean reward did not change" if scale.graded
+                                  else "Held-out accuracy did not change")
+        text = (f"{head}: {scale.what} {scale.value(base)} → {scale.value(tuned)} ({detail}) on "
+                f"{n} prompts.{trend}")
         if isinstance(n, int) and n < 30:
             text += " Few prompts: treat this as a rough signal."
-        v = {"kind": kind, "metric": "numeric_accuracy", "tuned": tuned, "base": base, "diff": d, "ci95": ci,
+        v = {"kind": kind, "metric": scale.metric, "tuned": tuned, "base": base, "diff": d, "ci95": ci,
              "text": text}
     reward_keys = {"total": "reward"} | {
         k.split("/")[1]: k for k in dict.fromkeys(key for row in run.metrics or [] for key in row)
         if k.startswith("rewards/") and k.endswith("/mean")}
+    held_out = (f"Held-out score: the mean reward {scale.grader} gives greedy answers to validation prompts (on the "
+                f"grader's own scale); an answer counts as right (✓) at {scale.threshold:g} or more." if scale.graded
+                else "Held-out accuracy: greedy answers to validation prompts whose final number matches the "
+                "reference.")
     return {"kind": "online_rl", "method": method, "rows": rows, "verdict": v, "chance": {},
             "panels": _panels(run, [("mean reward per answer", reward_keys), ("KL to the starting model", {"kl": "kl"}),
-                                    ("answer length (tokens)", {"mean": "completions/mean_length"})]),
+                                    ("answer length (tokens)", {"mean": "completions/mean_length"}),
+                                    ("share of answers the grader failed on", {"grader": "grader/error_rate"})]),
             "examples": _rl_examples(scored),
             "explain": f"{name} samples several answers per training prompt and makes the ones that score above the "
-                       "others more likely; the KL term keeps the model near where it started. Held-out accuracy: "
-                       "greedy answers to validation prompts whose final number matches the reference."}
+                       f"others more likely; the KL term keeps the model near where it started. {held_out}"}
 
 
 def _rl_examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
