@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from tests.helpers import write_chat, write_jsonl
+from tests.helpers import tunelab_cli, write_chat, write_jsonl
 from tunelab.serve.server import BackgroundServer, build
 from tunelab.serve.state import ServeSettings
 
@@ -261,3 +261,25 @@ def test_graders_can_be_tried_before_a_job(server: str) -> None:
     assert c.fine_tuning.alpha.graders.validate(grader=grader).grader.name == "exact"
     with pytest.raises(openai.BadRequestError, match="operation"):
         c.fine_tuning.alpha.graders.validate(grader=grader | {"operation": "almost"})
+
+
+def test_the_shell_commands(server: str, tmp_path: Path) -> None:
+    env = {"TUNELAB_URL": server + "/v1", "TUNELAB_API_KEY": "key-a"}
+    data = write_chat(tmp_path / "cli.jsonl", 12)
+    r = tunelab_cli("jobs", "create", data, "--model", "tiny", "--suffix", "cli", "--epochs", "1", "--set",
+                    "train.threads=1", "--set", "eval.probes.enabled=false", "--set", "data.val_fraction=0", "--wait",
+                    cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    job_id = r.stdout.split()[0]
+    assert job_id.startswith("ftjob-") and "succeeded" in r.stderr and "ft:tiny:acme:cli:" in r.stderr
+    assert "Fine-tuning job started" in r.stderr  # the events, as they came
+    assert job_id in tunelab_cli("jobs", "list", cwd=tmp_path, env=env).stderr
+    shown = json.loads(tunelab_cli("jobs", "show", job_id, "--json", cwd=tmp_path, env=env).stdout)
+    assert shown["status"] == "succeeded" and shown["method"]["supervised"]["hyperparameters"]["n_epochs"] == 1
+    assert "The job has successfully completed" in tunelab_cli("jobs", "events", job_id, cwd=tmp_path, env=env).stderr
+    r = tunelab_cli("jobs", "cancel", job_id, cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "nothing to cancel" in r.stderr
+    r = tunelab_cli("jobs", "show", "ftjob-nope", cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "No such fine-tuning job" in r.stderr and "Traceback" not in r.stderr
+    r = tunelab_cli("jobs", "list", cwd=tmp_path, env=env | {"TUNELAB_API_KEY": "wrong"})
+    assert r.returncode == 2 and "401" in r.stderr

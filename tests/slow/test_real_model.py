@@ -92,3 +92,36 @@ def test_quickstart_small(tmp_path: Path) -> None:
         assert key in summary, key
     assert summary["train_rows"] == 48 and summary["eval_rows"] == 16
     assert "base" in proc.stderr and "tuned" in proc.stderr and "tunelab chat" in proc.stderr
+
+
+@pytest.mark.timeout(1800)
+def test_a_fine_tuning_job_on_the_default_model(tmp_path: Path) -> None:
+    """The jobs service on the embedded default model, through the official client: upload, a short job,
+    events, then the tuned model answers under its ft: name."""
+    import openai
+
+    from tests.helpers import write_chat
+    from tunelab.serve.server import BackgroundServer, build
+
+    app = build(None, data=str(tmp_path / "serve"))
+    with BackgroundServer(app) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=600)
+        f = c.files.create(file=write_chat(tmp_path / "chat.jsonl", 12).open("rb"), purpose="fine-tune")
+        job = c.fine_tuning.jobs.create(model=DEFAULT_MODEL, training_file=f.id, suffix="smoke",
+                                        extra_body={"tunelab": {"config": {"train.max_steps": 2,
+                                                                           "eval.probes.enabled": False}}})
+        deadline = time.time() + 1500
+        while job.status not in ("succeeded", "failed", "cancelled") and time.time() < deadline:
+            time.sleep(1)
+            job = c.fine_tuning.jobs.retrieve(job.id)
+        assert job.status == "succeeded", job.error
+        assert any(e.type == "metrics" for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data)
+        for _ in range(50):
+            try:
+                reply = c.chat.completions.create(model=job.fine_tuned_model, max_tokens=12,
+                                                  messages=[{"role": "user", "content": "What is the capital of "
+                                                                                        "France?"}])
+                break
+            except openai.NotFoundError:
+                time.sleep(0.2)
+        assert reply.choices[0].message.content

@@ -68,7 +68,8 @@ def serve_cmd(
         keys += [ln.strip() for ln in keys_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     settings = ServeSettings(api_keys=keys, admin_keys=list(admin_key), log_content=log_content,
                              default_max_tokens=max_tokens, max_file_bytes=max_file_mb * 1024 * 1024,
-                             jobs=not no_jobs, worker_jobs=jobs, python_graders=not no_python_graders)
+                             jobs=not no_jobs, worker_jobs=jobs, python_graders=not no_python_graders,
+                             url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,

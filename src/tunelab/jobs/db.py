@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import JSON, Engine, Float, ForeignKey, Integer, String, Text, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 VERSION_TABLE = "tunelab_jobs_version"  # Alembic's own table, apart from the request log's tables
@@ -101,20 +101,27 @@ def driver_url(url: str) -> str:
     return url
 
 
+def make_engine(url: str) -> Engine:
+    """An engine for a database URL, shared by threads; SQLite in WAL mode. A missing driver is a ValueError
+    that says what to install."""
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+    try:
+        engine = create_engine(driver_url(url), **kwargs)
+    except ModuleNotFoundError as exc:
+        raise ValueError(f"database URL {url!r} needs the driver {exc.name!r}: pip install it "
+                         f"(`pip install 'tunelab[postgres]'` for PostgreSQL)") from None
+    if url.startswith("sqlite"):
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
 class JobsDB:
     """The database, migrated to the current schema on open."""
 
     def __init__(self, url: str) -> None:
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        try:
-            self.engine = create_engine(driver_url(url), **kwargs)
-        except ModuleNotFoundError as exc:
-            raise ValueError(f"database URL {url!r} needs the driver {exc.name!r}: pip install it "
-                             f"(`pip install 'tunelab[postgres]'` for PostgreSQL)") from None
-        if url.startswith("sqlite"):
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine = make_engine(url)
         self.url = url
         self.migrate()
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from ..config import dump_config
 from .db import CheckpointRow, EventRow, JobRow, JobsDB, now
@@ -148,11 +148,15 @@ class JobsService:
         if row.status in FINISHED:
             raise invalid(f"the job has already {'ended' if row.status != 'succeeded' else 'succeeded'} "
                           f"({row.status}): there is nothing to cancel", param="fine_tuning_job_id")
-        if row.status == "running" or (row.status == "validating_files" and row.worker):
-            add_event(self.db, jid, "Cancelling: the job stops after its current step")
-            return self._set(jid, requested="cancel")
-        add_event(self.db, jid, "Job cancelled")
-        return self._set(jid, status="cancelled", finished_at=now(), requested=None)
+        with self.db.session() as s:  # only if no worker holds it: one may be claiming it right now
+            done = s.execute(update(JobRow).where(JobRow.id == jid, JobRow.worker.is_(None),
+                                                  JobRow.status.in_(("validating_files", "queued", "paused")))
+                             .values(status="cancelled", finished_at=now(), requested=None)).rowcount
+        if done:
+            add_event(self.db, jid, "Job cancelled")
+            return self.get(project, jid)
+        add_event(self.db, jid, "Cancelling: the job stops after its current step")
+        return self._set(jid, requested="cancel")
 
     def pause(self, project: str, jid: str) -> JobRow:
         row = self.get(project, jid)

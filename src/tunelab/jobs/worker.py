@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,10 +65,12 @@ def _pid_alive(pid: int) -> bool:
 
 class Worker:
     def __init__(self, db: JobsDB, files: FileStore, root: Path, *, max_jobs: int = 1, poll_s: float = 0.5,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 job_env: Callable[[JobRow], dict[str, str]] | None = None) -> None:
         self.db, self.files, self.root = db, files, root
         self.max_jobs, self.poll_s = max_jobs, poll_s
         self.env = os.environ | QUIET_ENV | (env or {})
+        self.job_env = job_env  # per job: e.g. where its graders reach the server's models, with its key
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.active: dict[str, threading.Thread] = {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -196,9 +199,11 @@ class Worker:
                          error={"code": "internal_error", "message": f"{type(exc).__name__}: {exc}", "param": None})
             add_event(self.db, job.id, f"The job failed: {type(exc).__name__}: {exc}", level="error")
 
-    def _spawn(self, jid: str, args: list[str], log_file: Path | None) -> subprocess.Popen[bytes]:
+    def _spawn(self, job: JobRow, args: list[str], log_file: Path | None) -> subprocess.Popen[bytes]:
+        jid = job.id
         out = log_file.open("ab") if log_file else subprocess.PIPE
-        proc = subprocess.Popen([sys.executable, *args], cwd=self.root / jid, env=self.env, stdout=out,
+        env = self.env | (self.job_env(job) if self.job_env else {})
+        proc = subprocess.Popen([sys.executable, *args], cwd=self.root / jid, env=env, stdout=out,
                                 stderr=subprocess.STDOUT if log_file else subprocess.PIPE, preexec_fn=_die_with_parent)
         with self._lock:
             self.procs[jid] = proc
@@ -206,7 +211,7 @@ class Worker:
 
     def _validate(self, job: JobRow) -> None:
         cfg = self.root / job.id / JOB_CONFIG
-        proc = self._spawn(job.id, ["-m", "tunelab.jobs.check", str(cfg)], None)
+        proc = self._spawn(job, ["-m", "tunelab.jobs.check", str(cfg)], None)
         while proc.poll() is None:
             if self._row(job.id).requested == "cancel" or self._stop.is_set():
                 proc.kill()
@@ -267,13 +272,13 @@ class Worker:
         args = ["-m", "tunelab.cli.main", "train", str(work / JOB_CONFIG)] + (["--resume"] if resume else [])
         add_event(self.db, job.id, "Fine-tuning job started" if not resume else
                   "Fine-tuning job continues from its last checkpoint")
-        proc = self._spawn(job.id, args, work / "train.log")
+        proc = self._spawn(job, args, work / "train.log")
         tail = _Tail(self.db, job, run, work)
         asked: str | None = None
         signalled_at = 0.0
         last_beat = 0.0
         while proc.poll() is None:
-            time.sleep(0.5)
+            time.sleep(1.0)  # the training has every core: what this loop costs, it takes from training
             tail.forward()
             if time.time() - last_beat > HEARTBEAT_S:
                 last_beat = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
+from ..graders.model_graders import API_KEY_ENV, BASE_URL_ENV
 from ..jobs.db import JobsDB, database_url
 from ..jobs.errors import JobsError
 from ..jobs.files import FileStore, file_object
@@ -23,7 +25,7 @@ from .schemas import APIError
 from .state import State
 
 log = logging.getLogger("tunelab.serve")
-SYNC_S = 0.3  # how often the server looks for newly succeeded (or deleted) fine-tuned models
+SYNC_S = 0.5  # how often the server looks for newly succeeded (or deleted) fine-tuned models
 
 
 class JobsRuntime:
@@ -35,10 +37,19 @@ class JobsRuntime:
         self.db = JobsDB(database_url(data, db_url))
         self.files = FileStore(self.db, data / "files", state.settings.max_file_bytes)
         self.service = JobsService(self.db, self.files, data / "jobs")
-        self.worker = Worker(self.db, self.files, data / "jobs", max_jobs=worker_jobs) if worker_jobs else None
+        self.worker = (Worker(self.db, self.files, data / "jobs", max_jobs=worker_jobs, job_env=self.job_env)
+                       if worker_jobs else None)
         self._stop = threading.Event()
         self._failed: set[str] = set()  # models that would not load: said once, not retried every tick
         self._thread = threading.Thread(target=self._sync_forever, name="tunelab-models", daemon=True)
+
+    def job_env(self, job: Any) -> dict[str, str]:
+        """A job's grader models are this server's own models, reached with a key of the job's project."""
+        url = self.state.settings.url
+        if not url or os.environ.get(BASE_URL_ENV):
+            return {}
+        keys = [k for k, project in self.state.settings.projects().items() if project == job.project]
+        return {BASE_URL_ENV: url.rstrip("/") + "/v1", API_KEY_ENV: keys[0] if keys else "none"}
 
     def start(self) -> None:
         if self.worker is not None:

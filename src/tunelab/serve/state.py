@@ -39,6 +39,7 @@ class ServeSettings:
     jobs: bool = True  # the files and fine_tuning.jobs API
     worker_jobs: int = 1  # jobs this server trains at once; 0: none (workers run elsewhere)
     python_graders: bool = True  # user code run by python graders (a subprocess with limits, not a sandbox)
+    url: str | None = None  # where this server answers (set by `tunelab serve`): jobs' graders call its models
 
     def projects(self) -> dict[str, str]:
         """key -> the project it belongs to."""

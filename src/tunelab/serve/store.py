@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, create_engine, select
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from ..jobs.db import driver_url
+from ..jobs.db import make_engine
 
 
 class Base(DeclarativeBase):
@@ -83,15 +83,8 @@ def database_url(data_dir: Path, url: str | None) -> str:
 
 class Store:
     def __init__(self, url: str) -> None:
-        kwargs: dict[str, Any] = {}
-        if url.startswith("sqlite"):
-            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
-        try:
-            self.engine = create_engine(driver_url(url), **kwargs)
-            Base.metadata.create_all(self.engine)
-        except ModuleNotFoundError as exc:
-            raise ValueError(f"database URL {url!r} needs the driver {exc.name!r}: pip install it "
-                             f"(e.g. `pip install psycopg` for PostgreSQL)") from None
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
