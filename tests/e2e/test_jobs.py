@@ -206,6 +206,17 @@ def test_projects_see_only_their_own(server: str, tmp_path: Path) -> None:
         b.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}])
     with pytest.raises(openai.NotFoundError):
         b.models.delete(done.fine_tuned_model)
+    reply = a.chat.completions.create(model=done.fine_tuned_model, messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=2)
+    for key, code in (("key-b", 404), ("key-a", 201)):  # feedback on another project's answer: unknown
+        req = urllib.request.Request(f"{server}/v1/feedback", method="POST",
+                                     data=json.dumps({"request_id": reply.id, "rating": "up"}).encode(),
+                                     headers={"authorization": f"Bearer {key}", "content-type": "application/json"})
+        try:
+            status = urllib.request.urlopen(req).status
+        except urllib.error.HTTPError as exc:
+            status = exc.code
+        assert status == code, key
     with pytest.raises(openai.AuthenticationError):
         client(server, "wrong").files.list()
     req = urllib.request.Request(f"{server}/v1/fine_tuning/jobs")
@@ -245,6 +256,33 @@ def test_reinforcement_job_with_a_grader(server: str, tmp_path: Path) -> None:
     assert job.status == "succeeded", job.error
     assert job.method.type == "reinforcement" and job.method.reinforcement.grader.reference == "{{item.answer}}"
     assert isinstance(answer(c, job.fine_tuned_model), str)
+
+
+def test_a_score_model_grader_asks_this_servers_model(server: str, tmp_path: Path) -> None:
+    """A job's score_model grader names a model this server serves: the job's graders reach it with a key of
+    the job's project, and the server logs their requests."""
+    c = client(server)
+
+    def asked() -> float:
+        req = urllib.request.Request(f"{server}/metrics", headers={"authorization": "Bearer key-a"})
+        text = urllib.request.urlopen(req).read().decode()
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("tunelab_requests_total{") and 'model="tiny"' in line
+                   and 'endpoint="chat"' in line and 'status="200"' in line)
+
+    before = asked()
+    rows = [{"messages": [{"role": "user", "content": f"say {i}"}], "answer": str(i)} for i in range(4)]
+    f = upload(c, write_jsonl(tmp_path / "scored.jsonl", rows))
+    grader = {"type": "score_model", "name": "judge", "model": "tiny", "range": [0, 1],
+              "sampling_params": {"max_completions_tokens": 4},
+              "input": [{"role": "user", "content": "Score 0 to 1: {{sample.output_text}} vs {{item.answer}}"}]}
+    job = c.fine_tuning.jobs.create(
+        model="tiny", training_file=f.id, method={"type": "reinforcement", "reinforcement": {"grader": grader}},
+        extra_body={"tunelab": {"config": QUICK | {"train.max_steps": 1, "rl.num_generations": 2,
+                                                   "rl.max_completion_tokens": 4, "data.val_fraction": 0}}})
+    job = wait(c, job.id)
+    assert job.status == "succeeded", job.error
+    assert asked() - before >= 4  # every answer of the step was sent to the judge on this server
 
 
 def test_graders_can_be_tried_before_a_job(server: str) -> None:

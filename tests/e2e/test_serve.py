@@ -261,7 +261,8 @@ def test_api_keys(chatty: Path, tmp_path: Path) -> None:
         status, _, body = raw(url, "GET", "/v1/models")
         assert status == 401 and "API key" in json.loads(body)["error"]["message"]
         assert raw(url, "GET", "/metrics")[0] == 401
-        assert raw(url, "GET", "/health")[0] == 200
+        status, _, body = raw(url, "GET", "/health")
+        assert status == 200 and json.loads(body) == {"status": "ok"}  # names no model of any project
         assert chat(client(url, "k2"), "base", "hello").choices[0].message.content is not None
         assert raw(url, "GET", "/metrics", headers={"authorization": "Bearer k1"})[0] == 200
 

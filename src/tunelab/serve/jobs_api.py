@@ -4,6 +4,7 @@ each succeeded job's model loaded as an adapter under its ft: name the moment th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -12,7 +13,9 @@ from typing import Any
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, Field
 
+from ..config import default
 from ..graders.model_graders import API_KEY_ENV, BASE_URL_ENV
 from ..jobs.db import JobsDB, database_url
 from ..jobs.errors import JobsError
@@ -26,6 +29,11 @@ from .state import State
 
 log = logging.getLogger("tunelab.serve")
 SYNC_S = 0.5  # how often the server looks for newly succeeded (or deleted) fine-tuned models
+
+
+class FileCheck(BaseModel):
+    format: str = "auto"
+    max_length: int = Field(default("model.max_length"), gt=0)
 
 
 class JobsRuntime:
@@ -128,6 +136,28 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
     async def delete_file(file_id: str, project: str = auth) -> Any:
         await asyncio.to_thread(files.delete, project, file_id)
         return {"id": file_id, "object": "file", "deleted": True}
+
+    @app.post("/v1/files/{file_id}/check")
+    async def check_file(file_id: str, body: FileCheck | None = None, project: str = auth) -> Any:
+        """tunelab's data check of an uploaded file (what `tunelab data check --json` prints), every place named
+        by the file's own name: the format, rows, bad rows with their lines, token lengths, time per epoch."""
+        row = files.get(project, file_id)
+        body = body or FileCheck()
+
+        def run() -> dict[str, Any]:
+            from ..data.check import check
+            from ..errors import TunelabError
+
+            try:
+                rep = check(row.path, fmt=body.format, model=state.base_ref, max_length=body.max_length)
+            except (TunelabError, ValueError) as exc:  # unreadable as any format: said as a check that failed
+                return {"ok": False, "rows": 0, "errors": [{"where": row.filename, "message": str(exc),
+                                                           "severity": "error", "field": None}], "warnings": []}
+            return rep.to_dict()
+
+        report = await asyncio.to_thread(run)
+        text = json.dumps(report, default=str).replace(json.dumps(str(row.path))[1:-1], row.filename)
+        return {"object": "file.check", "file_id": file_id, "filename": row.filename} | json.loads(text)
 
     # --- jobs -----------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .schemas import APIError
 from .state import DEFAULT_PROJECT, State
+from .ui.session import COOKIE, UI_HEADER, Sessions
 
 log = logging.getLogger("tunelab.serve")
 DRAIN_BYTES = 64 * 1024 * 1024  # past this a too-large body is not read at all: the connection just closes
@@ -76,15 +77,20 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def bearer_auth(keys: dict[str, str]) -> Callable[[Request], Awaitable[str]]:
+def bearer_auth(keys: dict[str, str], sessions: Sessions | None = None) -> Callable[[Request], Awaitable[str]]:
     """A FastAPI dependency that requires `Authorization: Bearer KEY` with one of `keys` (key -> project; none:
-    anyone may, as project "default") and gives the key's project."""
+    anyone may, as project "default") and gives the key's project. With `sessions`, the web UI's calls (its
+    header and a signed-in cookie) count as that key's."""
     encoded = [(k.encode(), project) for k, project in keys.items()]
 
     async def check(request: Request) -> str:
         if not encoded:
             return DEFAULT_PROJECT
         header = request.headers.get("authorization", "")
+        if not header and sessions is not None and request.headers.get(UI_HEADER):
+            project = sessions.project(request.cookies.get(COOKIE))
+            if project is not None:
+                return project
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token:
             raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer KEY'.",

@@ -42,10 +42,10 @@ def create_app(state: State) -> FastAPI:
     admin = Depends(bearer_auth({k: DEFAULT_PROJECT for k in state.settings.admin_keys} or projects))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": state.engine.model_names}
+    async def health() -> dict[str, Any]:  # open for liveness probes, so it names nothing a project owns
+        return {"status": "ok"}
 
-    @app.get("/metrics", dependencies=[auth])
+    @app.get("/metrics", dependencies=[admin])  # its labels name every project's models
     async def metrics() -> Response:
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
@@ -72,10 +72,11 @@ def create_app(state: State) -> FastAPI:
         state.remove_adapter(name)
         return {"id": name, "object": "model", "deleted": True}
 
-    @app.post("/v1/feedback", dependencies=[auth], status_code=201)
-    async def feedback(body: FeedbackRequest) -> dict[str, Any]:
+    @app.post("/v1/feedback", status_code=201)
+    async def feedback(body: FeedbackRequest, project: str = auth) -> dict[str, Any]:
         def write() -> int:
-            if state.store.get_request(body.request_id) is None:
+            logged = state.store.get_request(body.request_id)
+            if logged is None or state.owners.get(logged.model, project) != project:  # another project's: unknown
                 raise APIError(404, f"no request with id {body.request_id!r}; use the `id` of a completion "
                                     f"(also sent as the x-request-id header)", param="request_id")
             return state.store.add_feedback(body.request_id, body.rating, body.correction, body.comment)

@@ -57,7 +57,11 @@ class BackgroundServer:
             time.sleep(0.02)
         sock = self.server.servers[0].sockets[0]
         host, port = sock.getsockname()[:2]
-        return f"http://{host}:{port}"
+        url = f"http://{host}:{port}"
+        state = getattr(getattr(self.server.config.app, "state", None), "tunelab", None)
+        if state is not None and state.settings.url is None:  # jobs' model graders call this server
+            state.settings.url = url
+        return url
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
