@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import pytest
 import torch
 
 CHATML = (
@@ -361,3 +362,33 @@ def train_conversations(tiny_model: Path, tmp_path: Path, name: str, *extra: str
     result = tunelab.train(cfg)
     assert result.status == "completed"
     return [row for row in metrics(result.run_dir) if "loss" in row]
+
+
+def chromium_path() -> str | None:
+    """Debian's Chromium (installed by .ci/run); None where it isn't installed."""
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def chromium() -> Iterator[Any]:
+    """A headless Chromium driven by Playwright (Debian's browser: Playwright downloads none); skips the test,
+    saying why, where either is missing."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("playwright is not installed (pip install -e '.[dev]')")
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium here (apt-get install chromium; .ci/run installs it)")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()

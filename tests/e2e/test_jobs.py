@@ -142,6 +142,13 @@ def test_a_bad_file_fails_in_validation_with_its_lines(server: str, tmp_path: Pa
     msg = job.error.message
     assert f"tickets.jsonl ({f.id}):3" in msg and f"tickets.jsonl ({f.id}):7" in msg, msg
     assert str(tmp_path) not in msg  # the server's own paths stay private
+    # the same check before any job, as the web UI shows it (a tunelab extension of the files API)
+    report = c.post(f"/files/{f.id}/check", body={"max_length": 256}, cast_to=object)
+    assert report["file_id"] == f.id and report["ok"] is False and report["rows"] == 7
+    assert [p["where"] for p in report["errors"]] == ["tickets.jsonl:3", "tickets.jsonl:7"]
+    assert report["formats"] == {"tickets.jsonl": "chat"} and report["length_histogram"]
+    with pytest.raises(openai.NotFoundError):
+        client(server, "key-b").post(f"/files/{f.id}/check", body={}, cast_to=object)
 
 
 def test_bad_requests_say_which_parameter(server: str, tmp_path: Path) -> None:

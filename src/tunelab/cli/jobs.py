@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,10 @@ def worker_cmd(
             raise typer.BadParameter(str(exc), param_hint="--db") from None
         worker = Worker(store, FileStore(store, data / "files", 1 << 40), data / "jobs", max_jobs=jobs)
     console.print(f"[bold]tunelab worker[/] {worker.identity}: up to {jobs} job(s) at once from {db}")
+    # Ctrl-C and SIGTERM (a service manager's stop) both stop after saving, even where the worker was started
+    # with SIGINT ignored (a background job of a non-interactive shell, nohup)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         worker.run_forever()
     except KeyboardInterrupt:

@@ -47,10 +47,12 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": 
 
 
 def _die_with_parent() -> None:
-    """Linux: the job's process is killed when its worker dies (kill -9 included), so that a job taken over
-    by another worker never has two processes training it."""
+    """In the job's process before it starts. Linux: the job's process is killed when its worker dies (kill -9
+    included), so that a job taken over by another worker never has two processes training it."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    # cancel and pause are SIGINTs: never inherit an ignored SIGINT (a worker started in the background)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _pid_alive(pid: int) -> bool:

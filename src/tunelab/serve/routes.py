@@ -16,6 +16,7 @@ from .jobs_api import add_jobs_routes
 from .middleware import BodyLimit, add_error_handlers, bearer_auth
 from .schemas import AdapterRequest, APIError, ChatRequest, CompletionRequest, FeedbackRequest
 from .state import DEFAULT_PROJECT, State
+from .ui.pages import add_ui_routes
 
 
 def create_app(state: State) -> FastAPI:
@@ -38,7 +39,7 @@ def create_app(state: State) -> FastAPI:
                        limits={"/v1/files": state.settings.max_file_bytes})
     add_error_handlers(app, state)
     projects = state.settings.projects()
-    auth = Depends(bearer_auth(projects))
+    auth = Depends(bearer_auth(projects, state.sessions))
     admin = Depends(bearer_auth({k: DEFAULT_PROJECT for k in state.settings.admin_keys} or projects))
 
     @app.get("/health")
@@ -120,4 +121,6 @@ def create_app(state: State) -> FastAPI:
 
     if state.jobs is not None:
         add_jobs_routes(app, state, auth)
+        if state.sessions is not None:  # the web UI is a face of the jobs API
+            add_ui_routes(app, state, state.sessions)
     return app

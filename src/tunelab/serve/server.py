@@ -12,6 +12,7 @@ from .routes import create_app
 from .schemas import APIError
 from .state import ServeSettings, State, data_dir
 from .store import Store, database_url
+from .ui.session import Sessions, load_secret
 
 
 def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = None, name: str | None = None,
@@ -26,6 +27,7 @@ def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = 
     engine = Engine(base.model, base.tokenizer, base_name=base.name, max_batch=max_batch, max_queue=max_queue)
     state = State(base, engine, store, settings or ServeSettings())
     state.base_ref = model or DEFAULT_MODEL
+    state.sessions = Sessions(state.settings.projects(), load_secret(data_dir(data)))
     if state.settings.jobs:
         from .jobs_api import JobsRuntime
 

@@ -20,6 +20,7 @@ from .metrics import Metrics
 from .models import Base, adapter_source, training_prompts
 from .schemas import APIError
 from .store import Store, pack
+from .ui.session import Sessions
 
 log = logging.getLogger("tunelab.serve")
 GENERATION_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completions"}
@@ -62,6 +63,7 @@ class State:
         self.owners: dict[str, str] = {}  # fine-tuned model -> the project that owns it; other models are shared
         self.base_ref: str | None = None  # the model reference the base was loaded from (jobs train on it)
         self.jobs: Any = None  # JobsRuntime when the jobs API is on
+        self.sessions: Sessions | None = None  # the web UI's sign-ins
 
     def visible(self, name: str, project: str) -> bool:
         return name in self.engine.model_names and self.owners.get(name, project) == project
