@@ -224,6 +224,19 @@ def test_projects_see_only_their_own(server: str, tmp_path: Path) -> None:
         except urllib.error.HTTPError as exc:
             status = exc.code
         assert status == code, key
+    # the model's monitor and review queue are its project's only; feedback without the conversations' text
+    # (this server keeps none) can't make a next round, and the error says how to change that
+    monitor = a.get(f"/tunelab/models/{done.fine_tuned_model}/monitor?since=1h&buckets=4", cast_to=object)
+    assert monitor["summary"]["requests"] >= 2 and len(monitor["series"]) == 4 and monitor["logs_content"] is False
+    queue = a.get(f"/tunelab/models/{done.fine_tuned_model}/requests", cast_to=object)["data"]
+    assert queue[0]["id"] == reply.id and queue[0]["feedback"][0]["rating"] == "up" and queue[0]["completion"] is None
+    for path in ("monitor", "requests"):
+        with pytest.raises(openai.NotFoundError):
+            b.get(f"/tunelab/models/{done.fine_tuned_model}/{path}", cast_to=object)
+    with pytest.raises(openai.BadRequestError, match="--log-content"):
+        a.post(f"/fine_tuning/jobs/{job.id}/next_round", body={}, cast_to=object)
+    with pytest.raises(openai.NotFoundError):
+        b.post(f"/fine_tuning/jobs/{job.id}/next_round", body={}, cast_to=object)
     with pytest.raises(openai.AuthenticationError):
         client(server, "wrong").files.list()
     req = urllib.request.Request(f"{server}/v1/fine_tuning/jobs")

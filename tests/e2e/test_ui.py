@@ -31,7 +31,7 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    settings = ServeSettings(api_keys=["acme:key-a", "beta:key-b"], worker_jobs=1)
+    settings = ServeSettings(api_keys=["acme:key-a", "beta:key-b"], worker_jobs=1, log_content=True)
     app = build(str(tiny_model), name="tiny", data=str(tmp_path_factory.mktemp("ui-server")), settings=settings)
     with BackgroundServer(app) as url:
         yield url
@@ -40,7 +40,7 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture(scope="module")
 def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The embedded default model, as `tunelab serve` starts without a model."""
-    settings = ServeSettings(api_keys=["acme:key-a", "beta:key-b"], worker_jobs=1)
+    settings = ServeSettings(api_keys=["acme:key-a", "beta:key-b"], worker_jobs=1, log_content=True)
     app = build(None, data=str(tmp_path_factory.mktemp("ui-default")), settings=settings)
     with BackgroundServer(app) as url:
         yield url
@@ -144,8 +144,34 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
         page.wait_for_function(f"document.querySelector('{side}').textContent.length > 0 && "
                                f"!document.querySelector('{side}').hasAttribute('aria-busy')", timeout=60_000)
         assert not page.inner_text(side).startswith("Error"), page.inner_text(side)
+    page.click("#rate .rate-down")
+    page.fill("#rate textarea", "Order 3 ships within two days.")
+    page.click("#rate .send-correction")
+    page.wait_for_selector("#rate p:has-text('correction is kept')")
     accessible(page)
     shot(page, "result")
+
+    page.click(f"a[href='/jobs/{job_id}/model']")
+    page.wait_for_url(f"{server}/jobs/{job_id}/model")
+    page.wait_for_function("Number(document.getElementById('model-page').dataset.watched || 0) >= 1")
+    assert model in page.inner_text("#curl-snippet") and server in page.inner_text("#python-snippet")
+    assert "request(s)" in page.inner_text("#summary")
+    queue = page.inner_text("#queue")
+    assert "Where is my order 3?" in queue and "corrected" in queue
+    with page.expect_download() as download:
+        page.click(f"a[href='/jobs/{job_id}/download/adapter']")
+    assert download.value.suggested_filename.endswith(".zip")
+    accessible(page)
+    shot(page, "model")
+    page.click("#start-round")
+    page.wait_for_url(re.compile(r".*/jobs/ftjob-[0-9a-f]+$"))
+    next_job = page.url.rsplit("/", 1)[1]
+    assert next_job != job_id
+    page.wait_for_selector("#status .status")
+    api_job = page.evaluate(f"fetch('/v1/fine_tuning/jobs/{next_job}', {{headers: {{'x-tunelab-ui': '1'}}}})"
+                            ".then(r => r.json())")
+    assert api_job["model"] == model and api_job["metadata"] == {"next_round_of": job_id}
+    page.click("#cancel")
 
     page.goto(server + "/")
     page.wait_for_selector(f"a[href='/jobs/{job_id}']")
@@ -154,9 +180,13 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
     shot(page, "home")
 
     other = sign_in(browser, server, "key-b", "/")
-    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/result", f"/jobs/{job_id}/report"):
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/result", f"/jobs/{job_id}/report", f"/jobs/{job_id}/model",
+                 f"/jobs/{job_id}/download/adapter"):
         response = other.goto(server + path)
         assert response.status == 404 and job_id in other.inner_text("main")
+    status = other.evaluate(f"fetch('/v1/tunelab/models/{model}/requests', {{headers: {{'x-tunelab-ui': '1'}}}})"
+                            ".then(r => r.status)")
+    assert status == 404
     other.goto(server + "/")
     other.wait_for_selector("#models ul")
     assert model not in other.inner_text("#models") and job_id not in other.inner_text("#jobs")

@@ -17,6 +17,7 @@ from .middleware import BodyLimit, add_error_handlers, bearer_auth
 from .schemas import AdapterRequest, APIError, ChatRequest, CompletionRequest, FeedbackRequest
 from .state import DEFAULT_PROJECT, State
 from .ui.pages import add_ui_routes
+from .watch_api import add_watch_routes
 
 
 def create_app(state: State) -> FastAPI:
@@ -119,6 +120,7 @@ def create_app(state: State) -> FastAPI:
         return await run_generation(state, request, body, "completions", adapter, ids, max_tokens,
                                     {"prompt": body.prompt})
 
+    add_watch_routes(app, state, auth)
     if state.jobs is not None:
         add_jobs_routes(app, state, auth)
         if state.sessions is not None:  # the web UI is a face of the jobs API

@@ -113,6 +113,21 @@ class Store:
             return list(s.scalars(select(RequestLog).where(RequestLog.created >= since)
                                   .order_by(RequestLog.created)))
 
+    def requests_of(self, model: str, *, since: float = 0.0, limit: int | None = None) -> list[RequestLog]:
+        """One model's logged requests, newest first."""
+        with self.sessions() as s:
+            q = (select(RequestLog).where(RequestLog.model == model, RequestLog.created >= since)
+                 .order_by(RequestLog.created.desc()))
+            return list(s.scalars(q.limit(limit) if limit else q))
+
+    def feedback_on(self, request_ids: list[str]) -> dict[str, list[Feedback]]:
+        with self.sessions() as s:
+            out: dict[str, list[Feedback]] = {}
+            q = select(Feedback).where(Feedback.request_id.in_(request_ids)).order_by(Feedback.created)
+            for fb in s.scalars(q):
+                out.setdefault(fb.request_id, []).append(fb)
+            return out
+
     def feedback_for(self, adapter: str | None) -> list[tuple[Feedback, RequestLog]]:
         with self.sessions() as s:
             q = select(Feedback, RequestLog).join(RequestLog, Feedback.request_id == RequestLog.id)

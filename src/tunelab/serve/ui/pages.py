@@ -3,13 +3,15 @@ API lacks). Sign-in turns an API key into a cookie; every page shows only the si
 
 from __future__ import annotations
 
-import json
+import io
+import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -124,7 +126,34 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
             return not_found(request, project, f"the report of {job_id}")
         return FileResponse(path, media_type="text/html")
 
-    templates.env.filters["tojson_attr"] = lambda v: json.dumps(v)
+    @app.get("/jobs/{job_id}/model", response_class=HTMLResponse, include_in_schema=False)
+    async def model(request: Request, job_id: str) -> Response:
+        project, row = job_or_404(request, job_id)
+        if row is None or not row.fine_tuned_model:
+            return not_found(request, project, f"tuned model of job {job_id}")
+        return page(request, "model.html", f"{row.fine_tuned_model}", project=project, job_id=job_id,
+                    model=row.fine_tuned_model, url=str(request.base_url).rstrip("/"), run_dir=row.run_dir,
+                    logs_content=state.settings.log_content)
+
+    @app.get("/jobs/{job_id}/download/adapter", include_in_schema=False)
+    async def download_adapter(request: Request, job_id: str) -> Response:
+        project, row = job_or_404(request, job_id)
+        adapter = RunDir(Path(row.run_dir)).adapter if row is not None and row.run_dir else None
+        if adapter is None or not adapter.is_dir():
+            return not_found(request, project, f"adapter of job {job_id}")
+        name = (row.fine_tuned_model or job_id).replace(":", "_")
+        return StreamingResponse(_zipped(adapter, name), media_type="application/zip",
+                                 headers={"content-disposition": f'attachment; filename="{name}.zip"'})
+
+
+def _zipped(folder: Path, name: str) -> Iterator[bytes]:
+    """A zip of the folder's files under `name/`, made in memory a file at a time (adapters are megabytes)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                z.write(f, f"{name}/{f.relative_to(folder)}")
+    yield buffer.getvalue()
 
 
 def _safe_next(target: str) -> str:

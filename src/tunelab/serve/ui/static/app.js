@@ -335,7 +335,11 @@ async function job() {
     $("pause").hidden = j.status !== "running";
     $("resume").hidden = j.status !== "paused";
     $("cancel").hidden = FINISHED.includes(j.status);
-    $("result-link").hidden = j.status !== "succeeded";
+    // the server loads a succeeded job's model within a second or so: offer the result once it answers
+    const served = j.status === "succeeded" && j.fine_tuned_model &&
+      (await api("/models")).data.some((m) => m.id === j.fine_tuned_model);
+    if (j.status === "succeeded" && !served) $("status-words").textContent = "Done: loading the tuned model…";
+    $("result-link").hidden = !served;
     if (j.error?.message) showError("job-error", j.error.message);
     $("checkpoints").replaceChildren(ckpts.data.length ? el("table", {},
       el("thead", {}, el("tr", {}, ["Step", "Training loss", "Validation loss", "Use it as"].map((h) => el("th", { scope: "col", text: h })))),
@@ -350,7 +354,7 @@ async function job() {
   for (;;) {
     let j = null;
     try { j = await tick(); } catch (err) { showError("job-error", err); }
-    if (j && FINISHED.includes(j.status)) break;
+    if (j && FINISHED.includes(j.status) && !$("result-link").hidden === (j.status === "succeeded")) break;
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
@@ -360,11 +364,13 @@ async function job() {
 export async function stream(model, message, target) {
   target.textContent = "";
   target.setAttribute("aria-busy", "true");
+  let requestId = null;
   try {
     const r = await fetch("/v1/chat/completions", { method: "POST", credentials: "same-origin",
       headers: { ...UI_HEADERS, "content-type": "application/json" },
       body: JSON.stringify({ model, stream: true, max_tokens: 200, messages: [{ role: "user", content: message }] }) });
     if (!r.ok) throw new ApiError((await r.json().catch(() => ({}))).error?.message || r.statusText);
+    requestId = r.headers.get("x-request-id");
     const reader = r.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
@@ -382,9 +388,33 @@ export async function stream(model, message, target) {
     }
   } catch (err) {
     target.textContent = `Error: ${err.message || err}`;
+    requestId = null;
   } finally {
     target.removeAttribute("aria-busy");
   }
+  return requestId;
+}
+
+// Thumbs up / down on one logged answer, with a corrected answer for a wrong one: POST /v1/feedback.
+export function feedbackWidget(requestId, given = []) {
+  const said = el("p", { class: "muted", "aria-live": "polite",
+    text: given.length ? `Rated: ${given.map((f) => f.correction ? "corrected" : f.rating === "up" ? "good" : "wrong").join(", ")}` : "" });
+  const correction = el("textarea", { rows: "3", id: `correction-${requestId}` });
+  const send = async (rating, text) => {
+    try {
+      await api("/feedback", { method: "POST", json: { request_id: requestId, rating, ...(text ? { correction: text } : {}) } });
+      said.textContent = text ? "Thank you: the correction is kept for the next round." : `Thank you: rated ${rating === "up" ? "good" : "wrong"}.`;
+    } catch (err) { said.textContent = `Could not send: ${err.message || err}`; }
+  };
+  const box = el("div", { hidden: true },
+    el("label", { for: `correction-${requestId}`, text: "The answer it should have given (optional)" }), correction,
+    el("button", { type: "button", class: "send-correction", onclick: () => send("down", correction.value.trim()), text: "Send" }));
+  return el("div", { class: "feedback" },
+    el("div", { role: "group", "aria-label": "Rate this answer", class: "actions" },
+      el("button", { type: "button", class: "secondary outline rate-up", onclick: () => send("up"), text: "Good answer" }),
+      el("button", { type: "button", class: "secondary outline rate-down", onclick: () => { box.hidden = false; correction.focus(); },
+        text: "Wrong answer" })),
+    box, said);
 }
 
 async function result() {
@@ -394,11 +424,75 @@ async function result() {
     e.preventDefault();
     const message = $("message").value.trim();
     if (!message) return;
+    $("rate").replaceChildren();
     stream(root.dataset.base, message, $("answer-base"));
-    stream(root.dataset.model, message, $("answer-tuned"));
+    stream(root.dataset.model, message, $("answer-tuned")).then((id) => {
+      if (id) $("rate").replaceChildren(feedbackWidget(id));
+    });
   });
 }
 
-const PAGES = { home, data, "new-job": newJob, job, result };
+// --- model: use it, watch it, improve it ----------------------------------------------------------------
+
+function timeChart(target, series) {
+  const width = () => Math.max(260, target.clientWidth || 500);
+  const plot = new uPlot({ width: width(), height: 200, series: [{}, ...series], axes: [{}, {}] },
+    [[], ...series.map(() => [])], target);
+  window.addEventListener("resize", () => plot.setSize({ width: width(), height: 200 }));
+  return plot;
+}
+
+function lastUserText(prompt) {
+  if (prompt && !Array.isArray(prompt) && typeof prompt === "object") prompt = prompt.messages ?? prompt.prompt ?? JSON.stringify(prompt);
+  if (Array.isArray(prompt)) {
+    const users = prompt.filter((m) => m.role === "user");
+    const c = users.length ? users[users.length - 1].content : "";
+    return typeof c === "string" ? c : JSON.stringify(c);
+  }
+  return prompt === null || prompt === undefined ? "(not kept)" : String(prompt);
+}
+
+async function modelPage() {
+  const root = $("model-page");
+  const model = root.dataset.model;
+  const enc = encodeURIComponent(model);
+  const requests = timeChart($("requests-chart"), [
+    { label: "requests", stroke: "#1f77b4", width: 2 }, { label: "errors", stroke: "#d62728", width: 2 }]);
+  const latency = timeChart($("latency-chart"), [
+    { label: "p50 s", stroke: "#2ca02c", width: 2, spanGaps: true }, { label: "p95 s", stroke: "#ff7f0e", width: 2, spanGaps: true }]);
+  async function watch() {
+    const m = await api(`/tunelab/models/${enc}/monitor?since=${$("since").value}&buckets=24`);
+    const t = m.series.map((b) => b.start);
+    requests.setData([t, m.series.map((b) => b.requests), m.series.map((b) => b.errors)]);
+    latency.setData([t, m.series.map((b) => (b.latency_ms.p50 ?? null) && b.latency_ms.p50 / 1000),
+      m.series.map((b) => (b.latency_ms.p95 ?? null) && b.latency_ms.p95 / 1000)]);
+    const s = m.summary;
+    $("summary").textContent = `${s.requests} request(s), ${s.errors} error(s)` +
+      (s.latency_ms?.p50 ? `; a typical answer took ${(s.latency_ms.p50 / 1000).toFixed(1)} s` : "") + ".";
+    $("drift").textContent = m.drift ? m.drift.message : "Drift is checked once the model has had some traffic.";
+    root.dataset.watched = String(s.requests);
+  }
+  async function queue() {
+    const page = await api(`/tunelab/models/${enc}/requests?limit=50`);
+    const items = page.data.filter((r) => r.status === 200);
+    $("queue").replaceChildren(items.length ? el("ol", { class: "queue" }, items.map((r) => el("li", {},
+      el("p", {}, el("strong", { text: "Asked: " }), lastUserText(r.prompt)),
+      el("p", {}, el("strong", { text: "Answered: " }), r.completion ?? "(not kept)"),
+      r.completion !== null ? feedbackWidget(r.id, r.feedback) : null)))
+      : el("p", { class: "muted", text: "No conversations with this model yet: try it in the playground or from a client." }));
+  }
+  $("since").addEventListener("change", watch);
+  $("next-round").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    showError("round-error", null);
+    try {
+      const job = await api(`/fine_tuning/jobs/${root.dataset.job}/next_round`, { method: "POST", json: { method: $("round-method").value } });
+      location.href = `/jobs/${job.id}`;
+    } catch (err) { showError("round-error", err); }
+  });
+  await Promise.all([watch(), queue()]);
+}
+
+const PAGES = { home, data, "new-job": newJob, job, result, model: modelPage };
 const run = PAGES[document.body.dataset.page];
 if (run) run().catch((err) => console.error(err));
