@@ -31,7 +31,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
-from ..runs import RunDir, observe
+from ..runs import RunDir, layout, observe
 from .db import CheckpointRow, FileRow, JobRow, JobsDB, now
 from .files import FileStore
 from .ids import checkpoint_id
@@ -39,6 +39,7 @@ from .service import JOB_CONFIG, add_event, fine_tuned_name
 
 log = logging.getLogger("tunelab.jobs")
 HEARTBEAT_S = 2.0
+TAIL_S = 0.25  # how often a running job's files are looked at (a stat each; read only when changed)
 STALE_S = 60.0  # no heartbeat for this long: the worker is taken for dead (another machine's worker)
 MAX_ATTEMPTS = 3
 CANCEL_GRACE_S = 10.0  # after Ctrl-C the run finishes its step and saves; past this it is killed
@@ -280,7 +281,7 @@ class Worker:
         signalled_at = 0.0
         last_beat = 0.0
         while proc.poll() is None:
-            time.sleep(1.0)  # the training has every core: what this loop costs, it takes from training
+            time.sleep(TAIL_S)  # cheap when nothing changed (stat calls), so a logged step reaches the job soon
             tail.forward()
             if time.time() - last_beat > HEARTBEAT_S:
                 last_beat = time.time()
@@ -366,6 +367,7 @@ class _Tail:
         self.metric_rows = 0
         self.total: int | None = None
         self.eta: float | None = None
+        self.signature: tuple[float, ...] = ()
 
     def _known_events(self) -> int:
         return len(self.run.events())
@@ -373,9 +375,24 @@ class _Tail:
     def estimated_finish(self) -> int | None:
         return int(time.time() + self.eta) if self.eta is not None else None
 
+    def _signature(self) -> tuple[float, ...]:
+        """When and how large the files the run writes as it goes are: unchanged, there is nothing to read."""
+        out: list[float] = []
+        for name in (layout.PROGRESS, layout.EVENTS, layout.METRICS):
+            try:
+                st = (self.run.path / name).stat()
+                out += [st.st_mtime_ns, st.st_size]
+            except OSError:
+                out += [0, 0]
+        return tuple(out)
+
     def forward(self) -> None:
         if not self.run.path.is_dir():
             return
+        signature = self._signature()
+        if signature == self.signature:  # a few stat calls a tick; the files are read only once they change
+            return
+        self.signature = signature
         seen = observe(self.run, events_after=self.last_event)
         self.total, self.eta = seen.total_steps or self.total, seen.eta_seconds
         rows = self.run.metrics().rows  # read before the events, so no step is reported ahead of its event
