@@ -126,6 +126,7 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
     assert page.get_attribute("#progress", "value") == "100"
     assert "step 4 of 4" in page.inner_text("#progress-text")
     assert "validation loss" in page.inner_text("#chart-text")
+    assert "token F1" in page.inner_text("#task-name") and "%" in page.inner_text("#task-text")
     assert "The job has successfully completed" in page.inner_text("#events")
     assert ":ckpt-step-2" in page.inner_text("#checkpoints")
     accessible(page)

@@ -39,6 +39,7 @@ from .service import JOB_CONFIG, add_event, fine_tuned_name
 
 log = logging.getLogger("tunelab.jobs")
 HEARTBEAT_S = 2.0
+TASK_METRICS = ("accuracy", "token_f1", "rouge_l", "exact_match", "numeric_accuracy", "reward_accuracy")
 TAIL_S = 0.25  # how often a running job's files are looked at (a stat each; read only when changed)
 STALE_S = 60.0  # no heartbeat for this long: the worker is taken for dead (another machine's worker)
 MAX_ATTEMPTS = 3
@@ -415,6 +416,9 @@ class _Tail:
             data["train_loss"] = row["loss"]
         if "eval_loss" in row:
             data["valid_loss"] = data["full_valid_loss"] = row["eval_loss"]
+        for name in TASK_METRICS:  # the task's own score on the validation rows, where the run measures one
+            if isinstance(row.get(f"eval_{name}"), int | float):
+                data[f"valid_{name}"] = float(row[f"eval_{name}"])
         if len(data) == 2:
             return
         text = " ".join(f"{k.replace('_', ' ')}={v:.4f}" for k, v in data.items() if isinstance(v, float))

@@ -264,6 +264,19 @@ function lossChart(target) {
   return plot;
 }
 
+const TASK_METRICS = [["valid_accuracy", "accuracy"], ["valid_token_f1", "word overlap with your answers (token F1)"],
+  ["valid_rouge_l", "ROUGE-L"], ["valid_exact_match", "exact answers"], ["valid_numeric_accuracy", "right numbers"],
+  ["valid_reward_accuracy", "pairs ranked right"]];
+
+function scoreChart(target, label) {
+  const width = () => Math.max(280, target.clientWidth || 600);
+  const plot = new uPlot({ width: width(), height: 200, scales: { x: { time: false }, y: { range: [0, 1] } },
+    axes: [{ label: "step" }, { label: "score" }],
+    series: [{ label: "step" }, { label, stroke: "#2ca02c", width: 2, points: { size: 7 } }] }, [[], []], target);
+  window.addEventListener("resize", () => plot.setSize({ width: width(), height: 200 }));
+  return plot;
+}
+
 async function allEvents(jobId, known) {
   // newest first; page back until an event already shown
   const fresh = [];
@@ -289,6 +302,8 @@ async function job() {
   const points = new Map();  // step -> [train, valid]
   let total = null;
   let lastStep = 0;
+  let taskName = "";
+  let taskPlot = null;
 
   const act = (what) => async () => {
     showError("job-error", null);
@@ -304,6 +319,15 @@ async function job() {
     plot.setData([steps, steps.map((s) => points.get(s)[0]), steps.map((s) => points.get(s)[1])]);
     const last = steps.length ? points.get(steps[steps.length - 1]) : null;
     const valid = steps.map((s) => points.get(s)[1]).filter((v) => v !== null);
+    const scores = steps.filter((s) => points.get(s)[2] !== null && points.get(s)[2] !== undefined);
+    if (scores.length) {
+      $("task-box").hidden = false;
+      $("task-name").textContent = taskName;
+      taskPlot = taskPlot || scoreChart($("task-chart"), taskName);
+      taskPlot.setData([scores, scores.map((s) => points.get(s)[2])]);
+      const last = points.get(scores[scores.length - 1])[2];
+      $("task-text").textContent = `Latest ${taskName} on the validation rows: ${(100 * last).toFixed(1)}%.`;
+    }
     $("chart-text").textContent = steps.length ?
       `Step ${steps[steps.length - 1]}${total ? ` of ${total}` : ""}: training loss ${last[0]?.toFixed(3) ?? "–"}` +
       (valid.length ? `, latest validation loss ${valid[valid.length - 1].toFixed(3)}` : "") + "." : "No steps yet.";
@@ -320,9 +344,11 @@ async function job() {
       known.add(e.id);
       $("events").prepend(el("li", { class: `level-${e.level}` }, el("time", { text: when(e.created_at) }), " ", e.message));
       if (e.type === "metrics" && e.data?.step !== undefined) {
-        const p = points.get(e.data.step) || [null, null];
+        const p = points.get(e.data.step) || [null, null, null];
         if (e.data.train_loss !== undefined) p[0] = e.data.train_loss;
         if (e.data.valid_loss !== undefined) p[1] = e.data.valid_loss;
+        const task = TASK_METRICS.find(([key]) => e.data[key] !== undefined);
+        if (task) { p[2] = e.data[task[0]]; taskName = task[1]; }
         points.set(e.data.step, p);
         total = e.data.total_steps || total;
         lastStep = Math.max(lastStep, e.data.step);
