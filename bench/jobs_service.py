@@ -73,6 +73,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def start_server(work: Path, *args: str, api_key: str = "none") -> tuple[subprocess.Popen[bytes], object, str]:
+    """A `tunelab serve` process on a free port with the default model, once it answers: (process, openai
+    client, URL)."""
+    import openai
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "serve", "--port", str(port), "--data",
+                               str(work / "serve"), *args], cwd=work, env=ENV, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    client = openai.OpenAI(base_url=url + "/v1", api_key=api_key, max_retries=5, timeout=600)
+    deadline = time.time() + 300
+    while True:
+        try:
+            client.models.list()
+            return server, client, url
+        except openai.APIConnectionError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise
+            time.sleep(0.5)
+
+
 def run_service(client: object, data: Path, steps: int) -> dict[str, float]:
     import openai
 
@@ -110,28 +133,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=80)
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    import openai
 
     work = Path(tempfile.mkdtemp(prefix="jobs-bench-"))
     data = chat_rows(args.rows, work / "support.jsonl")
     print("warm-up: conversion and tokenisation cache", flush=True)
     run_direct(work, data, 1, "warmup")
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "serve", "--port", str(port), "--data",
-                               str(work / "serve"), "--jobs", "1"], cwd=work, env=ENV, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=5, timeout=600)
+    server, client, _ = start_server(work, "--jobs", "1")
     direct, service = [], []
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                client.models.list()
-                break
-            except openai.APIConnectionError:
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
         for i in range(args.repeats):  # alternating, so drift in machine speed hits both arms alike
             direct.append(run_direct(work, data, args.steps, f"direct-{i}"))
             print("tunelab train:", direct[-1], flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,13 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
     with page.expect_download() as download:
         page.click(f"a[href='/jobs/{job_id}/download/adapter']")
     assert download.value.suggested_filename.endswith(".zip")
+    page.click(".export[data-format='gguf'] .make-export")  # tunelab export, run by the server
+    page.wait_for_selector(".export[data-format='gguf'][data-status='ready']", timeout=180_000)
+    with page.expect_download() as download:
+        page.click(".export[data-format='gguf'] .download-export")
+    with zipfile.ZipFile(download.value.path()) as z:
+        names = z.namelist()
+    assert any(n.endswith(".gguf") for n in names) and any(n.endswith("Modelfile") for n in names), names
     accessible(page)
     shot(page, "model")
     page.click("#start-round")
@@ -182,12 +190,13 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
 
     other = sign_in(browser, server, "key-b", "/")
     for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/result", f"/jobs/{job_id}/report", f"/jobs/{job_id}/model",
-                 f"/jobs/{job_id}/download/adapter"):
+                 f"/jobs/{job_id}/download/adapter", f"/jobs/{job_id}/download/gguf"):
         response = other.goto(server + path)
         assert response.status == 404 and job_id in other.inner_text("main")
-    status = other.evaluate(f"fetch('/v1/tunelab/models/{model}/requests', {{headers: {{'x-tunelab-ui': '1'}}}})"
-                            ".then(r => r.status)")
-    assert status == 404
+    for api_path in (f"/v1/tunelab/models/{model}/requests", f"/v1/fine_tuning/jobs/{job_id}/exports/gguf",
+                     f"/v1/fine_tuning/jobs/{job_id}/exports/gguf/content"):
+        status = other.evaluate(f"fetch('{api_path}', {{headers: {{'x-tunelab-ui': '1'}}}}).then(r => r.status)")
+        assert status == 404, api_path
     other.goto(server + "/")
     other.wait_for_selector("#models ul")
     assert model not in other.inner_text("#models") and job_id not in other.inner_text("#jobs")

@@ -22,8 +22,9 @@ from ..jobs.errors import JobsError
 from ..jobs.files import FileStore, file_object
 from ..jobs.schemas import JobCreate
 from ..jobs.service import CKPT, JobsService, checkpoint_object, event_object, job_object
-from ..jobs.worker import Worker
+from ..jobs.worker import QUIET_ENV, Worker
 from ..runs import RunDir
+from .exports import Exports
 from .schemas import APIError
 from .state import State
 
@@ -45,6 +46,7 @@ class JobsRuntime:
         self.db = JobsDB(database_url(data, db_url))
         self.files = FileStore(self.db, data / "files", state.settings.max_file_bytes)
         self.service = JobsService(self.db, self.files, data / "jobs")
+        self.exports = Exports(data / "exports", env=QUIET_ENV)
         self.worker = (Worker(self.db, self.files, data / "jobs", max_jobs=worker_jobs, job_env=self.job_env)
                        if worker_jobs else None)
         self._stop = threading.Event()

@@ -1,6 +1,7 @@
-"""Watching a served model and improving it (tunelab's extensions of the API, used by the web UI and open to
-scripts): its requests, errors and latency over time with the drift of its traffic from its training data; its
-logged conversations with their feedback, for review; and the next round of tuning, made from that feedback."""
+"""A tuned model's life after training (tunelab's extensions of the API, used by the web UI and open to scripts):
+exports to download (a merged model, a GGUF file); its requests, errors and latency over time with the drift of
+its traffic from its training data; its logged conversations with their feedback, for review; and the next round
+of tuning, made from that feedback."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from dataclasses import asdict
 from typing import Any, Literal
 
 from fastapi import FastAPI
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
+from .exports import FORMATS, zip_stream
 from .feedback import collect
 from .monitor import drift, model_stats, parse_since, percentiles
 from .schemas import APIError
@@ -21,6 +24,10 @@ from .state import State
 from .store import RequestLog
 
 MAX_BUCKETS = 200
+
+
+class ExportRequest(BaseModel):
+    format: Literal["hf", "gguf"]
 
 
 class NextRound(BaseModel):
@@ -107,6 +114,35 @@ def add_watch_routes(app: FastAPI, state: State, auth: Any) -> None:
 
         return await asyncio.to_thread(build)
 
+    def model_job(job_id: str, project: str) -> Any:
+        if state.jobs is None:
+            raise APIError(404, "this server runs no fine-tuning jobs (--no-jobs)")
+        job = state.jobs.service.get(project, job_id)
+        if job.status != "succeeded" or not job.fine_tuned_model or not job.run_dir:
+            raise APIError(400, f"job {job_id} has no tuned model (status {job.status})", param="fine_tuning_job_id")
+        return job
+
+    def export_format(fmt: str) -> str:
+        if fmt not in FORMATS:
+            raise APIError(404, f"no export format {fmt!r}: use one of {sorted(FORMATS)}", param="format")
+        return fmt
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/exports", status_code=202)
+    async def start_export(job_id: str, body: ExportRequest, project: str = auth) -> Any:
+        """Make the job's model downloadable as a merged model (hf) or a GGUF file (gguf), in the background."""
+        job = model_job(job_id, project)
+        return await asyncio.to_thread(state.jobs.exports.start, job_id, body.format, job.run_dir)
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/exports/{fmt}")
+    async def export_status(job_id: str, fmt: str, project: str = auth) -> Any:
+        model_job(job_id, project)
+        return state.jobs.exports.status(job_id, export_format(fmt))
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/exports/{fmt}/content")
+    async def export_content(job_id: str, fmt: str, project: str = auth) -> Any:
+        job = model_job(job_id, project)
+        return export_download(state, job_id, export_format(fmt), job.fine_tuned_model)
+
     @app.post("/v1/fine_tuning/jobs/{job_id}/next_round", status_code=201)
     async def next_round(job_id: str, body: NextRound | None = None, project: str = auth) -> Any:
         """The feedback on a job's model turned into a training file (corrected and up-rated answers; for dpo,
@@ -140,3 +176,14 @@ def add_watch_routes(app: FastAPI, state: State, auth: Any) -> None:
                             tunelab={"config": {"data.val_fraction": 0}} if len(rows) < 10 else None)
         new = await asyncio.to_thread(jobs.service.create, project, request, job.run_dir)
         return job_object(new) | {"feedback": exported.summary(), "training_file_rows": len(rows)}
+
+
+def export_download(state: State, job_id: str, fmt: str, model: str) -> StreamingResponse:
+    """A finished export as a zip, streamed; 404 until it is ready."""
+    folder = state.jobs.exports.folder(job_id, fmt)
+    if not folder.is_dir():
+        raise APIError(404, f"the {fmt} export of {job_id} is not ready: POST /v1/fine_tuning/jobs/{job_id}/exports "
+                            "starts it, and its status says when it is done", param="format")
+    name = f"{model.replace(':', '_')}-{fmt}"
+    return StreamingResponse(zip_stream(folder, name), media_type="application/zip",
+                             headers={"content-disposition": f'attachment; filename="{name}.zip"'})

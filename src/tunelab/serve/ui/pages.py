@@ -3,9 +3,6 @@ API lacks). Sign-in turns an API key into a cookie; every page shows only the si
 
 from __future__ import annotations
 
-import io
-import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -16,7 +13,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ...runs import RunDir
+from ..exports import FORMATS, zip_stream
 from ..state import DEFAULT_PROJECT, State
+from ..watch_api import export_download
 from .session import COOKIE, Sessions
 from .settings import advanced_settings
 
@@ -142,18 +141,17 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
         if adapter is None or not adapter.is_dir():
             return not_found(request, project, f"adapter of job {job_id}")
         name = (row.fine_tuned_model or job_id).replace(":", "_")
-        return StreamingResponse(_zipped(adapter, name), media_type="application/zip",
+        return StreamingResponse(zip_stream(adapter, name), media_type="application/zip",
                                  headers={"content-disposition": f'attachment; filename="{name}.zip"'})
 
-
-def _zipped(folder: Path, name: str) -> Iterator[bytes]:
-    """A zip of the folder's files under `name/`, made in memory a file at a time (adapters are megabytes)."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as z:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                z.write(f, f"{name}/{f.relative_to(folder)}")
-    yield buffer.getvalue()
+    @app.get("/jobs/{job_id}/download/{fmt}", include_in_schema=False)
+    async def download_export(request: Request, job_id: str, fmt: str) -> Response:
+        project, row = job_or_404(request, job_id)
+        if row is None or not row.fine_tuned_model or fmt not in FORMATS:
+            return not_found(request, project, f"{fmt} export of job {job_id}")
+        if not state.jobs.exports.folder(job_id, fmt).is_dir():
+            return not_found(request, project, f"finished {fmt} export of job {job_id}")
+        return export_download(state, job_id, fmt, row.fine_tuned_model)
 
 
 def _safe_next(target: str) -> str:

@@ -511,6 +511,31 @@ async function modelPage() {
       r.completion !== null ? feedbackWidget(r.id, r.feedback) : null)))
       : el("p", { class: "muted", text: "No conversations with this model yet: try it in the playground or from a client." }));
   }
+  for (const box of document.querySelectorAll(".export")) {
+    const fmt = box.dataset.format;
+    const status = box.querySelector(".export-status");
+    const make = box.querySelector(".make-export");
+    const link = box.querySelector(".download-export");
+    const show = (e) => {
+      const mb = e.bytes ? ` (${(e.bytes / 1e6).toFixed(0)} MB)` : "";
+      status.textContent = { none: "", running: "Making it: a minute or two…", ready: `Ready${mb}.`,
+        failed: `It failed: ${e.error || ""}` }[e.status];
+      link.hidden = e.status !== "ready";
+      make.hidden = e.status === "ready" || e.status === "running";
+      box.dataset.status = e.status;
+      return e.status;
+    };
+    const poll = async () => {
+      if (show(await api(`/fine_tuning/jobs/${root.dataset.job}/exports/${fmt}`)) === "running") setTimeout(poll, 2000);
+    };
+    make.addEventListener("click", async () => {
+      try {
+        show(await api(`/fine_tuning/jobs/${root.dataset.job}/exports`, { method: "POST", json: { format: fmt } }));
+        setTimeout(poll, 2000);
+      } catch (err) { status.textContent = String(err.message || err); }
+    });
+    poll().catch(() => {});
+  }
   $("since").addEventListener("change", watch);
   $("next-round").addEventListener("submit", async (e) => {
     e.preventDefault();
