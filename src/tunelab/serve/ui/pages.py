@@ -12,6 +12,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from ...jobs.errors import JobsError
 from ...runs import RunDir
 from ..exports import FORMATS, zip_stream
 from ..state import DEFAULT_PROJECT, State
@@ -20,7 +21,7 @@ from .session import COOKIE, Sessions
 from .settings import advanced_settings
 
 HERE = Path(__file__).parent
-TASKS = [  # what to teach: (value, plain words, the OpenAI method and tunelab settings it becomes)
+TASKS = [  # what to teach: (value, plain words, what the rows look like); app.js maps each to a job's method
     ("answer", "Answer questions in your domain", "Chat rows: the model learns to give answers like yours."),
     ("classify", "Sort messages into categories", "Rows with a text and a label: the model learns to pick the label."),
     ("prefer", "Prefer better answers", "Pairs of a better and a worse answer to the same prompt (DPO)."),
@@ -99,7 +100,7 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
         project = project_of(request)
         try:
             return project, state.jobs.service.get(project, job_id)
-        except Exception:  # another project's job answers exactly as one that does not exist
+        except JobsError:  # 404: another project's job answers exactly as one that does not exist
             return project, None
 
     @app.get("/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
