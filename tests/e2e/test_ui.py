@@ -181,6 +181,13 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
                             ".then(r => r.json())")
     assert api_job["model"] == model and api_job["metadata"] == {"next_round_of": job_id}
     page.click("#cancel")
+    # the same feedback as preference pairs: the correction preferred over the answer it corrects
+    dpo = page.evaluate(f"""fetch('/v1/fine_tuning/jobs/{job_id}/next_round', {{method: 'POST',
+        headers: {{'x-tunelab-ui': '1', 'content-type': 'application/json'}}, body: JSON.stringify({{method: 'dpo'}})}})
+        .then(r => r.json())""")
+    assert dpo["method"]["type"] == "dpo" and dpo["training_file_rows"] == 1, dpo
+    page.evaluate(f"fetch('/v1/fine_tuning/jobs/{dpo['id']}/cancel', "
+                  "{method: 'POST', headers: {'x-tunelab-ui': '1'}})")
 
     page.goto(server + "/")
     page.wait_for_selector(f"a[href='/jobs/{job_id}']")

@@ -59,7 +59,7 @@ class Exports:
         self.root = root
         self.env = os.environ | (env or {})
         self.procs: dict[tuple[str, str], subprocess.Popen[bytes]] = {}
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # start() checks and starts under it: one process per export
 
     def folder(self, job_id: str, fmt: str) -> Path:
         return self.root / job_id / fmt
@@ -84,15 +84,14 @@ class Exports:
         return state | {"status": "none"}
 
     def start(self, job_id: str, fmt: str, run_dir: str) -> dict[str, Any]:
-        current = self.status(job_id, fmt)
-        if current["status"] in ("running", "ready"):
-            return current
-        out = self.folder(job_id, fmt)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with out.with_suffix(".log").open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "export", run_dir, "--format", fmt,
-                                     "--out", str(out), "--force"], stdout=log, stderr=subprocess.STDOUT,
-                                    env=self.env, cwd=out.parent)
         with self.lock:
-            self.procs[(job_id, fmt)] = proc
-        return self.status(job_id, fmt)
+            current = self.status(job_id, fmt)
+            if current["status"] in ("running", "ready"):
+                return current
+            out = self.folder(job_id, fmt)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with out.with_suffix(".log").open("wb") as log:
+                self.procs[(job_id, fmt)] = subprocess.Popen(
+                    [sys.executable, "-m", "tunelab.cli.main", "export", run_dir, "--format", fmt, "--out", str(out),
+                     "--force"], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=out.parent)
+            return self.status(job_id, fmt)
