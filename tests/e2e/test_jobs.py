@@ -149,6 +149,9 @@ def test_a_bad_file_fails_in_validation_with_its_lines(server: str, tmp_path: Pa
     assert report["formats"] == {"tickets.jsonl": "chat"} and report["length_histogram"]
     with pytest.raises(openai.NotFoundError):
         client(server, "key-b").post(f"/files/{f.id}/check", body={}, cast_to=object)
+    odd = upload(c, write_jsonl(tmp_path / 'odd"name\\x.jsonl', rows[:2]))  # quotes and backslashes in the name
+    report = c.post(f"/files/{odd.id}/check", body={}, cast_to=object)
+    assert report["errors"] == [] and report["formats"] == {odd.filename: "chat"}
 
 
 def test_bad_requests_say_which_parameter(server: str, tmp_path: Path) -> None:
@@ -233,6 +236,10 @@ def test_projects_see_only_their_own(server: str, tmp_path: Path) -> None:
     for path in ("monitor", "requests"):
         with pytest.raises(openai.NotFoundError):
             b.get(f"/tunelab/models/{done.fine_tuned_model}/{path}", cast_to=object)
+    with pytest.raises(openai.NotFoundError):  # a shared model's log holds every project's conversations
+        a.get("/tunelab/models/tiny/requests", cast_to=object)
+    with pytest.raises(openai.BadRequestError, match="suffix"):
+        a.post(f"/fine_tuning/jobs/{job.id}/next_round", body={"suffix": "my model"}, cast_to=object)
     with pytest.raises(openai.BadRequestError, match="--log-content"):
         a.post(f"/fine_tuning/jobs/{job.id}/next_round", body={}, cast_to=object)
     with pytest.raises(openai.NotFoundError):

@@ -83,6 +83,10 @@ def test_sign_in_refuses_a_wrong_key(browser: Any, server: str) -> None:
     page.click("button[type=submit]")
     assert "not one of this server's keys" in page.inner_text("#key-error")
     assert page.evaluate("fetch('/v1/files', {headers: {'x-tunelab-ui': '1'}}).then(r => r.status)") == 401
+    # a sign-in posted by another site (login CSRF) is refused, even with a good key
+    forged = page.request.post(server + "/sign-in", form={"key": "key-a", "next": "/"},
+                               headers={"origin": "http://evil.example"}, max_redirects=0)
+    assert forged.status == 403 and "set-cookie" not in forged.headers
 
 
 @pytest.mark.parametrize("which", ["server", pytest.param("default_server", marks=pytest.mark.slow)])

@@ -69,7 +69,7 @@ def serve_cmd(
     settings = ServeSettings(api_keys=keys, admin_keys=list(admin_key), log_content=log_content,
                              default_max_tokens=max_tokens, max_file_bytes=max_file_mb * 1024 * 1024,
                              jobs=not no_jobs, worker_jobs=jobs, python_graders=not no_python_graders,
-                             url=f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+                             url=f"http://{_local(host)}:{port}")
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,
@@ -151,3 +151,9 @@ def feedback_export_cmd(
                       f"text; start `tunelab serve` with --log-content to keep it")
     if s["feedback"] == 0:
         console.print("[yellow]no feedback found[/]" + (f" for {adapter!r}" if adapter else ""))
+
+
+def _local(host: str) -> str:
+    """How this machine reaches a server listening on `host` (an IPv6 literal in brackets)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host

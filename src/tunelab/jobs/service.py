@@ -155,8 +155,13 @@ class JobsService:
         if done:
             add_event(self.db, jid, "Job cancelled")
             return self.get(project, jid)
+        with self.db.session() as s:  # a worker holds it, unless it finished a moment ago
+            asked = s.execute(update(JobRow).where(JobRow.id == jid, JobRow.status.not_in(FINISHED))
+                              .values(requested="cancel")).rowcount
+        if not asked:
+            return self.get(project, jid)
         add_event(self.db, jid, "Cancelling: the job stops after its current step")
-        return self._set(jid, requested="cancel")
+        return self.get(project, jid)
 
     def pause(self, project: str, jid: str) -> JobRow:
         row = self.get(project, jid)

@@ -48,7 +48,7 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": 
              "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the job's process before it starts. Linux: the job's process is killed when its worker dies (kill -9
     included), so that a job taken over by another worker never has two processes training it."""
     with contextlib.suppress(OSError, AttributeError):
@@ -208,7 +208,7 @@ class Worker:
         out = log_file.open("ab") if log_file else subprocess.PIPE
         env = self.env | (self.job_env(job) if self.job_env else {})
         proc = subprocess.Popen([sys.executable, *args], cwd=self.root / jid, env=env, stdout=out,
-                                stderr=subprocess.STDOUT if log_file else subprocess.PIPE, preexec_fn=_die_with_parent)
+                                stderr=subprocess.STDOUT if log_file else subprocess.PIPE, preexec_fn=die_with_parent)
         with self._lock:
             self.procs[jid] = proc
         return proc
@@ -300,6 +300,8 @@ class Worker:
         self._finish(job, run, work, asked, proc.returncode)
 
     def _finish(self, job: JobRow, run: RunDir, work: Path, asked: str | None, code: int) -> None:
+        if asked in ("pause", "stop") and self._row(job.id).requested == "cancel":
+            asked = "cancel"  # cancelled while pausing: the cancel is what the user asked last
         status = run.status() if run.is_run() else None
         if asked == "cancel":
             self._update(job.id, status="cancelled", finished_at=now(), worker=None, requested=None)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,8 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..jobs.worker import die_with_parent
+
 FORMATS = {"hf": "a merged transformers model", "gguf": "a GGUF file for llama.cpp and Ollama, with a Modelfile"}
 CHUNK = 1 << 20
+
+
+class ExportBusy(RuntimeError):
+    pass
 
 
 class _Sink(io.RawIOBase):
@@ -83,15 +90,40 @@ class Exports:
             return state | {"status": "failed", "error": "\n".join(tail)}
         return state | {"status": "none"}
 
+    def busy(self) -> bool:
+        with self.lock:
+            return any(p.poll() is None for p in self.procs.values())
+
     def start(self, job_id: str, fmt: str, run_dir: str) -> dict[str, Any]:
+        """Start the export, unless it is running or done; one export at a time on a server (each loads a whole
+        model): ExportBusy while another runs."""
         with self.lock:
             current = self.status(job_id, fmt)
             if current["status"] in ("running", "ready"):
                 return current
+            if self.busy():
+                raise ExportBusy("another export is running on this server; ask again when it is done")
             out = self.folder(job_id, fmt)
             out.parent.mkdir(parents=True, exist_ok=True)
             with out.with_suffix(".log").open("wb") as log:
                 self.procs[(job_id, fmt)] = subprocess.Popen(
                     [sys.executable, "-m", "tunelab.cli.main", "export", run_dir, "--format", fmt, "--out", str(out),
-                     "--force"], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=out.parent)
+                     "--force"], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=out.parent,
+                    preexec_fn=die_with_parent)
             return self.status(job_id, fmt)
+
+    def remove(self, job_id: str) -> None:
+        """A deleted model's exports go with it (a running one is stopped first)."""
+        with self.lock:
+            for (jid, _), proc in list(self.procs.items()):
+                if jid == job_id and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        shutil.rmtree(self.root / job_id, ignore_errors=True)
+
+    def stop(self) -> None:
+        with self.lock:
+            for proc in self.procs.values():
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()

@@ -68,6 +68,7 @@ class JobsRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        self.exports.stop()
         if self.worker is not None:
             self.worker.stop()
         self._thread.join(timeout=10)
@@ -158,7 +159,7 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
             return rep.to_dict()
 
         report = await asyncio.to_thread(run)
-        text = json.dumps(report, default=str).replace(json.dumps(str(row.path))[1:-1], row.filename)
+        text = json.dumps(report, default=str).replace(json.dumps(str(row.path))[1:-1], json.dumps(row.filename)[1:-1])
         return {"object": "file.check", "file_id": file_id, "filename": row.filename} | json.loads(text)
 
     # --- jobs -----------------------------------------------------------------------------------
@@ -266,6 +267,9 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
     @app.delete("/v1/models/{name:path}")
     async def delete_model(name: str, project: str = auth) -> Any:
         await asyncio.to_thread(service.delete_model, project, name)
+        job = service.job_of_model(project, name)
+        if job is not None:  # its downloads go with it
+            await asyncio.to_thread(jobs.exports.remove, job.id)
         for loaded in [n for n in list(state.owners) if n.split(CKPT, 1)[0] == name]:
             state.remove_adapter(loaded)
         return {"id": name, "object": "model", "deleted": True}

@@ -78,7 +78,8 @@ def create_app(state: State) -> FastAPI:
     async def feedback(body: FeedbackRequest, project: str = auth) -> dict[str, Any]:
         def write() -> int:
             logged = state.store.get_request(body.request_id)
-            if logged is None or state.owners.get(logged.model, project) != project:  # another project's: unknown
+            owner = state.owner(logged.model) if logged is not None else None
+            if logged is None or owner not in (None, project):  # another project's answer: as unknown
                 raise APIError(404, f"no request with id {body.request_id!r}; use the `id` of a completion "
                                     f"(also sent as the x-request-id header)", param="request_id")
             return state.store.add_feedback(body.request_id, body.rating, body.correction, body.comment)

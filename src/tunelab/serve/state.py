@@ -65,6 +65,14 @@ class State:
         self.jobs: Any = None  # JobsRuntime when the jobs API is on
         self.sessions: Sessions | None = None  # the web UI's sign-ins
 
+    def owner(self, name: str) -> str | None:
+        """The project a fine-tuned model belongs to (from its ft:<base>:<project>:... name when it is not loaded);
+        None for a shared model (the base, an --adapter)."""
+        if name in self.owners:
+            return self.owners[name]
+        parts = name.split(":")
+        return parts[2] if name.startswith("ft:") and len(parts) >= 5 else None
+
     def visible(self, name: str, project: str) -> bool:
         return name in self.engine.model_names and self.owners.get(name, project) == project
 

@@ -14,9 +14,10 @@ from typing import Any, Literal
 
 from fastapi import FastAPI
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from .exports import FORMATS, zip_stream
+from ..jobs.schemas import JobCreate
+from .exports import FORMATS, ExportBusy, zip_stream
 from .feedback import collect
 from .monitor import drift, model_stats, parse_since, percentiles
 from .schemas import APIError
@@ -68,7 +69,9 @@ def _conversation(r: RequestLog) -> dict[str, Any]:
 
 def add_watch_routes(app: FastAPI, state: State, auth: Any) -> None:
     def visible_model(name: str, project: str) -> str:
-        if not state.visible(name, project):
+        # only the project's own tuned models: the log of a shared model (the base, an --adapter) holds every
+        # project's conversations, and the request log does not say whose each one is
+        if not state.visible(name, project) or state.owner(name) != project:
             raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
         return name
 
@@ -118,7 +121,7 @@ def add_watch_routes(app: FastAPI, state: State, auth: Any) -> None:
         if state.jobs is None:
             raise APIError(404, "this server runs no fine-tuning jobs (--no-jobs)")
         job = state.jobs.service.get(project, job_id)
-        if job.status != "succeeded" or not job.fine_tuned_model or not job.run_dir:
+        if job.status != "succeeded" or not job.fine_tuned_model or not job.run_dir or job.model_deleted:
             raise APIError(400, f"job {job_id} has no tuned model (status {job.status})", param="fine_tuning_job_id")
         return job
 
@@ -131,7 +134,10 @@ def add_watch_routes(app: FastAPI, state: State, auth: Any) -> None:
     async def start_export(job_id: str, body: ExportRequest, project: str = auth) -> Any:
         """Make the job's model downloadable as a merged model (hf) or a GGUF file (gguf), in the background."""
         job = model_job(job_id, project)
-        return await asyncio.to_thread(state.jobs.exports.start, job_id, body.format, job.run_dir)
+        try:
+            return await asyncio.to_thread(state.jobs.exports.start, job_id, body.format, job.run_dir)
+        except ExportBusy as exc:
+            raise APIError(429, str(exc), code="rate_limit_exceeded", headers={"Retry-After": "30"}) from None
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/exports/{fmt}")
     async def export_status(job_id: str, fmt: str, project: str = auth) -> Any:
@@ -147,17 +153,15 @@ def add_watch_routes(app: FastAPI, state: State, auth: Any) -> None:
     async def next_round(job_id: str, body: NextRound | None = None, project: str = auth) -> Any:
         """The feedback on a job's model turned into a training file (corrected and up-rated answers; for dpo,
         them preferred over down-rated ones) and a new job that continues from that model."""
-        from ..jobs.schemas import JobCreate
         from ..jobs.service import job_object
 
         body = body or NextRound()
         jobs = state.jobs
-        if jobs is None:
-            raise APIError(404, "this server runs no fine-tuning jobs (--no-jobs)")
-        job = jobs.service.get(project, job_id)
-        if job.status != "succeeded" or not job.fine_tuned_model:
-            raise APIError(400, f"job {job_id} has no tuned model to improve (status {job.status})",
-                           param="fine_tuning_job_id")
+        job = model_job(job_id, project)
+        try:  # the request as it will be made, checked before any file is written
+            JobCreate(model=job.fine_tuned_model, training_file="file-pending", suffix=body.suffix)
+        except ValidationError as exc:
+            raise APIError(400, f"suffix: {exc.errors()[0]['msg']}", param="suffix") from None
         exported = await asyncio.to_thread(collect, state.store, job.fine_tuned_model)
         rows = exported.sft if body.method == "supervised" else exported.pairs
         if not rows:
@@ -174,7 +178,11 @@ def add_watch_routes(app: FastAPI, state: State, auth: Any) -> None:
         request = JobCreate(model=job.fine_tuned_model, training_file=upload.id, method=method,
                             suffix=body.suffix or job.suffix, metadata={"next_round_of": job_id},
                             tunelab={"config": {"data.val_fraction": 0}} if len(rows) < 10 else None)
-        new = await asyncio.to_thread(jobs.service.create, project, request, job.run_dir)
+        try:
+            new = await asyncio.to_thread(jobs.service.create, project, request, job.run_dir)
+        except Exception:
+            await asyncio.to_thread(jobs.files.delete, project, upload.id)  # no orphaned feedback file
+            raise
         return job_object(new) | {"feedback": exported.summary(), "training_file_rows": len(rows)}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Form, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -69,12 +69,17 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
 
     @app.post("/sign-in", include_in_schema=False)
     async def sign_in(request: Request, key: str = Form(""), next: str = Form("/")) -> Response:
+        origin = request.headers.get("origin")
+        if origin and urlsplit(origin).netloc != request.url.netloc:  # another site signing the browser in
+            return page(request, "sign_in.html", "Sign in", status=403, next="/",
+                        error="This sign-in came from another site and was refused. Sign in here instead.")
         token = sessions.token(key.strip())
         if sessions.project(token) is None:
             return page(request, "sign_in.html", "Sign in", status=401, next=_safe_next(next),
                         error="That key is not one of this server's keys. Check it and try again.")
         response = RedirectResponse(_safe_next(next), status_code=303)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=30 * 24 * 3600)
+        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", max_age=30 * 24 * 3600,
+                            secure=request.url.scheme == "https")
         return response
 
     @app.get("/sign-out", include_in_schema=False)

@@ -303,6 +303,7 @@ async function job() {
   let total = null;
   let lastStep = 0;
   let taskName = "";
+  let loadingSince = 0;
   let taskPlot = null;
 
   const act = (what) => async () => {
@@ -341,6 +342,7 @@ async function job() {
       ckpts = await api(`/fine_tuning/jobs/${jobId}/checkpoints?limit=100`);
     }
     for (const e of events) {
+      if (known.has(e.id)) continue;  // a button's refresh and the poll may fetch the same news
       known.add(e.id);
       $("events").prepend(el("li", { class: `level-${e.level}` }, el("time", { text: when(e.created_at) }), " ", e.message));
       if (e.type === "metrics" && e.data?.step !== undefined) {
@@ -368,7 +370,11 @@ async function job() {
     // the server loads a succeeded job's model within a second or so: offer the result once it answers
     const served = j.status === "succeeded" && j.fine_tuned_model &&
       (await api("/models")).data.some((m) => m.id === j.fine_tuned_model);
-    if (j.status === "succeeded" && !served) $("status-words").textContent = "Done: loading the tuned model…";
+    if (j.status === "succeeded" && !served) {
+      loadingSince = loadingSince || Date.now();
+      $("status-words").textContent = Date.now() - loadingSince < 120_000 ? "Done: loading the tuned model…" :
+        "Done, but the server has not loaded the tuned model: see its log (the model may not fit or its files may be damaged).";
+    }
     $("result-link").hidden = !served;
     if (j.error?.message) showError("job-error", j.error.message);
     $("checkpoints").replaceChildren(ckpts.data.length ? el("table", {},
@@ -384,7 +390,8 @@ async function job() {
   for (;;) {
     let j = null;
     try { j = await tick(); } catch (err) { showError("job-error", err); }
-    if (j && FINISHED.includes(j.status) && !$("result-link").hidden === (j.status === "succeeded")) break;
+    const settled = !$("result-link").hidden === (j?.status === "succeeded") || (loadingSince && Date.now() - loadingSince > 120_000);
+    if (j && FINISHED.includes(j.status) && settled) break;
     await new Promise((r) => setTimeout(r, POLL_MS));
   }
 }
