@@ -134,7 +134,7 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
     @app.get("/jobs/{job_id}/model", response_class=HTMLResponse, include_in_schema=False)
     async def model(request: Request, job_id: str) -> Response:
         project, row = job_or_404(request, job_id)
-        if row is None or not row.fine_tuned_model:
+        if row is None or not row.fine_tuned_model or row.model_deleted:
             return not_found(request, project, f"tuned model of job {job_id}")
         return page(request, "model.html", f"{row.fine_tuned_model}", project=project, job_id=job_id,
                     model=row.fine_tuned_model, url=str(request.base_url).rstrip("/"), run_dir=row.run_dir,
@@ -143,7 +143,8 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
     @app.get("/jobs/{job_id}/download/adapter", include_in_schema=False)
     async def download_adapter(request: Request, job_id: str) -> Response:
         project, row = job_or_404(request, job_id)
-        adapter = RunDir(Path(row.run_dir)).adapter if row is not None and row.run_dir else None
+        adapter = RunDir(Path(row.run_dir)).adapter if row is not None and row.run_dir and not row.model_deleted \
+            else None
         if adapter is None or not adapter.is_dir():
             return not_found(request, project, f"adapter of job {job_id}")
         name = (row.fine_tuned_model or job_id).replace(":", "_")
@@ -153,7 +154,7 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
     @app.get("/jobs/{job_id}/download/{fmt}", include_in_schema=False)
     async def download_export(request: Request, job_id: str, fmt: str) -> Response:
         project, row = job_or_404(request, job_id)
-        if row is None or not row.fine_tuned_model or fmt not in FORMATS:
+        if row is None or not row.fine_tuned_model or row.model_deleted or fmt not in FORMATS:
             return not_found(request, project, f"{fmt} export of job {job_id}")
         if not state.jobs.exports.folder(job_id, fmt).is_dir():
             return not_found(request, project, f"finished {fmt} export of job {job_id}")
