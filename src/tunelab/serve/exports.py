@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fastapi.responses import StreamingResponse
+
 from ..jobs.worker import die_with_parent
 
 FORMATS = {"hf": "a merged transformers model", "gguf": "a GGUF file for llama.cpp and Ollama, with a Modelfile"}
@@ -56,6 +58,12 @@ def zip_stream(folder: Path, name: str) -> Iterator[bytes]:
                     dest.write(chunk)
                     yield sink.take()
     yield sink.take()
+
+
+def zip_response(folder: Path, name: str) -> StreamingResponse:
+    """The folder as a download named `name`.zip, streamed."""
+    return StreamingResponse(zip_stream(folder, name), media_type="application/zip",
+                             headers={"content-disposition": f'attachment; filename="{name}.zip"'})
 
 
 class Exports:

@@ -17,7 +17,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from ..jobs.schemas import JobCreate
-from .exports import FORMATS, ExportBusy, zip_stream
+from .exports import FORMATS, ExportBusy, zip_response
 from .feedback import collect
 from .monitor import drift, model_stats, parse_since, percentiles
 from .schemas import APIError
@@ -192,6 +192,4 @@ def export_download(state: State, job_id: str, fmt: str, model: str) -> Streamin
     if not folder.is_dir():
         raise APIError(404, f"the {fmt} export of {job_id} is not ready: POST /v1/fine_tuning/jobs/{job_id}/exports "
                             "starts it, and its status says when it is done", param="format")
-    name = f"{model.replace(':', '_')}-{fmt}"
-    return StreamingResponse(zip_stream(folder, name), media_type="application/zip",
-                             headers={"content-disposition": f'attachment; filename="{name}.zip"'})
+    return zip_response(folder, f"{model.replace(':', '_')}-{fmt}")

@@ -8,13 +8,13 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Form, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ...jobs.errors import JobsError
 from ...runs import RunDir
-from ..exports import FORMATS, zip_stream
+from ..exports import FORMATS, zip_response
 from ..state import DEFAULT_PROJECT, State
 from ..watch_api import export_download
 from .session import COOKIE, Sessions
@@ -148,8 +148,7 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
         if adapter is None or not adapter.is_dir():
             return not_found(request, project, f"adapter of job {job_id}")
         name = (row.fine_tuned_model or job_id).replace(":", "_")
-        return StreamingResponse(zip_stream(adapter, name), media_type="application/zip",
-                                 headers={"content-disposition": f'attachment; filename="{name}.zip"'})
+        return zip_response(adapter, name)
 
     @app.get("/jobs/{job_id}/download/{fmt}", include_in_schema=False)
     async def download_export(request: Request, job_id: str, fmt: str) -> Response:
