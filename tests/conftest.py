@@ -29,6 +29,7 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ.setdefault("TUNELAB_HOME", str(tmp_path_factory.mktemp("tunelab-home")))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TUNELAB_JOB_ESTIMATE", "0")  # a job's estimate is tested once, in test_jobs.py
 
 
 @pytest.fixture(scope="session")

@@ -21,10 +21,10 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
 def train(config: TunelabConfig | str, overrides: list[str] | None = None, *, resume: bool = False) -> RunResult:
     """Train as `tunelab train` does; returns the run directory, status and summary."""
-    from .recipes import dispatch
+    from .plan import fit
 
     cfg = load_config(config, overrides) if isinstance(config, str) else config
-    return dispatch.run(cfg, resume=resume)
+    return fit.run(cfg, resume=resume)
 
 
 def load(ref: str | None = None) -> LoadedModel:

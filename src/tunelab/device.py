@@ -111,3 +111,46 @@ def estimate_tokens_per_second(n_params: int, lora: bool = True, bf16: bool | No
     bf16 = use_bf16("auto") if bf16 is None else bf16
     flops_per_token = (4 if lora else 6) * n_params
     return matmul_peak_gflops(bf16) * 1e9 * 0.4 / flops_per_token
+
+
+def cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cgroup_limit() -> int | None:
+    """A container's memory limit (cgroup v2 or v1), in bytes; None where there is none."""
+    for f in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            raw = Path(f).read_text().strip()
+        except OSError:
+            continue
+        if raw.isdigit() and int(raw) < 1 << 60:
+            return int(raw)
+    return None
+
+
+def memory_mib() -> dict[str, int]:
+    """The memory a run can have, in MiB: total and available now (RAM, within a container's limit), and the
+    GPU's total where there is one."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    total, available = vm.total, vm.available
+    limit = _cgroup_limit()
+    if limit is not None:
+        total, available = min(total, limit), min(available, limit)
+    out = {"total": total >> 20, "available": available >> 20}
+    if device() == "cuda":
+        import torch
+
+        free, gpu_total = torch.cuda.mem_get_info()
+        out |= {"gpu_total": gpu_total >> 20, "gpu_available": free >> 20}
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -9,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import TunelabConfig, load_config
-from .recipes.dispatch import run
+from .plan.fit import run
 from .runs import RunDir, RunResult
 
 
@@ -41,9 +43,35 @@ def side_by_side(run_dir: Path, console: Console, n: int = 8) -> None:
     console.print(t)
 
 
-def quickstart(rows: int = 3000, output_dir: str = "runs", console: Console | None = None,
-               eval_rows: int = 300) -> RunResult:
+MAX_ROWS, MIN_ROWS = 3000, 1000  # 3000 rows: +70 points on 2 cores; 1000 still shows well over +30
+STARTED_ENV = "TUNELAB_QUICKSTART_SINCE"  # when `make quickstart` began (setup included), in epoch seconds
+
+
+def sized_rows(output_dir: str, eval_rows: int, minutes: float, console: Console) -> int:
+    """As many rows (up to MAX_ROWS) as let the whole quickstart, setup included, end within `minutes` on this
+    machine: the estimate of the full-size run, its training time scaled down to the rows that fit."""
+    from .plan.estimate import duration, estimate
+
+    since = float(os.environ.get(STARTED_ENV) or time.time())
+    with console.status("Sizing the run to this machine: a few real training steps..."):
+        est = estimate(quickstart_config(MAX_ROWS, output_dir, eval_rows))
+    left = minutes * 60 - (time.time() - since)
+    per_row_part = est.phases["training"] + est.phases["evaluation"] + est.phases["checkpoints"]
+    fixed = est.total_seconds - per_row_part
+    per_row = per_row_part / max(est.train["rows"], 1)
+    rows = int(max(MIN_ROWS, min(MAX_ROWS, (0.9 * left - fixed) / per_row)))
+    rows = min(rows, est.train["rows"])
+    console.print(f"Sized to this machine: {rows} training rows, about {duration(fixed + per_row * rows)} "
+                  f"(at {est.train['tokens_per_s'] or 0:.0f} tokens/s; {duration(left)} left of {minutes:g} min)")
+    return rows
+
+
+def quickstart(rows: int | None = None, output_dir: str = "runs", console: Console | None = None,
+               eval_rows: int = 300, minutes: float = 15) -> RunResult:
+    """rows None: sized to end the quickstart within `minutes` here (sized_rows)."""
     console = console or Console(stderr=True)
+    if rows is None:
+        rows = sized_rows(output_dir, eval_rows, minutes, console)
     cfg = quickstart_config(rows, output_dir, eval_rows)
     console.rule("[bold]tunelab quickstart: customer-support intents (banking77, 77 intents)")
     console.print(f"Base model: {cfg.model.base} (embedded). Training on {rows} messages; scoring on "

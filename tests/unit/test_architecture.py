@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"training"},
     {"eval", "probes", "rewards", "graders", "report"},
     {"recipes"},
-    {"export", "serve", "jobs", "inference", "quickstart"},
+    {"export", "serve", "jobs", "inference", "quickstart", "plan"},
     {"cli", "<root>"},
 ]
 

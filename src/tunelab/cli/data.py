@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -33,6 +33,23 @@ def parse_columns(column: list[str], text_column: str | None, label_column: str 
 
 
 @app.command("check")
+def _estimate(file: str, model: str | None) -> Any:
+    from ..plan.init import estimate_file
+
+    with user_errors(), console.status("Estimating: a few real training steps on your rows..."):
+        return estimate_file(file, model)
+
+
+def _print_estimate(measured: Any) -> None:
+    if measured is None:
+        return
+    from ..plan.estimate import describe
+
+    console.print("[bold]Training on it here[/] (the config `tunelab init` would write):")
+    for line in describe(measured):
+        console.print("  " + line, highlight=False)
+
+
 def check_cmd(
     file: str = typer.Argument(..., help="Data file, directory, or saved datasets dataset."),
     format: str = typer.Option("auto", "--format", "-f", help="chat|alpaca|sharegpt|completion|text|classification; "
@@ -43,6 +60,8 @@ def check_cmd(
     text_column: str | None = typer.Option(None, "--text-column", help="Your column holding the text."),
     label_column: str | None = typer.Option(None, "--label-column", help="Your column holding the label."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    estimate: bool = typer.Option(False, "--estimate", help="Also measure what training on it takes here: a few "
+                                  "real steps with the config `tunelab init` would choose (memory, time)."),
 ) -> None:
     """Check every row; report each problem with file:line, then a summary. Exit 1 on errors."""
     from ..data.check import check
@@ -51,12 +70,15 @@ def check_cmd(
     with user_errors():
         rep = check(file, fmt=format, model=model, max_length=max_length,
                     columns=parse_columns(column, text_column, label_column))
+    measured = _estimate(file, model) if estimate and not rep.errors else None
     if as_json:
-        out.print_json(json.dumps(rep.to_dict(), default=str))
+        out.print_json(json.dumps(rep.to_dict() | ({"estimate": measured.to_dict()} if measured else {}),
+                                  default=str))
         raise typer.Exit(1 if rep.errors else 0)
     _print_problems(rep.errors, rep.warnings)
     if isinstance(rep, PreferenceReport):
         _print_preference(rep, file)
+        _print_estimate(measured)
         raise typer.Exit(1 if rep.errors else 0)
     t = Table(title=f"Data report: {file}", show_header=False)
     t.add_row("format", ", ".join(sorted(set(rep.formats.values()))) or "?")
@@ -75,6 +97,7 @@ def check_cmd(
                   f"largest {max(rep.labels.values())})")
     console.print(t)
     _print_histogram(rep.length_histogram, "length in tokens")
+    _print_estimate(measured)
     console.print("[red bold]FAILED[/]" if rep.errors else "[green bold]OK[/]")
     raise typer.Exit(1 if rep.errors else 0)
 

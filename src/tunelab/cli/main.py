@@ -9,6 +9,7 @@ from . import config as config_cli
 from . import data as data_cli
 from . import jobs as jobs_cli
 from .common import quiet_libraries
+from .estimate import estimate_cmd
 from .eval import eval_cmd
 from .export import export_cmd
 from .generate import chat_cmd, generate_cmd
@@ -18,6 +19,7 @@ from .quickstart import quickstart_cmd
 from .report import report_cmd
 from .serve import feedback_app, monitor_cmd, serve_cmd
 from .status import status_cmd
+from .sweep import sweep_cmd
 from .train import train_cmd
 
 app = typer.Typer(
@@ -28,7 +30,9 @@ app.callback()(lambda: quiet_libraries())
 app.command("quickstart")(quickstart_cmd)
 app.command("init")(init_cmd)
 app.add_typer(data_cli.app, name="data")
+app.command("estimate", epilog=keys_help())(estimate_cmd)
 app.command("train", epilog=keys_help())(train_cmd)
+app.command("sweep", epilog=keys_help())(sweep_cmd)
 app.command("status")(status_cmd)
 app.command("generate")(generate_cmd)
 app.command("chat")(chat_cmd)

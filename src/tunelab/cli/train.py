@@ -14,7 +14,7 @@ def train_cmd(
 ) -> None:
     """Fine-tune a model as the config says; writes runs/<name>/."""
     from ..config import load_config
-    from ..recipes import dispatch
+    from ..plan import fit
 
     with user_errors():
         cfg = load_config(config, overrides or [])
@@ -22,7 +22,7 @@ def train_cmd(
             from ..runs.directory import resume_config
 
             cfg = resume_config(cfg, overrides or [])
-        result = dispatch.run(cfg, resume=resume, console=console)
+        result = fit.run(cfg, resume=resume, console=console)
     s = result.summary
     if result.status != "completed":
         raise typer.Exit(130)

@@ -20,6 +20,7 @@ from .evaluation import EvalConfig
 from .model import ModelConfig
 from .peft import PeftConfig
 from .preference import PreferenceConfig, RLConfig
+from .sweep import SweepConfig
 from .train import TrainConfig
 
 
@@ -61,6 +62,9 @@ class TunelabConfig(Section):
 
     rl: RLConfig = Field(default_factory=RLConfig)
     """Online RL settings (method grpo, rloo)."""
+
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    """`tunelab sweep`: the search space, budget and where the study is kept (training alone ignores it)."""
 
     _rules_off: bool = PrivateAttr(False)  # a run's own config, read back: it trained as it was (kept on assignment)
 

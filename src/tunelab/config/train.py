@@ -100,5 +100,21 @@ class TrainConfig(Section):
     """Padding-free batches: each batch's rows laid end to end in one row, every row attending only to itself
     (same loss as padded batches, no compute spent on padding). Off pads rows to the batch's longest."""
 
+    gradient_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass instead of keeping them: much less memory for
+    long rows and large batches, about a third more time per step. train.fit: auto turns it on when the
+    estimate says memory is short."""
+
+    fit: Literal["auto", "off"] = "auto"
+    """Before training, make sure the run fits in memory: auto estimates it (a few real steps, only when a
+    quick bound says memory may be short) and, when it would not fit, applies the first change of the ladder
+    that does (smaller micro-batches, gradient checkpointing, LoRA instead of full, a smaller rank); the
+    report says what was changed. A run that fits nowhere stops before it starts, with the estimate. off:
+    train as configured."""
+
+    memory_limit_mib: int | None = Field(None, gt=0)
+    """Memory the run may use, in MiB, for train.fit and `tunelab estimate`; empty: what the machine has
+    available (RAM on a CPU, the GPU's memory on a GPU)."""
+
     log_every: int = Field(1, gt=0)
     """Log training loss every N steps."""

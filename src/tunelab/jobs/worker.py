@@ -242,6 +242,13 @@ class Worker:
             self._update(job.id, status="queued", worker=None)
             add_event(self.db, job.id, f"Files validated ({rows} training rows), moving job to queued state",
                       data={"report": report})
+            est = result.get("estimate")
+            if est:
+                add_event(self.db, job.id, "Estimated on this server: " + " ".join(est["lines"][1:3]),
+                          data={"estimate": {k: est[k] for k in ("peak_memory_mib", "total_seconds", "fits",
+                                                                 "limit_mib", "train", "phases")}})
+            elif result.get("estimate_error"):
+                add_event(self.db, job.id, f"No estimate: {result['estimate_error'][:500]}", level="warn")
             return
         kind = result.get("kind")
         message = self._readable(job, result.get("message") or stderr.decode(errors="replace")[-2000:]

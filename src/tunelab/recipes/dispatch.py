@@ -9,7 +9,7 @@ from rich.console import Console
 
 from ..config import ConfigError, TunelabConfig
 from ..runs import RunResult
-from .lifecycle import Recipe, execute, validate
+from .lifecycle import BeforeOpen, Recipe, execute, validate
 
 RECIPES = {"sft": "sft", "reward": "reward", "dpo": "dpo", "kto": "dpo", "orpo": "dpo", "cpo": "dpo", "simpo": "dpo",
            "grpo": "grpo", "rloo": "grpo"}
@@ -26,9 +26,9 @@ def recipe_for(cfg: TunelabConfig) -> Recipe:
 
 
 def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
-        callbacks: list[Any] | None = None) -> RunResult:
+        callbacks: list[Any] | None = None, before_open: BeforeOpen | None = None) -> RunResult:
     """Train as the config says; returns the run directory, how the run ended and its summary."""
-    return execute(cfg, recipe_for(cfg), resume=resume, console=console, callbacks=callbacks)
+    return execute(cfg, recipe_for(cfg), resume=resume, console=console, callbacks=callbacks, before_open=before_open)
 
 
 def check(cfg: TunelabConfig, console: Console | None = None) -> dict[str, Any]:

@@ -59,7 +59,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     from transformers import set_seed
 
     cfg, console = session.cfg, session.console
-    train_pairs, val = prepared.data
+    train_pairs, val = prepared.data.train, prepared.data.val
     set_seed(cfg.train.seed)
     model = starting_model(session.start.base)
     n_params = sum(p.numel() for p in model.parameters())
@@ -73,7 +73,7 @@ def train(session: Session, prepared: Prepared) -> Any:
                      what=f"{cfg.method}  pairs {len(train_pairs)} train / {len(val)} validation")
     trainer_cls, config_cls, method_args = _trainer_class(cfg)
     args = config_cls(**trl_kwargs(cfg, hp, session.run.checkpoints, has_val=bool(val)), **method_args,
-                      bf16=session.bf16, gradient_checkpointing=False, include_num_input_tokens_seen="non_padding")
+                      bf16=session.bf16, include_num_input_tokens_seen="non_padding")
     extra = {"ref_model": ref} if cfg.method in ("dpo", "kto") else {}
     trainer = quiet(trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train_pairs),
                                 eval_dataset=_dataset(cfg, val) if val else None, processing_class=session.tokenizer,

@@ -231,7 +231,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     kwargs.update(per_device_train_batch_size=prompts_per_step * G, per_device_eval_batch_size=prompts_per_step * G,
                   max_steps=hp.total_steps)  # counted in prompts, not in sampled answers: steps are exact
     trainer_cls, config_cls = _trainer_class(cfg)
-    args = config_cls(**kwargs, bf16=session.bf16, gradient_checkpointing=False, num_generations=G,
+    args = config_cls(**kwargs, bf16=session.bf16, num_generations=G,
                       max_completion_length=cfg.rl.max_completion_tokens, temperature=cfg.rl.temperature,
                       beta=cfg.rl.kl_beta, reward_weights=cfg.rl.reward_weights, log_completions=False)
     trainer = quiet(trainer_cls(model=model, reward_funcs=data.reward_funcs, args=args,

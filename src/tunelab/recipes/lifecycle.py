@@ -50,6 +50,23 @@ class Prepared:
     skipped: list[Problem] = field(default_factory=list)  # bad rows left out (data.on_error: skip)
 
 
+class Rehearsal(Protocol):
+    """A few real steps of a run on a sample of its rows, timed (plan/rehearsal.py): it picks the sample and
+    the hyperparameters of the scaled-down run, and listens to the phases."""
+
+    def trim(self, prepared: Prepared) -> Prepared: ...
+
+    def hyperparams(self, *, n_params: int, head: bool) -> Hyperparams: ...
+
+    def on_phase(self, name: str) -> None: ...
+
+    def callback(self, counter: TokenCounter) -> Any:
+        """A trainer callback that times steps, evaluations and checkpoints."""
+
+
+BeforeOpen = Callable[[TunelabConfig, Prepared], tuple[TunelabConfig, dict[str, Any]]]
+
+
 class Recipe(Protocol):
     """A method's module (recipes/sft.py, dpo.py, reward.py, grpo.py). It may also define check(cfg): cheap
     checks of its own settings, run before any model or data is loaded."""
@@ -76,6 +93,7 @@ class Session:
     summary: dict[str, Any] = field(default_factory=dict)  # the headline numbers so far; summary.json at the end
     labels: list[str] | None = None  # a head's outputs, once saved
     counter: TokenCounter = field(default_factory=TokenCounter)
+    rehearsal: Rehearsal | None = None
     _interrupt: GracefulInterrupt | None = None
 
     @property
@@ -111,6 +129,8 @@ class Session:
                 RunProgress(self.reporter, self.counter), self._interrupt, *self.extra_callbacks]
 
     def hyperparams(self, *, n_params: int, lengths: list[int], head: bool = False) -> Hyperparams:
+        if self.rehearsal is not None:  # the whole run's batch, for a few steps
+            return self.rehearsal.hyperparams(n_params=n_params, head=head)
         return auto.hyperparams(self.cfg, n_params=n_params, lengths=lengths, head=head)
 
     def announce(self, hp: Hyperparams, *, n_params: int, trainable: int, what: str, batch: str | None = None,
@@ -221,17 +241,31 @@ def validate(cfg: TunelabConfig, recipe: Recipe, console: Console | None = None)
 
 
 def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console: Console | None = None,
-            callbacks: list[Any] | None = None) -> RunResult:
+            callbacks: list[Any] | None = None, rehearsal: Rehearsal | None = None,
+            before_open: BeforeOpen | None = None) -> RunResult:
+    """before_open(cfg, prepared) may change the config once the inputs are known (train.fit: the rung of the
+    ladder that fits) and add to the summary; it runs before the run directory exists, so a run that fits
+    nowhere leaves nothing behind."""
     console = console or Console(stderr=True)
     if cfg.train.threads:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
     start, prepared = _inputs(cfg, recipe, console)  # every problem is found before anything is written
+    noted: dict[str, Any] = {}
+    if before_open is not None:
+        cfg, noted = before_open(cfg, prepared)
+        start.cfg = cfg
+    if rehearsal is not None:
+        prepared = rehearsal.trim(prepared)
     kind = probed(cfg)
     run = open_run(cfg, resume)
     reporter = Reporter(run)
-    session = Session(run, start, resume, reporter, list(callbacks or []))
+    session = Session(run, start, resume, reporter, list(callbacks or []), rehearsal=rehearsal)
+    session.summary.update(noted)
+    if rehearsal is not None:
+        reporter.on_phase.append(rehearsal.on_phase)
+        session.extra_callbacks.append(rehearsal.callback(session.counter))
     reporter.event(f"Run {'resumed' if resume else 'started'}: method {cfg.method}, base {cfg.model.base}")
     sigint = signal.getsignal(signal.SIGINT)
     try:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from ..config import TunelabConfig
 from ..data.records import DataError, Problem
 from ..data.split import sample_limit, split_validation
 from .lifecycle import Prepared
+
+
+@dataclass
+class Pairs:
+    train: list[Any]
+    val: list[Any]
 
 
 def prepare_pairs(cfg: TunelabConfig) -> Prepared:
@@ -33,4 +40,4 @@ def prepare_pairs(cfg: TunelabConfig) -> Prepared:
     if not train:
         raise DataError([Problem(cfg.data.train, "no usable preference pairs")])
     report = {"format": formats, "train_pairs": len(train), "validation_pairs": len(val), "skipped": len(skipped)}
-    return Prepared((train, val), report, skipped)
+    return Prepared(Pairs(train, val), report, skipped)

@@ -26,7 +26,7 @@ def train(session: Session, prepared: Prepared) -> None:
     from trl import RewardConfig, RewardTrainer
 
     cfg, console = session.cfg, session.console
-    train_pairs, val = prepared.data
+    train_pairs, val = prepared.data.train, prepared.data.val
     set_seed(cfg.train.seed)
     model = starting_model(session.start.base, labels=LABELS, pad_token_id=session.tokenizer.pad_token_id)
     n_params = sum(p.numel() for p in model.parameters())
@@ -36,7 +36,7 @@ def train(session: Session, prepared: Prepared) -> None:
     session.announce(hp, n_params=n_params, trainable=trainable, method="reward",
                      what=f"reward model  pairs {len(train_pairs)} train / {len(val)} validation")
     args = RewardConfig(**trl_kwargs(cfg, hp, session.run.checkpoints, has_val=bool(val)), bf16=session.bf16,
-                        gradient_checkpointing=False, max_length=cfg.model.max_length,
+                        max_length=cfg.model.max_length,
                         include_num_input_tokens_seen="non_padding")
 
     def dataset(pairs: list[Any]) -> Any:

@@ -201,6 +201,11 @@ def run_facts(run: Run) -> list[tuple[str, str]]:
                                           ("eval_rows", "scored")) if isinstance(s.get(k), int)]
     add(unit, " / ".join(rows))
     add("steps", s.get("steps"))
+    fitted = s.get("fit") if isinstance(s.get("fit"), dict) else {}
+    if fitted.get("changed"):  # train.fit: auto stepped down the memory ladder before training
+        add("memory (train.fit)", f"changed to fit {fitted.get('limit_mib', 0):,.0f} MiB: "
+            + "; ".join(map(str, fitted["changed"])) + f" (peak about {fitted.get('before_mib', 0):,.0f} MiB as "
+            f"configured, {fitted.get('peak_memory_mib', 0):,.0f} MiB after)")
     add("training time", _duration(num(s.get("train_seconds"))) if num(s.get("train_seconds")) is not None else None)
     add("tokens/s", f"{s['tokens_per_s']:,.0f}" if num(s.get("tokens_per_s")) is not None else None)
     add("tokens seen", f"{s['tokens_seen']:,}" if isinstance(s.get("tokens_seen"), int) else None)

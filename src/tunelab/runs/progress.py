@@ -30,6 +30,7 @@ class Reporter:
                                       "started": now()}
         self._written = 0.0
         self._next_id = len(run.events()) + 1  # a resumed run continues its event numbering
+        self.on_phase: list[Any] = []  # called with each new phase's name (a rehearsal times them)
         self.write(force=True)  # from now on an observer can tell whether the process is alive
 
     def event(self, message: str, *, level: str = "info", kind: str = "message", **data: Any) -> None:
@@ -43,6 +44,8 @@ class Reporter:
     def phase(self, name: str, *, done: int | None = None, total: int | None = None) -> None:
         self.state.update(phase=name, done=done, total=total)
         self.write(force=True)
+        for listener in self.on_phase:
+            listener(name)
 
     def advance(self, done: int, total: int | None = None) -> None:
         """Work done within the current phase (rows scored, steps trained)."""

@@ -162,6 +162,30 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
         text = json.dumps(report, default=str).replace(json.dumps(str(row.path))[1:-1], json.dumps(row.filename)[1:-1])
         return {"object": "file.check", "file_id": file_id, "filename": row.filename} | json.loads(text)
 
+    estimating = asyncio.Lock()  # one rehearsal at a time: each takes the cores for its few seconds
+
+    @app.post("/v1/files/{file_id}/estimate")
+    async def estimate_file(file_id: str, project: str = auth) -> Any:
+        """What training on an uploaded file takes on this server: the config `tunelab init` would choose for it
+        (task, method, length, labels), rehearsed for a few real steps and scaled to the whole run."""
+        row = files.get(project, file_id)
+
+        def run() -> dict[str, Any]:
+            from ..errors import TunelabError
+            from ..plan.estimate import describe
+            from ..plan.init import estimate_file as measure
+
+            try:
+                est = measure(str(row.path), state.base_ref)
+            except (TunelabError, ValueError) as exc:
+                raise JobsError(400, str(exc).replace(str(row.path), row.filename), param="file_id",
+                                code="invalid_file") from None
+            return {k: v for k, v in est.to_dict().items() if k != "ladder"} | {"lines": describe(est)}
+
+        async with estimating:
+            result = await asyncio.to_thread(run)
+        return {"object": "file.estimate", "file_id": file_id, "filename": row.filename} | result
+
     # --- jobs -----------------------------------------------------------------------------------
 
     def base_for(project: str, model: str) -> str:

@@ -29,9 +29,10 @@ class Hyperparams:
     steps_per_epoch: int
     total_steps: int
     warmup_steps: int
+    order: str | None = None  # how rows are drawn, when not the method's own way (a rehearsal: "sequential")
 
     def to_dict(self) -> dict[str, float | int]:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 def sft_epochs(n_rows: int) -> int:

@@ -71,8 +71,11 @@ def training_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_
         disable_tqdm=True,
         prediction_loss_only=True,
         remove_unused_columns=False,
-        train_sampling_strategy="group_by_length" if auto.group_by_length(cfg, packed) else "random",
+        train_sampling_strategy=hp.order or ("group_by_length" if auto.group_by_length(cfg, packed) else "random"),
         use_cpu=not torch.cuda.is_available(),
+        gradient_checkpointing=t.gradient_checkpointing,
+        # non-reentrant: works with frozen inputs (LoRA) without forcing input gradients
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         dataloader_num_workers=0,
         **kw,
     )

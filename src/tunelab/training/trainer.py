@@ -4,6 +4,7 @@ logits only at positions that carry a label, in chunks (never the whole [tokens 
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -80,10 +81,12 @@ class TunelabTrainer(Trainer):
         out = super().evaluation_loop(*args, **kwargs)
         if self.task_metric is not None:
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
+            t0 = time.perf_counter()
             with self._autocast():  # frozen weights may be held in bf16 while training
                 scores = self.task_metric(self.model)
             for key, value in scores.items():
                 out.metrics[f"{prefix}_{key}"] = value
+            out.metrics[f"{prefix}_task_metric_runtime"] = round(time.perf_counter() - t0, 4)  # beside eval_runtime
         return out
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:

@@ -31,7 +31,8 @@ class SeenTokens(TrainerCallback):
 def trl_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, *, has_val: bool) -> dict[str, Any]:
     """TrainingArguments for a TRL config class; TRL samples pairs and prompts its own way."""
     kwargs = training_kwargs(cfg, hp, checkpoints, has_val=has_val, packed=False)
-    kwargs.pop("train_sampling_strategy", None)
+    if hp.order is None:
+        kwargs.pop("train_sampling_strategy", None)
     return kwargs
 
 

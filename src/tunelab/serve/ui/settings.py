@@ -28,7 +28,7 @@ class Setting:
 def advanced_settings() -> list[tuple[str, list[Setting]]]:
     groups: dict[str, list[Setting]] = {}
     for key, default, doc in flat_fields():
-        if key in SERVICE_KEYS:
+        if key in SERVICE_KEYS or key.startswith("sweep."):  # a job trains once; a sweep is its own command
             continue
         section = key.split(".")[0] if "." in key else ""
         kind = ("bool" if isinstance(default, bool) else

@@ -227,9 +227,18 @@ async function newJob() {
     if (!fid) { $("estimate").textContent = "Upload a file first, on the data page."; return; }
     try {
       const rep = await api(`/files/${fid}/check`, { method: "POST", json: {} });
-      $("estimate").textContent = rep.ok ? `${rep.kind === "preference" ? rep.pairs : rep.valid_rows} usable rows; ` +
-        `about ${duration(rep.est_seconds_per_epoch)} per pass over the data on this server.` :
-        `This file has ${rep.errors.length} problem(s): fix them on the data page first.`;
+      if (!rep.ok) {
+        $("estimate").textContent = `This file has ${rep.errors.length} problem(s): fix them on the data page first.`;
+        return;
+      }
+      const usable = `${rep.kind === "preference" ? rep.pairs : rep.valid_rows} usable rows`;
+      $("estimate").textContent = `${usable}; measuring what training takes on this server (a few real steps)...`;
+      const est = await api(`/files/${fid}/estimate`, { method: "POST", json: {} });
+      if ($("training-file").value !== fid) return;  // another file was picked meanwhile
+      $("estimate").textContent = `${usable}. On this server: about ${duration(est.total_seconds)} in all ` +
+        `(${est.train.steps} steps, ${duration(est.train.seconds_per_epoch)} per pass over the data), peak memory ` +
+        `${(est.peak_memory_mib / 1024).toFixed(1)} GiB of ${(est.limit_mib / 1024).toFixed(1)} GiB` +
+        (est.fits ? "." : ": too much, training will use smaller batches or less memory-hungry settings.");
     } catch (err) { $("estimate").textContent = String(err.message || err); }
   };
   $("training-file").addEventListener("change", estimate);
