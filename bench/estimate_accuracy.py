@@ -77,7 +77,7 @@ RUNS: dict[str, tuple[str, list[str]]] = {
                                     "eval.probes.enabled=false"]),
     "classify-generate": ("banking77", ["task=classification", LABELS, "train.epochs=1", "data.limit=192",
                                         "eval.probes.enabled=false"]),
-    "dpo-lora": ("pairs", ["method=dpo", "model.max_length=256", "preference.max_prompt_tokens=192",
+    "dpo-lora": ("pairs", ["method=dpo", "model.max_length=256",
                            "train.epochs=1", "eval.probes.enabled=false"]),
     "reward-lora": ("pairs", ["method=reward", "model.max_length=256", "train.epochs=1", "data.limit=48"]),
     "grpo-lora": ("maths", ["method=grpo", "model.max_length=320", "rl.max_completion_tokens=48",

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import write_chat, write_jsonl
-from tunelab.config import load_config
+from tunelab.config import ConfigError, load_config
 from tunelab.data.records import DataError
 from tunelab.plan import fit
 from tunelab.plan.estimate import describe, peak_rss, scale
@@ -34,17 +34,19 @@ def _measured(steps: int = 4, step_s: float = 2.0, rss: tuple[float, ...] = (100
 
 
 def test_a_rehearsal_scales_to_the_whole_run(tmp_path: Path) -> None:
-    cfg = load_config(None, ["data.train=x.jsonl", "eval.during_training=false"])
+    cfg = load_config(None, ["data.train=x.jsonl", "eval.during_training=false", "eval.compare_base=false"])
     est = scale(cfg, _measured(), 20_000, {"cpu": "test"})
     assert est.train["steps"] == 40 and est.train["evaluations"] == 2 and est.train["checkpoints"] == 2
     assert est.phases["startup"] == pytest.approx(5.0)
     assert est.phases["training"] == pytest.approx(2.0 * 40, rel=0.01)  # 40 steps of 2 s, no overhead left
-    assert est.phases["evaluation"] == pytest.approx(2 * 2.0 * 1)  # 32 validation rows are 2 batches of 16: x2
+    assert est.phases["evaluation"] == pytest.approx(2 * 2.0 * 2)  # 2 evaluations; 32 rows are 2 batches of 16: x2
     assert est.phases["tuned_scoring"] == pytest.approx(10.0 * 2)  # 32 rows scored in batches of 16, 16 measured
     assert est.total_seconds == pytest.approx(sum(est.phases.values()), abs=0.5)
     assert est.train["tokens_per_s"] == pytest.approx(800.0)
     assert est.fits and any("Memory: peak" in line for line in describe(est))
     assert not scale(cfg, _measured(), 1000, {}).fits
+    both = scale(fit.apply(cfg, {"eval.compare_base": True}), _measured(), 20_000, {})
+    assert both.phases["tuned_scoring"] == pytest.approx(2 * est.phases["tuned_scoring"])  # base answers too
 
 
 def test_memory_grows_with_the_square_root_of_the_steps() -> None:
@@ -66,8 +68,10 @@ def test_the_ladder_steps_down_from_what_is_configured() -> None:
     dpo = load_config(None, ["data.train=x.jsonl", "method=dpo", "train.gradient_checkpointing=true"])
     first = fit.ladder(dpo, batch_size=8)[0]
     assert first.overrides == {"train.batch_size": 2, "train.grad_accum": 4}  # the same 8 pairs per step
-    for rung in rungs + fit.ladder(dpo, batch_size=8):
-        fit.apply(full if "peft.method" in rung.overrides else dpo, rung.overrides)  # every rung validates
+    for base, rung in [(full, r) for r in rungs] + [(dpo, r) for r in fit.ladder(dpo, batch_size=8)]:
+        fit.apply(base, rung.overrides)  # every rung validates
+    with pytest.raises(ConfigError, match="not used by method dpo"):
+        fit.apply(dpo, {"train.max_batch_tokens": 128})
 
 
 def test_the_quick_bound_grows_with_the_batch_and_full_tuning() -> None:

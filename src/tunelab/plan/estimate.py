@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TunelabConfig
-from ..config.schema import PAIR_METHODS, RL_METHODS
+from ..config.schema import PAIR_METHODS, REFERENCE_FREE, RL_METHODS
 from ..errors import TunelabError
 from ..training import auto
 
@@ -79,13 +79,55 @@ def machine() -> dict[str, Any]:
 
 # --- the rehearsal, in its own process --------------------------------------------------------------
 
+def _probes_key(cfg: TunelabConfig) -> str | None:
+    """What the probes' time depends on: the model, its precision, the probe settings, this machine's boot and
+    threads. None when the run has no probes."""
+    import hashlib
+
+    import torch
+
+    from ..device import _boot_id
+    from ..recipes.lifecycle import probed
+
+    kind = probed(cfg)
+    if kind is None:
+        return None
+    what = json.dumps([cfg.model.base, cfg.model.precision, cfg.eval.probes.model_dump(mode="json"), kind,
+                       cfg.eval.batch_size, torch.get_num_threads()], sort_keys=True)
+    return f"{_boot_id()}-{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+
+
+def _known_probes() -> dict[str, float]:
+    from ..home import home
+
+    try:
+        return json.loads((home() / "probe_seconds.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember_probes(key: str, seconds: float) -> None:
+    from ..atomic import write_json
+    from ..device import _boot_id
+    from ..home import home
+
+    known = {k: v for k, v in _known_probes().items() if k.startswith(_boot_id())} | {key: round(seconds, 1)}
+    (home()).mkdir(parents=True, exist_ok=True)
+    write_json(home() / "probe_seconds.json", known)
+
+
 def rehearse(cfg: TunelabConfig) -> dict[str, Any]:
-    """Run the rehearsal in a child process (its peak memory is the run's); its measurements."""
+    """Run the rehearsal in a child process (its peak memory is the run's); its measurements. The probes take
+    the same time whatever was trained: they run in the first rehearsal of a model on this machine, and their
+    time is reused after."""
+    key = _probes_key(cfg)
+    known = _known_probes().get(key) if key else None
     with tempfile.TemporaryDirectory(prefix="tunelab-rehearsal-") as tmp:
         cfg_file, out_file = Path(tmp) / "config.json", Path(tmp) / "measured.json"
         cfg_file.write_text(json.dumps(cfg.model_dump(mode="json")))
-        proc = subprocess.Popen([sys.executable, "-m", "tunelab.plan.rehearsal", str(cfg_file), str(out_file)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        flags = ["--no-probes"] if known is not None else []
+        proc = subprocess.Popen([sys.executable, "-m", "tunelab.plan.rehearsal", str(cfg_file), str(out_file),
+                                 *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
             output, _ = proc.communicate()
         except BaseException:  # Ctrl-C: the rehearsal ends with the command
@@ -99,6 +141,11 @@ def rehearse(cfg: TunelabConfig) -> dict[str, Any]:
         got = json.loads(out_file.read_text())
     if "error" in got:
         raise EstimateError(got["error"] if got.get("user_error") else f"the rehearsal failed: {got['error']}")
+    if key and known is None:
+        measured = _phase_seconds(got).get("probing")
+        if measured:
+            _remember_probes(key, measured)
+    got["probes_seconds"] = known
     return got
 
 
@@ -174,23 +221,30 @@ def scale(cfg: TunelabConfig, m: dict[str, Any], limit_mib: int, info: dict[str,
                     for e in evals) / max(len(evals), 1)
     if cfg.method == "sft" and cfg.eval.during_training and t.monitor == "loss" and scored_full:
         # the rehearsal left the task metric out of its evaluation: it scores the same rows as the tuned score,
-        # which (generation with compare_base on an adapter) answered with the base model too
-        both = cfg.task != "classification" and cfg.eval.compare_base and cfg.peft.method != "full"
-        eval_each += phases.get("scoring tuned model", 0.0) * score_ratio * (0.5 if both else 1.0)
+        eval_each += phases.get("scoring tuned model", 0.0) * score_ratio
     save_each = sum(saves) / max(len(saves), 1)
     in_trainer = sum(s["seconds"] for s in steps) + sum(e["seconds"] for e in evals) + sum(saves)
     trainer_overhead = max(0.0, phases.get("training", 0.0) - in_trainer)  # setup, loading the best checkpoint
 
+    tuned_scoring = phases.get("scoring tuned model", 0.0) * score_ratio
+    base_scoring = phases.get("scoring base model", 0.0) * base_ratio  # RL scores the base model always
+    if cfg.eval.compare_base and cfg.method not in RL_METHODS:  # the rehearsal left the base model's score out
+        if cfg.method == "sft" and cfg.task != "classification" and cfg.peft.method != "full":
+            tuned_scoring *= 2  # generated answers of the base model too, in the same pass
+        elif cfg.method == "sft" and n_val:
+            base_scoring = tuned_scoring  # the same rows, the same model size
+        elif (cfg.method == "reward" or cfg.method in REFERENCE_FREE) and n_val:
+            base_scoring = eval_each  # an evaluation of the held-out pairs before training
     out = {
         "startup": phases.get("startup", 0.0),
         "model": phases.get("model", 0.0),
-        "base_scoring": phases.get("scoring base model", 0.0) * base_ratio,
+        "base_scoring": base_scoring,
         "training": train_steps_s + trainer_overhead,
         "evaluation": eval_each * n_evals,
         "checkpoints": save_each * n_saves,
         "saving": phases.get("saving", 0.0),
-        "tuned_scoring": phases.get("scoring tuned model", 0.0) * score_ratio,
-        "probes": phases.get("probing", 0.0),
+        "tuned_scoring": tuned_scoring,
+        "probes": m.get("probes_seconds") or phases.get("probing", 0.0),
         "report": phases.get("reporting", 0.0) + phases.get("done", 0.0),
     }
     total = sum(out.values())

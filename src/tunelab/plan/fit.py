@@ -19,7 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
-from ..config import TunelabConfig
+from ..config import ConfigError, TunelabConfig
 from ..config.load import apply_overrides
 from ..errors import TunelabError
 from ..training import auto
@@ -76,8 +76,16 @@ ADVICE = ("On a GPU, QLoRA (a 4-bit base) takes about a quarter of the base mode
 
 
 def apply(cfg: TunelabConfig, overrides: dict[str, Any]) -> TunelabConfig:
-    data = apply_overrides(cfg.model_dump(mode="json"), [f"{k}={v}" for k, v in overrides.items()])
-    out = TunelabConfig.model_validate(data)
+    """The config with dotted keys changed, validated as a whole (a ConfigError says what does not fit)."""
+    import json
+
+    from pydantic import ValidationError
+
+    data = apply_overrides(cfg.model_dump(mode="json"), [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    try:
+        out = TunelabConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("; ".join(str(e["msg"]) for e in err.errors())) from None
     out.name = cfg.name
     return out
 

@@ -208,8 +208,6 @@ def suggest(path: str, model: str | None = None) -> Suggestion:
         s.set("model.max_length", length, f"rows are {ordered[len(ordered) // 2]} tokens at the median, "
               f"{ordered[-1]} at most; {length} keeps {1 - cut:.1%} of them whole"
               + (f" ({cut:.1%} would be truncated)" if cut else ""))
-        if kind == "preference":
-            s.set("preference.max_prompt_tokens", max(32, length // 2), "half of max_length for the prompt")
     val = 0.0 if n < 40 else round(min(0.1, max(20 / n, 300 / n if n > 3000 else 0.1)), 3)
     s.set("data.val_fraction", val, f"{round(val * n)} of {n} rows held out to show whether tuning helped"
           if val else "too few rows to hold any out: add a validation file (data.validation) to measure the result")
@@ -219,16 +217,21 @@ def suggest(path: str, model: str | None = None) -> Suggestion:
     return s
 
 
-def render(s: Suggestion, name: str) -> str:
-    """The suggestion as a commented YAML config, the reason above each key."""
+def _line(key: str, value: Any) -> str:
+    """`key: value` in YAML's flow style (one line, lists and mappings inline)."""
     import yaml
 
+    return yaml.safe_dump({key: value}, default_flow_style=True, width=10_000).strip()[1:-1]
+
+
+def render(s: Suggestion, name: str) -> str:
+    """The suggestion as a commented YAML config, the reason above each key."""
     lines = [f"# tunelab config chosen from {s.path} by `tunelab init` ({s.kind}). Keys: docs/config.md",
              f"name: {name}"]
     sections: dict[str, list[Choice]] = {}
     for c in s.choices:
         if "." not in c.key:
-            lines += [f"# {c.why}", yaml.safe_dump({c.key: c.value}, default_flow_style=None).strip()]
+            lines += [f"# {c.why}", _line(c.key, c.value)]
         else:
             sections.setdefault(c.key.split(".", 1)[0], []).append(c)
     for section, choices in sections.items():
@@ -236,8 +239,7 @@ def render(s: Suggestion, name: str) -> str:
         for c in choices:
             sub = c.key.split(".", 1)[1]
             lines.append(f"  # {c.why}")
-            dumped = yaml.safe_dump({sub: c.value}, default_flow_style=True, width=1000).strip()
-            lines.append("  " + dumped.removeprefix("{").removesuffix("}"))
+            lines.append("  " + _line(sub, c.value))
     for note in s.notes:
         lines.append(f"# note: {note}")
     return "\n".join(lines) + "\n"

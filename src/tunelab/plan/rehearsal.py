@@ -168,7 +168,7 @@ class Rehearsing:
         return Hyperparams(1, whole.learning_rate, whole.batch_size, steps, steps, 0, order="sequential")
 
 
-def rehearsal_config(cfg: TunelabConfig, output_dir: str) -> TunelabConfig:
+def rehearsal_config(cfg: TunelabConfig, output_dir: str, probes: bool = True) -> TunelabConfig:
     """The run's config for its rehearsal: one pass over the sample (evaluated and saved once at its end), in a
     scratch directory; scoring one batch of rows."""
     d = cfg.model_dump(mode="json")
@@ -179,6 +179,9 @@ def rehearsal_config(cfg: TunelabConfig, output_dir: str) -> TunelabConfig:
         d["eval"]["limit"] = cfg.eval.batch_size
     if cfg.method == "sft" and cfg.train.monitor == "loss":
         d["eval"]["during_training"] = False  # the same rows as the tuned score: timed once, there
+    d["eval"]["compare_base"] = False  # the base model's score costs what the tuned one's does: timed once
+    if not probes:
+        d["eval"]["probes"]["enabled"] = False  # their time is known from an earlier rehearsal
     return TunelabConfig.model_validate(d, context={"rules": False})
 
 
@@ -186,7 +189,7 @@ def _mean(xs: list[int]) -> float:
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def rehearse(cfg: TunelabConfig, workdir: Path) -> dict[str, Any]:
+def rehearse(cfg: TunelabConfig, workdir: Path, probes: bool = True) -> dict[str, Any]:
     """Run the rehearsal in this process; what it measured (times in seconds, memory in MiB)."""
     import resource
 
@@ -200,7 +203,7 @@ def rehearse(cfg: TunelabConfig, workdir: Path) -> dict[str, Any]:
     started = psutil.Process().create_time()
     t_begin = time.perf_counter() - (time.time() - started)  # the interpreter's start, on the perf clock
     rehearsal = Rehearsing(cfg)
-    small = rehearsal_config(cfg, str(workdir))
+    small = rehearsal_config(cfg, str(workdir), probes)
     quiet = Console(file=open(workdir / "console.log", "w"), width=120)  # noqa: SIM115 (lives as long as the run)
     result = execute(small, recipe_for(small), console=quiet, rehearsal=rehearsal)
     rehearsal.on_phase("end")
@@ -223,7 +226,7 @@ def rehearse(cfg: TunelabConfig, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    """CONFIG.json OUT.json: rehearse the config; OUT.json gets the measurements or {"error": ...}."""
+    """CONFIG.json OUT.json [--no-probes]: rehearse the config; OUT.json gets the measurements or {"error": ...}."""
     import os
     import warnings
 
@@ -235,7 +238,7 @@ def main(argv: list[str]) -> int:
     cfg_file, out_file = Path(argv[0]), Path(argv[1])
     cfg = TunelabConfig.model_validate(json.loads(cfg_file.read_text()), context={"rules": False})
     try:
-        got = rehearse(cfg, out_file.parent)
+        got = rehearse(cfg, out_file.parent, probes="--no-probes" not in argv)
     except (TunelabError, FileNotFoundError) as exc:  # the user's to fix: said as training would say it
         got = {"error": str(exc), "user_error": True}
     except Exception as exc:

@@ -41,6 +41,8 @@ def training_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_
     t = cfg.train
     every = "steps" if t.eval_every else "epoch"
     kw: dict[str, Any] = {}
+    if t.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) without forcing input gradients
+        kw.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     if has_val:
         kw.update(eval_strategy=every, save_strategy=every, load_best_model_at_end=True,
                   metric_for_best_model=f"eval_{t.monitor}", greater_is_better=t.monitor != "loss")
@@ -73,9 +75,6 @@ def training_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_
         remove_unused_columns=False,
         train_sampling_strategy=hp.order or ("group_by_length" if auto.group_by_length(cfg, packed) else "random"),
         use_cpu=not torch.cuda.is_available(),
-        gradient_checkpointing=t.gradient_checkpointing,
-        # non-reentrant: works with frozen inputs (LoRA) without forcing input gradients
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
         dataloader_num_workers=0,
         **kw,
     )
