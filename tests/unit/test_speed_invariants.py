@@ -135,7 +135,8 @@ def test_plain_sdpa_packing_leaks_across_rows(tiny_model: Path, rows) -> None:  
 
 # --- the switches in a real run ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("switch", ["train.packing=true", "train.loss_chunk_tokens=0"])
+@pytest.mark.parametrize("switch", ["train.packing=true", "train.loss_chunk_tokens=0",
+                                    "train.gradient_checkpointing=true"])
 def test_speed_switches_train_the_same(tiny_model: Path, tmp_path: Path, switch: str) -> None:
     """A run with a speed path switched on/off logs the same loss and gradient norm at every step."""
     common = ("train.batch_size=2", "train.max_steps=3", "train.loss_chunk_tokens=3")

@@ -221,7 +221,9 @@ def scale(cfg: TunelabConfig, m: dict[str, Any], limit_mib: int, info: dict[str,
                     for e in evals) / max(len(evals), 1)
     if cfg.method == "sft" and cfg.eval.during_training and t.monitor == "loss" and scored_full:
         # the rehearsal left the task metric out of its evaluation: it scores the same rows as the tuned score,
-        eval_each += phases.get("scoring tuned model", 0.0) * score_ratio
+        # (generated answers with compare_base on an adapter: the base model answered in that pass too)
+        both = cfg.task != "classification" and cfg.eval.compare_base and cfg.peft.method != "full"
+        eval_each += phases.get("scoring tuned model", 0.0) * score_ratio * (0.5 if both else 1.0)
     save_each = sum(saves) / max(len(saves), 1)
     in_trainer = sum(s["seconds"] for s in steps) + sum(e["seconds"] for e in evals) + sum(saves)
     trainer_overhead = max(0.0, phases.get("training", 0.0) - in_trainer)  # setup, loading the best checkpoint
@@ -229,8 +231,8 @@ def scale(cfg: TunelabConfig, m: dict[str, Any], limit_mib: int, info: dict[str,
     tuned_scoring = phases.get("scoring tuned model", 0.0) * score_ratio
     base_scoring = phases.get("scoring base model", 0.0) * base_ratio  # RL scores the base model always
     if cfg.eval.compare_base and cfg.method not in RL_METHODS:  # the rehearsal left the base model's score out
-        if cfg.method == "sft" and cfg.task != "classification" and cfg.peft.method != "full":
-            tuned_scoring *= 2  # generated answers of the base model too, in the same pass
+        if cfg.method == "sft" and cfg.task != "classification":
+            pass  # generated answers: the rehearsal scored the base model too, in the same pass
         elif cfg.method == "sft" and n_val:
             base_scoring = tuned_scoring  # the same rows, the same model size
         elif (cfg.method == "reward" or cfg.method in REFERENCE_FREE) and n_val:

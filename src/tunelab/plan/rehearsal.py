@@ -179,7 +179,10 @@ def rehearsal_config(cfg: TunelabConfig, output_dir: str, probes: bool = True) -
         d["eval"]["limit"] = cfg.eval.batch_size
     if cfg.method == "sft" and cfg.train.monitor == "loss":
         d["eval"]["during_training"] = False  # the same rows as the tuned score: timed once, there
-    d["eval"]["compare_base"] = False  # the base model's score costs what the tuned one's does: timed once
+    if cfg.method != "sft" or cfg.task == "classification":
+        # the base model's score costs what the tuned one's does: timed once (generated answers are kept: the
+        # base model's and the tuned one's can differ much in length)
+        d["eval"]["compare_base"] = False
     if not probes:
         d["eval"]["probes"]["enabled"] = False  # their time is known from an earlier rehearsal
     return TunelabConfig.model_validate(d, context={"rules": False})
