@@ -219,11 +219,6 @@ def scale(cfg: TunelabConfig, m: dict[str, Any], limit_mib: int, info: dict[str,
         n_evals, n_saves = 0, (total_steps // t.save_every if t.save_every else epochs_run)
     eval_each = sum((e["seconds"] - e["task_metric_seconds"]) * val_ratio + e["task_metric_seconds"] * score_ratio
                     for e in evals) / max(len(evals), 1)
-    if cfg.method == "sft" and cfg.eval.during_training and t.monitor == "loss" and scored_full:
-        # the rehearsal left the task metric out of its evaluation: it scores the same rows as the tuned score,
-        # (generated answers with compare_base on an adapter: the base model answered in that pass too)
-        both = cfg.task != "classification" and cfg.eval.compare_base and cfg.peft.method != "full"
-        eval_each += phases.get("scoring tuned model", 0.0) * score_ratio * (0.5 if both else 1.0)
     save_each = sum(saves) / max(len(saves), 1)
     in_trainer = sum(s["seconds"] for s in steps) + sum(e["seconds"] for e in evals) + sum(saves)
     trainer_overhead = max(0.0, phases.get("training", 0.0) - in_trainer)  # setup, loading the best checkpoint

@@ -177,8 +177,6 @@ def rehearsal_config(cfg: TunelabConfig, output_dir: str, probes: bool = True) -
     d["train"]["early_stopping"]["patience"] = None
     if cfg.method not in PAIR_METHODS and cfg.method != "reward":  # preference runs score every held-out pair
         d["eval"]["limit"] = cfg.eval.batch_size
-    if cfg.method == "sft" and cfg.train.monitor == "loss":
-        d["eval"]["during_training"] = False  # the same rows as the tuned score: timed once, there
     if cfg.method != "sft" or cfg.task == "classification":
         # the base model's score costs what the tuned one's does: timed once (generated answers are kept: the
         # base model's and the tuned one's can differ much in length)
