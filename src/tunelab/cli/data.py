@@ -32,7 +32,6 @@ def parse_columns(column: list[str], text_column: str | None, label_column: str 
     return cols
 
 
-@app.command("check")
 def _estimate(file: str, model: str | None) -> Any:
     from ..plan.init import estimate_file
 
@@ -50,6 +49,7 @@ def _print_estimate(measured: Any) -> None:
         console.print("  " + line, highlight=False)
 
 
+@app.command("check")
 def check_cmd(
     file: str = typer.Argument(..., help="Data file, directory, or saved datasets dataset."),
     format: str = typer.Option("auto", "--format", "-f", help="chat|alpaca|sharegpt|completion|text|classification; "

@@ -133,7 +133,14 @@ class Rehearsing:
         self.on_phase("opened")
         data, cfg = prepared.data, self.user_cfg
         train, val = list(data.train), list(data.val)
-        self._lengths = [row_length(r) for r in train]
+        lengths = [row_length(r) for r in train]
+        if cfg.method in PAIR_METHODS or cfg.method == "reward":
+            side = cfg.model.max_length
+            if cfg.method == "reward":  # TRL leaves out pairs with an answer over max_length: the run trains fewer
+                kept = [i for i, n in enumerate(lengths) if n // 2 <= side] or list(range(len(train)))
+                train, lengths = [train[i] for i in kept], [lengths[i] for i in kept]
+            lengths = [min(n, 2 * side) for n in lengths]  # the others truncate each side to max_length
+        self._lengths = lengths
         hp = auto.hyperparams(cfg, n_params=0, lengths=self._lengths)
         per_step = hp.batch_size * cfg.train.grad_accum  # rows, pairs, or RL prompts (each answered G times)
         rng = random.Random(cfg.train.seed)
@@ -141,6 +148,9 @@ class Rehearsing:
         heaviest = by_length[:per_step]  # the first step: the run's longest rows, its peak memory
         rest = [i for i in range(len(train)) if i not in set(heaviest)]
         ordinary = rng.sample(rest, min(len(rest), (self.steps - 1) * per_step))
+        head = cfg.task == "classification" and cfg.classification.mode == "head"
+        if cfg.method == "sft" and auto.group_by_length(cfg, packed=cfg.train.packing and not head):
+            ordinary.sort(key=lambda i: self._lengths[i])  # the run batches rows of similar length together
         picked = heaviest + ordinary
         val_keep = self._val_sample(val, hp.batch_size, rng)
         self.full = {"train_rows": len(train), "validation_rows": len(val), "lengths_mean": _mean(self._lengths),
