@@ -239,7 +239,7 @@ def finish(cfg: TunelabConfig, study: Any, console: Console) -> Path | None:
     best = _best(study)
     if best is not None:
         (sweep_dir(cfg) / "best.yaml").write_text(dump_config(best_config(cfg, best.params)))
-    page = write_sweep_report(cfg, study)
+    page = write_sweep_report(cfg, study, sweep_dir(cfg))
     if best is not None:
         console.print(f"Best: trial {best.number}, {study.user_attrs.get('objective')} {best.value:.4f} with "
                       + _shown(best.params) + f"\nBest config: {sweep_dir(cfg) / 'best.yaml'}  "

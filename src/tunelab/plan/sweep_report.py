@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import atomic
 from ..config import TunelabConfig
+from ..runs import RunDir
 
 
 def trials_table(study: Any) -> list[dict[str, Any]]:
@@ -84,11 +85,10 @@ def _value(v: Any) -> str:
     return html.escape(str(v))
 
 
-def write_sweep_report(cfg: TunelabConfig, study: Any) -> Path:
+def write_sweep_report(cfg: TunelabConfig, study: Any, out_dir: Path) -> Path:
+    """sweep.html and sweep.json in the sweep's directory."""
     from ..report.html import CSS, _img, _table
-    from .sweep import sweep_dir
 
-    out_dir = sweep_dir(cfg)
     rows = trials_table(study)
     metric = study.user_attrs.get("objective", "value")
     maximize = study.user_attrs.get("direction") == "maximize"
@@ -102,8 +102,8 @@ def write_sweep_report(cfg: TunelabConfig, study: Any) -> Path:
     def link(r: dict[str, Any]) -> str:
         if not r["run_dir"]:
             return ""
-        rel = os.path.relpath(Path(r["run_dir"]) / "report.html", out_dir)
-        return f'<a href="{html.escape(rel)}">report</a>' if (Path(r["run_dir"]) / "report.html").is_file() else ""
+        page = RunDir(Path(r["run_dir"])).report_html
+        return f'<a href="{html.escape(os.path.relpath(page, out_dir))}">report</a>' if page.is_file() else ""
 
     keys = sorted({k for r in rows for k in r["params"]})
     table = _table([[str(r["number"]) + (" ★" if best and r["number"] == best["number"] else ""), r["state"],
