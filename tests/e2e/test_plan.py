@@ -60,8 +60,8 @@ def _long_chats(path: Path, n: int) -> Path:
 
 def test_fit_auto_steps_down_the_ladder_and_refuses_what_fits_nowhere(tiny_model: Path, tmp_path: Path) -> None:
     # whole batches of long rows, every logit computed: memory grows with the batch, which the first rung bounds
-    data = _long_chats(tmp_path / "long.jsonl", 48)
-    heavy = ["train.batch_size=48", "train.max_batch_tokens=null", "train.packing=false",
+    data = _long_chats(tmp_path / "long.jsonl", 96)
+    heavy = ["train.batch_size=96", "train.max_batch_tokens=null", "train.packing=false",
              "train.label_only_logits=false", "model.max_length=512", "train.max_steps=2"]
     cfg = config(tiny_model, tmp_path, "heavy", data, *heavy)
     as_is = estimate(cfg)

@@ -114,8 +114,9 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
     page.click("#use-file")
     page.wait_for_url(re.compile(r".*/jobs/new\?file=file-.*"))
     page.wait_for_selector("#estimate:has-text('usable rows')")
-    page.wait_for_selector("#estimate:has-text('On this server: about')", timeout=180_000)  # measured here
-    assert "peak memory" in page.inner_text("#estimate")
+    if which == "server":  # measured here (the default model's rehearsal is timed in bench/, not waited for)
+        page.wait_for_selector("#estimate:has-text('On this server: about')", timeout=180_000)
+        assert "peak memory" in page.inner_text("#estimate")
     page.fill("#suffix", "orders")
     shot(page, "new-job")
     page.click("#advanced summary")
