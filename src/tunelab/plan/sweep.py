@@ -104,7 +104,8 @@ class Pruning(TrainerCallback):
             return
         self.reported += 1  # the n-th evaluation: trials with other batch sizes compare at the same share of training
         self.trial.report(float(value), self.reported)
-        if self.enabled and self.trial.should_prune():
+        # a run already stopping (Ctrl-C, its last step) ends as it is: a user's Ctrl-C must stop the sweep
+        if self.enabled and not control.should_training_stop and self.trial.should_prune():
             self.pruned = True
             raise Pruned
 

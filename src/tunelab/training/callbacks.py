@@ -147,9 +147,10 @@ class GracefulInterrupt(TrainerCallback):
         self._previous = signal.signal(signal.SIGINT, self._handler)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-        if self.requested:
+        if self.requested:  # save and stop; an evaluation would only delay the stop
             control.should_save = True
             control.should_training_stop = True
+            control.should_evaluate = False
         return control
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
