@@ -58,7 +58,8 @@ def use_bf16(precision: str) -> bool:
     return device() == "cuda" or matmul_peak_gflops(True) >= BF16_MIN_GAIN * matmul_peak_gflops(False)
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
+    """This boot of the machine: figures measured now (matmul peak, probe time) hold until the next boot."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
     except OSError:
@@ -88,7 +89,7 @@ def matmul_peak_gflops(bf16: bool) -> float:
     import torch
 
     # Per boot: the same cache directory can move to another host (containers, shared home directories).
-    key = f"{_boot_id()}-{device()}-{'bf16' if bf16 else 'fp32'}-{torch.get_num_threads()}t"
+    key = f"{boot_id()}-{device()}-{'bf16' if bf16 else 'fp32'}-{torch.get_num_threads()}t"
     cache_file = home() / "hardware.json"
     try:
         known = json.loads(cache_file.read_text())
@@ -97,7 +98,7 @@ def matmul_peak_gflops(bf16: bool) -> float:
     if key in known:
         return float(known[key])
     gflops = measure_matmul_gflops(bf16)
-    known = {k: v for k, v in known.items() if k.startswith(_boot_id())}  # drop other boots' figures
+    known = {k: v for k, v in known.items() if k.startswith(boot_id())}  # drop other boots' figures
     known[key] = round(gflops, 1)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     write_json(cache_file, known)
@@ -154,3 +155,18 @@ def memory_mib() -> dict[str, int]:
         free, gpu_total = torch.cuda.mem_get_info()
         out |= {"gpu_total": gpu_total >> 20, "gpu_available": free >> 20}
     return out
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory (VmHWM). Not ru_maxrss: on Linux a child's ru_maxrss starts at
+    its parent's high-water mark when it was spawned (exec keeps the old one), so the child of a large process
+    (a test runner, a server with a model loaded) would report its parent's memory as its own."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -172,6 +172,42 @@ def test_bad_requests_say_which_parameter(server: str, tmp_path: Path) -> None:
         assert said in text, (kwargs, text)
 
 
+def test_a_sweep_job_pauses_resumes_and_serves_its_best_trial(server: str, tmp_path: Path) -> None:
+    c = client(server)
+    f = upload(c, write_chat(tmp_path / "sweep.jsonl", 40))
+    with pytest.raises(openai.BadRequestError) as bad:
+        c.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body={"tunelab": {"sweep": {"trials": 0}}})
+    assert bad.value.body["param"] == "tunelab.sweep.trials"  # type: ignore[index]
+    sweep = {"trials": 2, "space": {"train.learning_rate": [0.02, 0.005]}}
+    job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="swept", extra_body={"tunelab": {
+        "config": QUICK | {"train.epochs": 2, "train.batch_size": 2}, "sweep": sweep}})
+    deadline = time.time() + 120
+    while not any(e.message.startswith("Trial 0 started") for e in c.fine_tuning.jobs.list_events(job.id).data):
+        assert time.time() < deadline, "the sweep's first trial never started"
+        time.sleep(0.2)
+    assert wait(c, c.fine_tuning.jobs.pause(job.id).id, until=("paused",)).status == "paused"
+    c.fine_tuning.jobs.resume(job.id)
+    job = wait(c, job.id, timeout=300)
+    assert job.status == "succeeded", job.error
+    events = list(reversed(list(c.fine_tuning.jobs.list_events(job.id, limit=100))))  # every page
+    messages = [e.message for e in events]
+    assert "Sweep continues: finished trials are kept, an interrupted one runs again" in messages
+    assert len([m for m in messages if m.startswith("Trial") and " finished: eval_loss" in m]) == 2
+    assert any(e.type == "metrics" and "trial" in e.data for e in events)  # the trials' steps, marked
+    best = next(e.data["best"] for e in events if e.message.startswith("Best: trial"))
+    assert job.model_extra["tunelab"]["run_dir"] == best["run_dir"]  # type: ignore[index]
+    assert isinstance(answer(c, job.fine_tuned_model), str)
+    auth = {"authorization": "Bearer key-a"}
+    with urllib.request.urlopen(urllib.request.Request(server + job.model_extra["tunelab"]["sweep_report"],  # type: ignore[index]
+                                                       headers=auth)) as r:
+        page = r.read().decode()
+    assert "Best: trial" in page and 'href="trial-' in page
+    trial = page.split('href="', 1)[1].split('"', 1)[0]
+    with urllib.request.urlopen(urllib.request.Request(
+            f"{server}/v1/fine_tuning/jobs/{job.id}/sweep/{trial}", headers=auth)) as r:
+        assert b"Run report" in r.read()
+
+
 def test_cancel_pause_and_resume(server: str, tmp_path: Path) -> None:
     c = client(server)
     f = upload(c, write_chat(tmp_path / "long.jsonl", 40))

@@ -41,14 +41,15 @@ def test_estimate_is_close_to_the_real_run(tiny_model: Path, tmp_path: Path) -> 
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "tunelab.cli.main", "train", str(cfg_file)], cwd=tmp_path,
                             env=os.environ | CLI_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
+    _, status, _ = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     assert status == 0
     summary = json.loads((tmp_path / "runs" / "real" / "summary.json").read_text())
     assert summary["steps"] == est["train"]["steps"]
     # the tiny model's run is a few seconds of start-up: its own tolerance is wider than the real model's goal
     # (+-15% memory, +-20% time, measured in bench/estimate_accuracy.py)
-    assert 0.6 < est["peak_memory_mib"] / (usage.ru_maxrss / 1024) < 1.4
+    # the run's own peak (not wait4's ru_maxrss: a child's starts at its parent's high-water mark, pytest's here)
+    assert 0.6 < est["peak_memory_mib"] / summary["peak_memory_mib"] < 1.4
     assert 0.5 < est["total_seconds"] / seconds < 2.0
 
 
@@ -68,7 +69,8 @@ def test_fit_auto_steps_down_the_ladder_and_refuses_what_fits_nowhere(tiny_model
     rungs = fit.ladder(cfg, as_is.train["batch_size"])
     assert rungs[0].overrides == {"train.max_batch_tokens": 128}
     first = estimate(fit.apply(cfg, rungs[0].overrides))
-    assert first.peak_memory_mib < as_is.peak_memory_mib - 100, (first.peak_memory_mib, as_is.peak_memory_mib)
+    assert first.peak_memory_mib < as_is.peak_memory_mib - 100, (first.peak_memory_mib, as_is.peak_memory_mib,
+                                                                 first.measured, as_is.measured)
 
     limit = int((first.peak_memory_mib * 1.1 + as_is.peak_memory_mib) / 2)  # room for the rung, not the config
     result = fit.run(config(tiny_model, tmp_path, "fitted", data, *heavy, f"train.memory_limit_mib={limit}"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,20 @@ import pytest
 from tests.helpers import chromium, write_jsonl
 from tunelab.serve.server import BackgroundServer, build
 from tunelab.serve.state import ServeSettings
+
+
+def rehearsals() -> list[Any]:
+    """This process's children measuring an estimate (`python -m tunelab.plan.rehearsal`)."""
+    import psutil
+
+    out = []
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if "tunelab.plan.rehearsal" in child.cmdline():
+                out.append(child)
+        except psutil.Error:
+            pass
+    return out
 
 AXE = Path(__file__).parent / "vendor" / "axe-core" / "axe.min.js"
 ROWS = [{"messages": [{"role": "user", "content": f"Where is my order {i}?"},
@@ -128,6 +143,11 @@ def test_from_a_data_file_to_the_playground(browser: Any, which: str, tmp_path: 
     page.click("#start")
     page.wait_for_url(re.compile(r".*/jobs/ftjob-[0-9a-f]+$"))
     job_id = page.url.rsplit("/", 1)[1]
+    if which == "default_server":  # the form's estimate, still measuring, stops with the page it was for
+        deadline = time.time() + 10
+        while rehearsals() and time.time() < deadline:
+            time.sleep(0.2)
+        assert not rehearsals(), "the left page's rehearsal still runs beside the job"
 
     page.wait_for_function("Number(document.getElementById('job').dataset.steps || 0) >= 1", timeout=120_000)
     page.wait_for_selector("#result-link:not([hidden])", timeout=240_000)

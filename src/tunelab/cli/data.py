@@ -91,7 +91,7 @@ def check_cmd(
     t.add_row("trained (completion) tokens", f"{rep.completion_tokens:,}")
     t.add_row("training tokens per epoch", f"{rep.est_tokens_per_epoch:,}")
     if rep.est_seconds_per_epoch is not None:
-        t.add_row("estimated time per epoch here", f"~{rep.est_seconds_per_epoch / 60:.1f} min")
+        t.add_row("time per epoch here (rough: --estimate measures it)", f"~{rep.est_seconds_per_epoch / 60:.1f} min")
     if rep.labels:
         t.add_row("labels", f"{len(rep.labels)} (smallest {min(rep.labels.values())} rows, "
                   f"largest {max(rep.labels.values())})")
@@ -135,7 +135,7 @@ def _print_preference(rep: PreferenceReport, file: str) -> None:
         t.add_row(f"{side} tokens", f"{total:,}{detail}")
     t.add_row("training tokens per epoch", f"{rep.est_tokens_per_epoch:,}")
     if rep.est_seconds_per_epoch is not None:
-        t.add_row("estimated time per epoch here", f"~{rep.est_seconds_per_epoch / 60:.1f} min")
+        t.add_row("time per epoch here (rough: --estimate measures it)", f"~{rep.est_seconds_per_epoch / 60:.1f} min")
     console.print(t)
     _print_histogram(rep.length_histogram, "prompt + longer reply, in tokens")
     console.print("[red bold]FAILED[/]" if rep.errors else "[green bold]OK[/]")

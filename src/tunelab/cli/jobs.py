@@ -71,6 +71,10 @@ def create_cmd(
     suffix: str | None = typer.Option(None, "--suffix", help="Part of the fine-tuned model's name."),
     epochs: int | None = typer.Option(None, "--epochs", help="n_epochs (default auto)."),
     set_: list[str] = typer.Option([], "--set", help="A tunelab config key=value for the job, e.g. peft.r=32."),
+    sweep_trials: int | None = typer.Option(None, "--sweep-trials", help="Make it a sweep of this many trials "
+                                            "(the best trial's model is the job's)."),
+    sweep_minutes: float | None = typer.Option(None, "--sweep-minutes", help="Make it a sweep with this time "
+                                               "budget (with --sweep-trials: whichever ends first)."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job until it ends."),
     url: str | None = typer.Option(None, "--url", help=URL_HELP),
     key: str | None = typer.Option(None, "--key", help=KEY_HELP),
@@ -96,10 +100,13 @@ def create_cmd(
             raise typer.BadParameter(f"{item!r}: expected key=value", param_hint="--set")
         config[k.strip()] = yaml.safe_load(v)
     hp = {"n_epochs": epochs} if epochs else {}
+    ext: dict[str, Any] = {"config": config} if config else {}
+    if sweep_trials is not None or sweep_minutes is not None:
+        ext["sweep"] = {"trials": sweep_trials, "minutes": sweep_minutes}
     job = _call(c.fine_tuning.jobs.create, model=model, training_file=file_id(training_file),
                 validation_file=file_id(validation_file) if validation_file else None, suffix=suffix,
                 method={"type": method, method: {"hyperparameters": hp}},
-                extra_body={"tunelab": {"config": config}} if config else None)
+                extra_body={"tunelab": ext} if ext else None)
     out.print(job.id, highlight=False)
     if wait:
         _follow(c, job.id)

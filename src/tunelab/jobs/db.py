@@ -48,6 +48,7 @@ class JobRow(Base):
     method: Mapped[dict[str, Any]] = mapped_column(JSON)  # OpenAI's method object, hyperparameters resolved
     extension: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # tunelab's own config keys
     config: Mapped[str | None] = mapped_column(Text, nullable=True)  # the tunelab config the job trains with
+    sweep: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # a sweep job: its settings
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     fine_tuned_model: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_deleted: Mapped[int] = mapped_column(Integer, default=0)

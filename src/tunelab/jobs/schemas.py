@@ -53,6 +53,9 @@ class TunelabExtension(_Lenient):
     config: dict[str, Any] = {}
     """Any tunelab config key, dotted ({"peft.r": 32}) or nested ({"peft": {"r": 32}}): LoRA rank, task type,
     classification labels... A job without them gets tunelab's `auto` choices."""
+    sweep: dict[str, Any] | None = None
+    """Make the job a sweep: its trials search settings (tunelab's `sweep` keys: trials, minutes, space,
+    pruning, evaluations; {} for the default budget and space) and the best trial becomes the job's model."""
 
 
 class JobCreate(_Lenient):

@@ -23,6 +23,7 @@ from .spec import build_config
 
 FINISHED = ("succeeded", "failed", "cancelled")
 JOB_CONFIG = "train.yaml"  # in the job's directory: the config its training runs with
+SWEEP_DIR = "run-sweep"  # in the job's directory: a sweep job's trials and study (the config's name is "run")
 CKPT = ":ckpt-step-"
 
 
@@ -50,7 +51,9 @@ def job_object(row: JobRow) -> dict[str, Any]:
         "trained_tokens": row.trained_tokens, "training_file": row.training_file,
         "validation_file": row.validation_file, "estimated_finish": row.estimated_finish if row.status == "running"
         else None, "integrations": [], "metadata": row.meta, "method": row.method, "user_provided_suffix": row.suffix,
-        "tunelab": {"run_dir": row.run_dir, "report": f"/v1/fine_tuning/jobs/{row.id}/report"},
+        "tunelab": {"run_dir": row.run_dir, "report": f"/v1/fine_tuning/jobs/{row.id}/report"}
+        | ({"sweep": row.sweep, "sweep_report": f"/v1/fine_tuning/jobs/{row.id}/sweep/"} if row.sweep is not None
+           else {}),
     }
 
 
@@ -113,6 +116,7 @@ class JobsService:
         job = JobRow(id=jid, project=project, status="validating_files", model=req.model, training_file=train.id,
                      validation_file=val.id if val else None, suffix=req.suffix, seed=seed, meta=req.metadata,
                      method=method, extension=req.tunelab.config if req.tunelab else None, config=cfg_text,
+                     sweep=req.tunelab.sweep if req.tunelab else None,
                      created_at=now(), run_dir=str(work / "run"), attempts=0, resume=0, model_deleted=0)
         with self.db.session() as s:
             s.add(job)

@@ -79,6 +79,18 @@ def extension_overrides(req: JobCreate) -> list[str]:
     return out
 
 
+def sweep_overrides(req: JobCreate) -> list[str]:
+    """tunelab.sweep as `sweep.*` overrides: the search space stays one value (its keys are dotted names)."""
+    sweep = req.tunelab.sweep if req.tunelab else None
+    if sweep is None:
+        return []
+    out = [f"sweep.{key}={json.dumps(value)}" for key, value in sweep.items()]
+    if "storage" in sweep:
+        raise invalid("tunelab.sweep.storage is set by the job itself (the study lives in the job's directory)",
+                      param="tunelab.sweep.storage")
+    return out
+
+
 def _origin(key: str) -> str:
     return {"model.base": "model", "train.seed": "seed", "method": "method.type"}.get(
         key, "training_file / validation_file" if key.startswith("data.") else "the server")
@@ -96,7 +108,7 @@ def build_config(req: JobCreate, *, base: str, train: Path, validation: Path | N
     if validation is not None:
         items.append(f"data.validation={json.dumps(str(validation))}")
     method_items = overrides(req, kind, hp)
-    ext = extension_overrides(req)
+    ext = extension_overrides(req) + sweep_overrides(req)
     if kind == "reinforcement":
         method_items.append(f"rl.grader={json.dumps(shown[kind]['grader'])}")
     try:
@@ -113,5 +125,7 @@ def _param_of(message: str) -> str | None:
         start = line.find("setting '")
         if start >= 0:
             key = line[start + 9:].split("=", 1)[0]
+            if key.startswith("sweep."):
+                return "tunelab." + key
             return "tunelab.config." + key if not key.startswith(("train.epochs", "train.batch")) else "method"
     return None

@@ -35,7 +35,7 @@ from ..runs import RunDir, layout, observe
 from .db import CheckpointRow, FileRow, JobRow, JobsDB, now
 from .files import FileStore
 from .ids import checkpoint_id
-from .service import JOB_CONFIG, add_event, fine_tuned_name
+from .service import JOB_CONFIG, SWEEP_DIR, add_event, fine_tuned_name
 
 log = logging.getLogger("tunelab.jobs")
 HEARTBEAT_S = 2.0
@@ -272,6 +272,9 @@ class Worker:
         return message
 
     def _train(self, job: JobRow) -> None:
+        if job.sweep is not None:
+            self._sweep(job)
+            return
         work = self.root / job.id
         run = RunDir(Path(job.run_dir or work / "run"))
         seen = observe(run) if run.is_run() else None
@@ -283,8 +286,33 @@ class Worker:
         args = ["-m", "tunelab.cli.main", "train", str(work / JOB_CONFIG)] + (["--resume"] if resume else [])
         add_event(self.db, job.id, "Fine-tuning job started" if not resume else
                   "Fine-tuning job continues from its last checkpoint")
-        proc = self._spawn(job, args, work / "train.log")
-        tail = _Tail(self.db, job, run, work)
+        asked, code = self._drive(job, args, work / "train.log", _Tail(self.db, job, run, work))
+        self._finish(job, run, work, asked, code)
+
+    def _sweep(self, job: JobRow) -> None:
+        """A sweep job: `tunelab sweep` in the job's process; its study (SQLite in the job's directory) is where
+        it resumes from, the interrupted trial running again. The best trial's run becomes the job's model."""
+        work = self.root / job.id
+        sweep = work / SWEEP_DIR
+        add_event(self.db, job.id, "Sweep started" if not job.resume and not sweep.is_dir() else
+                  "Sweep continues: finished trials are kept, an interrupted one runs again")
+        tail = _SweepTail(self.db, job, sweep, work)
+        asked, code = self._drive(job, ["-m", "tunelab.cli.main", "sweep", str(work / JOB_CONFIG)],
+                                  work / "train.log", tail)
+        best = _best_trial(sweep)
+        if asked is None and code == 0 and best is not None:
+            self._update(job.id, run_dir=best["run_dir"])
+            job.run_dir = best["run_dir"]
+            add_event(self.db, job.id, f"Best: trial {best['number']}, {best['objective']} {best['value']:.4f} "
+                      f"with {best['shown']}; its model is the job's", data={"best": best})
+        elif asked is None and code == 0:
+            code = 1  # no trial finished: a failure, with the log's tail as its message
+        self._finish(job, RunDir(Path(job.run_dir or work / "run")), work, asked, code, sweep=tail.trials)
+
+    def _drive(self, job: JobRow, args: list[str], log_file: Path, tail: _Tail | _SweepTail) -> tuple[str | None, int]:
+        """Run the job's process to its end, following its files and acting on cancel, pause and stop:
+        (what was asked of it, its exit code)."""
+        proc = self._spawn(job, args, log_file)
         asked: str | None = None
         signalled_at = 0.0
         last_beat = 0.0
@@ -304,21 +332,26 @@ class Worker:
         with self._lock:
             self.procs.pop(job.id, None)
         tail.forward()
-        self._finish(job, run, work, asked, proc.returncode)
+        return asked, proc.returncode
 
-    def _finish(self, job: JobRow, run: RunDir, work: Path, asked: str | None, code: int) -> None:
+    def _finish(self, job: JobRow, run: RunDir, work: Path, asked: str | None, code: int,
+                sweep: list[RunDir] | None = None) -> None:
         if asked in ("pause", "stop") and self._row(job.id).requested == "cancel":
             asked = "cancel"  # cancelled while pausing: the cancel is what the user asked last
         status = run.status() if run.is_run() else None
+        if sweep is not None:  # a sweep: done when the process says so; stopped part way is "interrupted"
+            status = "completed" if code == 0 and status == "completed" else "interrupted" if asked else None
         if asked == "cancel":
             self._update(job.id, status="cancelled", finished_at=now(), worker=None, requested=None)
             add_event(self.db, job.id, "Job cancelled; what it wrote is kept")
         elif status == "completed":
             summary = run.summary()
+            tokens = sum(int(r.summary().get("tokens_seen") or 0) for r in sweep) if sweep else summary.get(
+                "tokens_seen")  # a sweep trained every trial's tokens
             name = fine_tuned_name(job.model, job.project, job.suffix, job.id)
             results = self._results(job, run, work)
             self._update(job.id, status="succeeded", finished_at=now(), worker=None, fine_tuned_model=name,
-                         trained_tokens=summary.get("tokens_seen"), result_files=results, estimated_finish=None,
+                         trained_tokens=tokens, result_files=results, estimated_finish=None,
                          method=_resolved_method(job, run))
             add_event(self.db, job.id, f"New fine-tuned model created: {name}")
             add_event(self.db, job.id, "The job has successfully completed")
@@ -329,7 +362,7 @@ class Worker:
                       "paused" else "The worker stopped; the job continues from its last checkpoint when a worker "
                       "takes it again")
         else:
-            error = run.summary().get("error") if status else None
+            error = run.summary().get("error") if status and sweep is None else None
             message = error or _log_tail(work / "train.log") or f"training stopped with exit code {code}"
             self._update(job.id, status="failed", finished_at=now(), worker=None, requested=None,
                          error={"code": "training_failed", "message": self._readable(job, message)[:8000],
@@ -368,11 +401,90 @@ def _log_tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-class _Tail:
-    """Follows a training run's directory: its events, logged steps and checkpoints become the job's."""
+def _best_trial(sweep: Path) -> dict[str, Any] | None:
+    """The best trial as the sweep's page records it (sweep.json), with its run directory."""
+    try:
+        facts = json.loads((sweep / "sweep.json").read_text())
+    except (OSError, ValueError):
+        return None
+    best = facts.get("best")
+    if not best or not best.get("run_dir"):
+        return None
+    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    return {"number": best["number"], "value": best["value"], "objective": facts.get("metric"),
+            "params": best["params"], "run_dir": best["run_dir"], "shown": shown}
 
-    def __init__(self, db: JobsDB, job: JobRow, run: RunDir, work: Path) -> None:
-        self.db, self.job, self.run, self.work = db, job, run, work
+
+class _SweepTail:
+    """Follows a sweep: each trial's start and end become the job's events (from the sweep's trials.jsonl),
+    and the running trial's steps as its run writes them."""
+
+    def __init__(self, db: JobsDB, job: JobRow, sweep: Path, work: Path) -> None:
+        self.db, self.job, self.sweep, self.work = db, job, sweep, work
+        self.seen = len(self._lines())  # a resumed sweep: what was said before is not said again
+        self.trial: _Tail | None = None
+        self.trials: list[RunDir] = []
+        self.durations: list[float] = []
+        self.started = time.time()
+        self.budget = (job.sweep or {}).get("minutes")
+        self.count = (job.sweep or {}).get("trials")
+
+    def _lines(self) -> list[dict[str, Any]]:
+        try:
+            text = (self.sweep / "trials.jsonl").read_text()
+        except OSError:
+            return []
+        out = []
+        for line in text.splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def estimated_finish(self) -> int | None:
+        ends = []
+        if self.budget:
+            ends.append(self.started + 60 * float(self.budget))
+        if self.count and self.durations:
+            left = max(0, int(self.count) - len(self.durations))
+            ends.append(time.time() + left * sum(self.durations) / len(self.durations))
+        return int(min(ends)) if ends else None
+
+    def forward(self) -> None:
+        lines = self._lines()
+        self.trials = [RunDir(Path(r["run_dir"])) for r in lines if r.get("state") == "complete"]
+        for r in lines[self.seen:]:
+            n, state = r.get("trial"), r.get("state")
+            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in (r.get("params") or {}).items())
+            if state == "started":
+                self.trial = _Tail(self.db, self.job, RunDir(Path(r["run_dir"])), self.work, trial=int(n))
+                add_event(self.db, self.job.id, f"Trial {n} started: {params}", data={"trial": n})
+                continue
+            if r.get("seconds"):
+                self.durations.append(float(r["seconds"]))
+            if self.trial is not None:
+                self.trial.forward()
+                self.trial = None
+            values = {k: v for k, v in r.items() if k not in ("trial", "state", "time", "run_dir", "params",
+                                                              "seconds", "evaluations")}
+            said = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+            text = {"complete": f"Trial {n} finished: {said}",
+                    "pruned": f"Trial {n} stopped early (pruned): worse than the median part way through",
+                    "interrupted": f"Trial {n} interrupted; it runs again when the sweep continues",
+                    "failed": f"Trial {n} failed"}.get(str(state), f"Trial {n}: {state}")
+            add_event(self.db, self.job.id, text, level="warn" if state == "failed" else "info",
+                      data={"trial": n, "state": state} | values)
+        self.seen = len(lines)
+        if self.trial is not None:
+            self.trial.forward()
+
+
+class _Tail:
+    """Follows a training run's directory: its events, logged steps and checkpoints become the job's (a sweep's
+    trial: its steps, marked with the trial's number; its checkpoints stay the trial's own)."""
+
+    def __init__(self, db: JobsDB, job: JobRow, run: RunDir, work: Path, trial: int | None = None) -> None:
+        self.db, self.job, self.run, self.work, self.trial = db, job, run, work, trial
         self.last_event = self._known_events()
         self.metric_rows = 0
         self.total: int | None = None
@@ -380,7 +492,7 @@ class _Tail:
         self.signature: tuple[float, ...] = ()
 
     def _known_events(self) -> int:
-        return len(self.run.events())
+        return len(self.run.events()) if self.trial is None and self.run.path.is_dir() else 0
 
     def estimated_finish(self) -> int | None:
         return int(time.time() + self.eta) if self.eta is not None else None
@@ -410,8 +522,9 @@ class _Tail:
             self.last_event = int(e["id"])
             data = e.get("data") or {}
             if e.get("type") == "checkpoint" and isinstance(data.get("step"), int):
-                self._checkpoint(int(data["step"]), rows)
-            elif e.get("type") != "metrics":  # evaluations arrive as metrics events from metrics.jsonl
+                if self.trial is None:
+                    self._checkpoint(int(data["step"]), rows)
+            elif e.get("type") != "metrics" and self.trial is None:  # evaluations: as metrics, from metrics.jsonl
                 add_event(self.db, self.job.id, str(e.get("message")), level=str(e.get("level", "info")),
                           created_at=int(e.get("created") or now()))
         for row in rows[self.metric_rows:]:
@@ -421,6 +534,8 @@ class _Tail:
     def _metrics(self, row: dict[str, Any]) -> None:
         step = row.get("step")
         data: dict[str, Any] = {"step": step, "total_steps": self.total}
+        if self.trial is not None:
+            data["trial"] = self.trial
         if "loss" in row:
             data["train_loss"] = row["loss"]
         if "eval_loss" in row:
@@ -428,10 +543,11 @@ class _Tail:
         for name in TASK_METRICS:  # the task's own score on the validation rows, where the run measures one
             if isinstance(row.get(f"eval_{name}"), int | float):
                 data[f"valid_{name}"] = float(row[f"eval_{name}"])
-        if len(data) == 2:
+        if len(data) == 2 + (self.trial is not None):
             return
         text = " ".join(f"{k.replace('_', ' ')}={v:.4f}" for k, v in data.items() if isinstance(v, float))
-        add_event(self.db, self.job.id, f"Step {step}/{self.total}: {text}", kind="metrics", data=data)
+        where = f"Trial {self.trial}, step" if self.trial is not None else "Step"
+        add_event(self.db, self.job.id, f"{where} {step}/{self.total}: {text}", kind="metrics", data=data)
 
     def _checkpoint(self, step: int, rows: list[dict[str, Any]]) -> None:
         """The checkpoint's adapter kept by the job (the run keeps only its last few), servable as

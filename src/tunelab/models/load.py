@@ -182,3 +182,19 @@ def starting_model(base: ModelRef, *, labels: list[str] | None = None, pad_token
     else:
         model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)  # autocast does the rest
     return merge_adapters(model, base.adapters).to(device())
+
+
+def param_count(path: str) -> int:
+    """Parameters of a model directory, from its safetensors headers (no weights read); a model with no
+    safetensors (a hub id not on disk) counts as the default model's 135M."""
+    import math
+
+    from safetensors import safe_open
+
+    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+    total = 0
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            for key in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
+                total += math.prod(st.get_slice(key).get_shape())
+    return total or 135_000_000

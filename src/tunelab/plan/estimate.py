@@ -10,6 +10,8 @@ import math
 import subprocess
 import sys
 import tempfile
+import threading
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,15 @@ from ..errors import TunelabError
 from ..training import auto
 
 MEMORY_MARGIN = 1.10  # a run is said to fit when its measured peak, plus this margin, is within the limit
+
+
+CANCEL: ContextVar[threading.Event | None] = ContextVar("tunelab_rehearsal_cancel", default=None)
+"""Set around a call (asyncio.to_thread carries it into the thread): the rehearsal stops when the event is set,
+e.g. a server's request whose client went away, or a server shutting down."""
+
+
+class EstimateCancelled(Exception):
+    """The rehearsal was stopped by its CANCEL event."""
 
 
 class EstimateError(TunelabError):
@@ -86,7 +97,7 @@ def _probes_key(cfg: TunelabConfig) -> str | None:
 
     import torch
 
-    from ..device import _boot_id
+    from ..device import boot_id
     from ..recipes.lifecycle import probed
 
     kind = probed(cfg)
@@ -94,7 +105,7 @@ def _probes_key(cfg: TunelabConfig) -> str | None:
         return None
     what = json.dumps([cfg.model.base, cfg.model.precision, cfg.eval.probes.model_dump(mode="json"), kind,
                        cfg.eval.batch_size, torch.get_num_threads()], sort_keys=True)
-    return f"{_boot_id()}-{hashlib.sha256(what.encode()).hexdigest()[:16]}"
+    return f"{boot_id()}-{hashlib.sha256(what.encode()).hexdigest()[:16]}"
 
 
 def _known_probes() -> dict[str, float]:
@@ -108,10 +119,10 @@ def _known_probes() -> dict[str, float]:
 
 def _remember_probes(key: str, seconds: float) -> None:
     from ..atomic import write_json
-    from ..device import _boot_id
+    from ..device import boot_id
     from ..home import home
 
-    known = {k: v for k, v in _known_probes().items() if k.startswith(_boot_id())} | {key: round(seconds, 1)}
+    known = {k: v for k, v in _known_probes().items() if k.startswith(boot_id())} | {key: round(seconds, 1)}
     (home()).mkdir(parents=True, exist_ok=True)
     write_json(home() / "probe_seconds.json", known)
 
@@ -129,8 +140,8 @@ def rehearse(cfg: TunelabConfig) -> dict[str, Any]:
         proc = subprocess.Popen([sys.executable, "-m", "tunelab.plan.rehearsal", str(cfg_file), str(out_file),
                                  *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:
-            output, _ = proc.communicate()
-        except BaseException:  # Ctrl-C: the rehearsal ends with the command
+            output = _wait(proc, CANCEL.get())
+        except BaseException:  # Ctrl-C (or cancelled): the rehearsal ends with the command
             proc.kill()
             proc.wait()
             raise
@@ -147,6 +158,16 @@ def rehearse(cfg: TunelabConfig) -> dict[str, Any]:
             _remember_probes(key, measured)
     got["probes_seconds"] = known
     return got
+
+
+def _wait(proc: subprocess.Popen[bytes], cancel: threading.Event | None) -> bytes:
+    """The rehearsal's output once it ends; EstimateCancelled as soon as `cancel` is set."""
+    while True:
+        try:
+            return proc.communicate(timeout=0.25 if cancel is not None else None)[0]
+        except subprocess.TimeoutExpired:
+            if cancel is not None and cancel.is_set():
+                raise EstimateCancelled from None
 
 
 # --- scaling to the whole run -------------------------------------------------------------------------

@@ -134,12 +134,12 @@ def fitter(console: Console) -> Callable[[TunelabConfig, Any], tuple[TunelabConf
     """The life cycle's before_open hook for train.fit: auto."""
 
     def fit(cfg: TunelabConfig, prepared: Any) -> tuple[TunelabConfig, dict[str, Any]]:
-        from ..models.load import resolve
+        from ..models.load import param_count, resolve
         from .rehearsal import row_length
 
         limit, source = memory_limit(cfg)
         lengths = [row_length(r) for r in prepared.data.train]
-        bound = quick_bound_mib(cfg, _param_count(resolve(cfg.model.base).path), lengths)
+        bound = quick_bound_mib(cfg, param_count(resolve(cfg.model.base).path), lengths)
         if bound <= QUICK_BOUND_SHARE * limit:
             return cfg, {}
         console.print(f"Memory may be short ({mib(limit)} from {source}): measuring a few steps first")
@@ -163,21 +163,6 @@ def fitter(console: Console) -> Callable[[TunelabConfig, Any], tuple[TunelabConf
                                 "overrides": chosen.overrides}}
 
     return fit
-
-
-def _param_count(path: str) -> int:
-    """Parameters of a model directory, from its safetensors headers (no weights read)."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-
-    files = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
-    total = 0
-    for f in files:
-        with safe_open(str(f), "pt") as st:
-            for key in st.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                total += math.prod(st.get_slice(key).get_shape())
-    return total or 135_000_000
 
 
 def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,

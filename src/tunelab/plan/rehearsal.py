@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from ..config import TunelabConfig
 from ..config.schema import PAIR_METHODS
+from ..device import peak_rss_mib
 from ..recipes.lifecycle import Prepared
 from ..training import auto
 from ..training.auto import Hyperparams
@@ -202,7 +203,6 @@ def _mean(xs: list[int]) -> float:
 
 def rehearse(cfg: TunelabConfig, workdir: Path, probes: bool = True) -> dict[str, Any]:
     """Run the rehearsal in this process; what it measured (times in seconds, memory in MiB)."""
-    import resource
 
     import psutil
     import torch
@@ -227,7 +227,7 @@ def rehearse(cfg: TunelabConfig, workdir: Path, probes: bool = True) -> dict[str
         "steps": timer.steps if timer else [], "evals": timer.evals if timer else [],
         "saves": timer.saves if timer else [],
         "summary": {k: v for k, v in result.summary.items() if isinstance(v, int | float | str)},
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "memory": memory,
+        "peak_rss_mib": peak_rss_mib(), "memory": memory,
         "threads": torch.get_num_threads(),
     }
     if cuda:

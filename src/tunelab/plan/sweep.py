@@ -9,6 +9,7 @@ kept in SQLite (or PostgreSQL) beside the trials, so an interrupted sweep resume
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from ..config.sweep import Range
 from ..errors import TunelabError
 from ..training import auto
 from .fit import apply
+
+TRIALS = "trials.jsonl"
 
 
 class SweepError(TunelabError):
@@ -169,7 +172,6 @@ def run_sweep(cfg: TunelabConfig, console: Console | None = None, *, n_params: i
     import optuna
     from optuna.study import MaxTrialsCallback
 
-    from .fit import _param_count
     from .fit import run as train
 
     console = console or Console(stderr=True)
@@ -184,9 +186,9 @@ def run_sweep(cfg: TunelabConfig, console: Console | None = None, *, n_params: i
             report = check(cfg, console)
             n_rows = int(report.get("train_rows") or report.get("train_pairs") or report.get("train_prompts") or 0)
         if n_params is None:
-            from ..models.load import resolve
+            from ..models.load import param_count, resolve
 
-            n_params = _param_count(resolve(cfg.model.base).path)
+            n_params = param_count(resolve(cfg.model.base).path)
     space = s.space or default_space(cfg, n_params or 0, n_rows or 0)
     trial_config(cfg, {k: (v[0] if isinstance(v, list) else v.low) for k, v in space.items()}, 0)  # keys valid?
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -204,22 +206,28 @@ def run_sweep(cfg: TunelabConfig, console: Console | None = None, *, n_params: i
         params = {k: _suggest(trial, k, v) for k, v in space.items()}
         tcfg = trial_config(cfg, params, trial.number)
         console.rule(f"trial {trial.number}: {_shown(params)}")
+        record(cfg, trial.number, "started", params=params)
         pruning = Pruning(trial, obj.during, s.evaluations, s.pruning)
         t0 = time.perf_counter()
         result = train(tcfg, console=console, callbacks=[pruning])
+        seconds = round(time.perf_counter() - t0, 1)
         trial.set_user_attr("run_dir", str(result.run_dir))
-        trial.set_user_attr("seconds", round(time.perf_counter() - t0, 1))
+        trial.set_user_attr("seconds", seconds)
         if pruning.pruned:
             console.print(f"[yellow]trial {trial.number} pruned after {pruning.reported} evaluation(s)[/]")
+            record(cfg, trial.number, "pruned", params=params, seconds=seconds, evaluations=pruning.reported)
             raise optuna.TrialPruned
         if result.status != "completed":
             trial.set_user_attr("interrupted", True)
+            record(cfg, trial.number, "interrupted", params=params, seconds=seconds)
             raise KeyboardInterrupt
         value = result.summary.get(obj.final)
         if value is None or not math.isfinite(float(value)):
+            record(cfg, trial.number, "failed", params=params, seconds=seconds)
             raise SweepError(f"trial {trial.number} finished without {obj.final} in its summary: the sweep needs "
                              "validation data (data.validation or data.val_fraction > 0)")
         console.print(f"trial {trial.number}: {obj.final} [bold]{float(value):.4f}[/]")
+        record(cfg, trial.number, "complete", params=params, seconds=seconds, **{obj.final: float(value)})
         return float(value)
 
     callbacks = [MaxTrialsCallback(s.trials, states=(optuna.trial.TrialState.COMPLETE,
@@ -230,6 +238,15 @@ def run_sweep(cfg: TunelabConfig, console: Console | None = None, *, n_params: i
     finally:
         finish(cfg, study, console)
     return study
+
+
+def record(cfg: TunelabConfig, number: int, state: str, **facts: Any) -> None:
+    """One line in <sweep>/trials.jsonl as a trial starts and ends: what a job's worker (or a user's `tail -f`)
+    follows while the sweep runs."""
+    line = {"trial": number, "state": state, "time": round(time.time(), 1),
+            "run_dir": str(sweep_dir(cfg) / f"trial-{number:03d}")} | facts
+    with (sweep_dir(cfg) / TRIALS).open("a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 def finish(cfg: TunelabConfig, study: Any, console: Console) -> Path | None:

@@ -23,6 +23,7 @@ from rich.console import Console
 
 from ..config import ConfigError, TunelabConfig
 from ..data.records import DataError, Problem
+from ..device import peak_rss_mib
 from ..models.load import LoadedModel, ModelRef, load_tokenizer, resolve, tokenizer_path
 from ..runs import Reporter, RunDir, RunResult, checkpoint_step, open_run
 from ..training import auto
@@ -276,7 +277,8 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
         if model is not None and kind:
             run.set_status("running", **session.summary)  # the probes read the run's labels from its summary
             _probe(session, model)
-        summary = run.set_status("completed", **session.summary)
+        # this process's own peak up to here (the report, written next, adds little): what the estimate predicts
+        summary = run.set_status("completed", **session.summary, peak_memory_mib=round(peak_rss_mib(), 1))
     except (Interrupted, KeyboardInterrupt) as stop:  # Ctrl-C: in training a checkpoint is saved first
         summary = run.set_status("interrupted", **session.summary)
         where = f"at step {stop}" if isinstance(stop, Interrupted) else f"while {reporter.state.get('phase')}"

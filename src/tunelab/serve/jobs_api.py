@@ -21,9 +21,9 @@ from ..jobs.db import JobsDB, database_url
 from ..jobs.errors import JobsError
 from ..jobs.files import FileStore, file_object
 from ..jobs.schemas import JobCreate
-from ..jobs.service import CKPT, JobsService, checkpoint_object, event_object, job_object
+from ..jobs.service import CKPT, SWEEP_DIR, JobsService, checkpoint_object, event_object, job_object
 from ..jobs.worker import QUIET_ENV, Worker
-from ..runs import RunDir
+from ..runs import RunDir, layout
 from .exports import Exports
 from .schemas import APIError
 from .state import State
@@ -50,6 +50,7 @@ class JobsRuntime:
         self.worker = (Worker(self.db, self.files, data / "jobs", max_jobs=worker_jobs, job_env=self.job_env)
                        if worker_jobs else None)
         self._stop = threading.Event()
+        self.estimates: set[threading.Event] = set()  # the rehearsals under way: stopped with the server
         self._failed: set[str] = set()  # models that would not load: said once, not retried every tick
         self._thread = threading.Thread(target=self._sync_forever, name="tunelab-models", daemon=True)
 
@@ -68,6 +69,8 @@ class JobsRuntime:
 
     def stop(self) -> None:
         self._stop.set()
+        for cancel in list(self.estimates):
+            cancel.set()
         self.exports.stop()
         if self.worker is not None:
             self.worker.stop()
@@ -165,9 +168,12 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
     estimating = asyncio.Lock()  # one rehearsal at a time: each takes the cores for its few seconds
 
     @app.post("/v1/files/{file_id}/estimate")
-    async def estimate_file(file_id: str, project: str = auth) -> Any:
+    async def estimate_file(request: Request, file_id: str, project: str = auth) -> Any:
         """What training on an uploaded file takes on this server: the config `tunelab init` would choose for it
-        (task, method, length, labels), rehearsed for a few real steps and scaled to the whole run."""
+        (task, method, length, labels), rehearsed for a few real steps and scaled to the whole run. A client that
+        goes away (a page left) stops its rehearsal: it would only slow the jobs training beside it."""
+        from ..plan.estimate import CANCEL, EstimateCancelled
+
         row = files.get(project, file_id)
 
         def run() -> dict[str, Any]:
@@ -182,8 +188,24 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
                                 code="invalid_file") from None
             return {k: v for k, v in est.to_dict().items() if k != "ladder"} | {"lines": describe(est)}
 
-        async with estimating:
-            result = await asyncio.to_thread(run)
+        cancel = threading.Event()
+        jobs.estimates.add(cancel)
+        try:
+            async with estimating:
+                token = CANCEL.set(cancel)
+                task = asyncio.ensure_future(asyncio.to_thread(run))  # the thread gets CANCEL's value
+                CANCEL.reset(token)
+                while not task.done():
+                    await asyncio.wait({task}, timeout=0.5)
+                    if not task.done() and await request.is_disconnected():
+                        cancel.set()
+                try:
+                    result = task.result()
+                except EstimateCancelled:
+                    raise JobsError(499, "the estimate was stopped: its client went away or the server is "
+                                    "stopping", param="file_id", code="cancelled") from None
+        finally:
+            jobs.estimates.discard(cancel)
         return {"object": "file.estimate", "file_id": file_id, "filename": row.filename} | result
 
     # --- jobs -----------------------------------------------------------------------------------
@@ -252,6 +274,27 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
             raise JobsError(404, f"the job's report is written when its training completes (status {job.status})",
                             param="fine_tuning_job_id", code="not_found")
         return FileResponse(page, media_type="text/html")
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/sweep/")
+    async def job_sweep(job_id: str, project: str = auth) -> Any:
+        """A sweep job's page: its trials, history and importances; each trial's report one link away."""
+        return FileResponse(_sweep_page(job_id, project, "sweep.html"), media_type="text/html")
+
+    @app.get("/v1/fine_tuning/jobs/{job_id}/sweep/{trial}/{name}")
+    async def job_sweep_trial(job_id: str, trial: str, name: str, project: str = auth) -> Any:
+        """A trial's report, where the sweep's page links it (trial-NNN/report.html)."""
+        if not (trial.startswith("trial-") and trial[6:].isdigit()) or name != layout.REPORT_HTML:
+            raise JobsError(404, f"no {trial}/{name} in this sweep", param="trial", code="not_found")
+        return FileResponse(_sweep_page(job_id, project, f"{trial}/{name}"), media_type="text/html")
+
+    def _sweep_page(job_id: str, project: str, name: str) -> Path:
+        job = service.get(project, job_id)
+        page = service.job_dir(job.id) / SWEEP_DIR / name
+        if job.sweep is None or not page.is_file():
+            raise JobsError(404, "not a sweep job" if job.sweep is None else
+                            f"written as the sweep goes (status {job.status})", param="fine_tuning_job_id",
+                            code="not_found")
+        return page
 
     # --- graders: try one before a job --------------------------------------------------------
 

@@ -133,7 +133,7 @@ export function renderCheck(rep) {
     ["Exact duplicates", `${rep.duplicates ?? 0}`, "The same row more than once: it counts more than the others."],
     ["Tokens per pass over the data", (rep.est_tokens_per_epoch ?? 0).toLocaleString(),
       "Tokens are word pieces; time grows with them."],
-    ["Time per pass on this server", rep.est_seconds_per_epoch ? `about ${duration(rep.est_seconds_per_epoch)}` : "–",
+    ["Time per pass on this server (rough)", rep.est_seconds_per_epoch ? `about ${duration(rep.est_seconds_per_epoch)}` : "–",
       "An estimate for the server's model and processor."],
   ];
   if (rep.labels && Object.keys(rep.labels).length) {
@@ -354,7 +354,7 @@ async function job() {
       if (known.has(e.id)) continue;  // a button's refresh and the poll may fetch the same news
       known.add(e.id);
       $("events").prepend(el("li", { class: `level-${e.level}` }, el("time", { text: when(e.created_at) }), " ", e.message));
-      if (e.type === "metrics" && e.data?.step !== undefined) {
+      if (e.type === "metrics" && e.data?.step !== undefined && e.data.trial === undefined) {  // a sweep's trials: in its events
         const p = points.get(e.data.step) || [null, null, null];
         if (e.data.train_loss !== undefined) p[0] = e.data.train_loss;
         if (e.data.valid_loss !== undefined) p[1] = e.data.valid_loss;
