@@ -244,7 +244,8 @@ class Worker:
                       data={"report": report})
             est = result.get("estimate")
             if est:
-                add_event(self.db, job.id, "Estimated on this server: " + " ".join(est["lines"][1:3]),
+                what = "Estimated on this server" + (", each trial" if job.sweep is not None else "")
+                add_event(self.db, job.id, f"{what}: " + " ".join(est["lines"][1:3]),
                           data={"estimate": {k: est[k] for k in ("peak_memory_mib", "total_seconds", "fits",
                                                                  "limit_mib", "train", "phases")}})
             elif result.get("estimate_error"):
@@ -347,7 +348,7 @@ class Worker:
         elif status == "completed":
             summary = run.summary()
             tokens = sum(int(r.summary().get("tokens_seen") or 0) for r in sweep) if sweep else summary.get(
-                "tokens_seen")  # a sweep trained every trial's tokens
+                "tokens_seen")  # a sweep trained every trial's tokens (those stopped early too)
             name = fine_tuned_name(job.model, job.project, job.suffix, job.id)
             results = self._results(job, run, work)
             self._update(job.id, status="succeeded", finished_at=now(), worker=None, fine_tuned_model=name,
@@ -451,7 +452,8 @@ class _SweepTail:
 
     def forward(self) -> None:
         lines = self._lines()
-        self.trials = [RunDir(Path(r["run_dir"])) for r in lines if r.get("state") == "complete"]
+        self.trials = [RunDir(Path(r["run_dir"])) for r in lines if r.get("state") in ("complete", "pruned",
+                                                                                        "interrupted")]
         for r in lines[self.seen:]:
             n, state = r.get("trial"), r.get("state")
             params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"

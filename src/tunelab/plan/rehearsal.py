@@ -121,6 +121,7 @@ class Rehearsing:
         self.timer: StepTimer | None = None
         self.memory = MemoryWatch()
         self._lengths: list[int] = []
+        self._auto_lengths: list[int] = []
 
     def callback(self, counter: TokenCounter) -> StepTimer:
         self.timer = StepTimer(counter)
@@ -135,14 +136,15 @@ class Rehearsing:
         data, cfg = prepared.data, self.user_cfg
         train, val = list(data.train), list(data.val)
         lengths = [row_length(r) for r in train]
+        self._auto_lengths = list(lengths)  # what the method's recipe gives `auto` (its batch size, its epochs)
         if cfg.method in PAIR_METHODS or cfg.method == "reward":
             side = cfg.model.max_length
             if cfg.method == "reward":  # TRL leaves out pairs with an answer over max_length: the run trains fewer
                 kept = [i for i, n in enumerate(lengths) if n // 2 <= side] or list(range(len(train)))
                 train, lengths = [train[i] for i in kept], [lengths[i] for i in kept]
             lengths = [min(n, 2 * side) for n in lengths]  # the others truncate each side to max_length
-        self._lengths = lengths
-        hp = auto.hyperparams(cfg, n_params=0, lengths=self._lengths)
+        self._lengths = lengths  # what the run trains on, as long as it is trained: timing and the heaviest batch
+        hp = auto.hyperparams(cfg, n_params=0, lengths=self._auto_lengths)
         per_step = hp.batch_size * cfg.train.grad_accum  # rows, pairs, or RL prompts (each answered G times)
         rng = random.Random(cfg.train.seed)
         by_length = sorted(range(len(train)), key=lambda i: -self._lengths[i])
@@ -173,7 +175,12 @@ class Rehearsing:
         return [longest, *others]
 
     def hyperparams(self, *, n_params: int, head: bool) -> Hyperparams:
-        whole = auto.hyperparams(self.user_cfg, n_params=n_params, lengths=self._lengths, head=head)
+        whole = auto.hyperparams(self.user_cfg, n_params=n_params, lengths=self._auto_lengths, head=head)
+        if len(self._lengths) < len(self._auto_lengths):  # TRL left pairs out: its epochs have fewer steps
+            t = self.user_cfg.train
+            per_epoch = max(1, math.ceil(len(self._lengths) / (whole.batch_size * t.grad_accum)))
+            whole = dataclasses.replace(whole, steps_per_epoch=per_epoch,
+                                        total_steps=t.max_steps or per_epoch * whole.epochs)
         self.full["hyperparams"] = whole.to_dict()
         steps = math.ceil(self.sample["train_rows"] / self.full["per_step"])
         return Hyperparams(1, whole.learning_rate, whole.batch_size, steps, steps, 0, order="sequential")
