@@ -206,6 +206,11 @@ def test_a_sweep_job_pauses_resumes_and_serves_its_best_trial(server: str, tmp_p
     with urllib.request.urlopen(urllib.request.Request(
             f"{server}/v1/fine_tuning/jobs/{job.id}/sweep/{trial}", headers=auth)) as r:
         assert b"Run report" in r.read()
+    # the web UI's job page links the same pages, for a signed-in browser
+    browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+    browser.open(urllib.request.Request(f"{server}/sign-in", data=b"key=key-a&next=/", method="POST"))
+    assert "Best: trial" in browser.open(f"{server}/jobs/{job.id}/sweep/").read().decode()
+    assert b"Run report" in browser.open(f"{server}/jobs/{job.id}/sweep/{trial}").read()
 
 
 def test_cancel_pause_and_resume(server: str, tmp_path: Path) -> None:

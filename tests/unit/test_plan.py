@@ -74,6 +74,20 @@ def test_the_ladder_steps_down_from_what_is_configured() -> None:
         fit.apply(dpo, {"train.max_batch_tokens": 128})
 
 
+def test_the_default_sweep_space_keeps_trials_short_under_a_time_budget() -> None:
+    from tunelab.plan.sweep import default_space
+
+    cfg = load_config(None, ["data.train=x.jsonl"])
+    epochs = default_space(cfg, 135_000_000, 1000)["train.epochs"]
+    assert (epochs.low, epochs.high) == (1, 6)  # auto picks 3 epochs for 1000 rows: half to twice that
+    budget = load_config(None, ["data.train=x.jsonl", "sweep.minutes=30"])
+    epochs = default_space(budget, 135_000_000, 1000)["train.epochs"]
+    assert (epochs.low, epochs.high) == (1, 3)  # never longer than auto's own run
+    assert "train.epochs" not in default_space(budget, 135_000_000, 5000)  # auto's 1 epoch: nothing to search
+    lr = default_space(cfg, 135_000_000, 1000)["train.learning_rate"]
+    assert lr.log and lr.low < lr.high and {"peft.r", "peft.alpha", "train.batch_size"} <= set(default_space(cfg, 1, 1))
+
+
 def test_the_quick_bound_grows_with_the_batch_and_full_tuning() -> None:
     lora = load_config(None, ["data.train=x.jsonl"])
     small = fit.quick_bound_mib(lora, 135_000_000, [100] * 64)

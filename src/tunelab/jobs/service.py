@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select, update
 
 from ..config import dump_config
+from ..runs import RunDir
 from .db import CheckpointRow, EventRow, JobRow, JobsDB, now
 from .errors import invalid, not_found
 from .files import FileStore
@@ -122,6 +123,15 @@ class JobsService:
             s.add(job)
         add_event(self.db, jid, f"Validating training file: {train.id}")
         return job
+
+    def sweep_page(self, job: JobRow, trial: str | None = None) -> Path | None:
+        """A sweep job's page (sweep.html), or one of its trials' reports (trial-NNN); None where there is none
+        (yet)."""
+        if job.sweep is None or (trial is not None and not (trial.startswith("trial-") and trial[6:].isdigit())):
+            return None
+        where = self.job_dir(job.id) / SWEEP_DIR
+        page = RunDir(where / trial).report_html if trial else where / "sweep.html"
+        return page if page.is_file() else None
 
     def get(self, project: str, jid: str) -> JobRow:
         with self.db.sessions() as s:

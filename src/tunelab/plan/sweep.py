@@ -64,7 +64,9 @@ def objective_for(cfg: TunelabConfig) -> Objective:
 
 
 def default_space(cfg: TunelabConfig, n_params: int, n_rows: int) -> dict[str, Range | list[Any]]:
-    """Around what `auto` would pick for this run: learning rate, LoRA rank and alpha, epochs, batch, warm-up."""
+    """Around what `auto` would pick for this run: learning rate, LoRA rank and alpha, epochs, batch, warm-up.
+    Under a time budget no trial trains more epochs than `auto` (epochs are what a trial's time grows with: up
+    to twice auto's, a CPU budget of half an hour held two trials), so the budget buys more trials."""
     head = cfg.task == "classification" and cfg.classification.mode == "head"
     lr = auto.learning_rate(cfg.method, cfg.peft.method, n_params, head)
     space: dict[str, Range | list[Any]] = {"train.learning_rate": Range(low=lr / 5, high=lr * 3, log=True)}
@@ -72,7 +74,9 @@ def default_space(cfg: TunelabConfig, n_params: int, n_rows: int) -> dict[str, R
         space |= {"peft.r": [8, 16, 32], "peft.alpha": [16, 32, 64]}
     if cfg.method not in RL_METHODS:
         epochs = auto.epochs(cfg.method, n_rows)
-        space["train.epochs"] = Range(low=max(1, epochs // 2), high=max(2, epochs * 2), integer=True)
+        high = epochs if cfg.sweep.minutes else max(2, epochs * 2)
+        if max(1, epochs // 2) < high:
+            space["train.epochs"] = Range(low=max(1, epochs // 2), high=high, integer=True)
         space["train.batch_size"] = [8, 16, 32]
     space["train.warmup_ratio"] = Range(low=0.0, high=0.1)
     return space

@@ -21,7 +21,7 @@ from ..jobs.db import JobsDB, database_url
 from ..jobs.errors import JobsError
 from ..jobs.files import FileStore, file_object
 from ..jobs.schemas import JobCreate
-from ..jobs.service import CKPT, SWEEP_DIR, JobsService, checkpoint_object, event_object, job_object
+from ..jobs.service import CKPT, JobsService, checkpoint_object, event_object, job_object
 from ..jobs.worker import QUIET_ENV, Worker
 from ..runs import RunDir, layout
 from .exports import Exports
@@ -278,23 +278,22 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
     @app.get("/v1/fine_tuning/jobs/{job_id}/sweep/")
     async def job_sweep(job_id: str, project: str = auth) -> Any:
         """A sweep job's page: its trials, history and importances; each trial's report one link away."""
-        return FileResponse(_sweep_page(job_id, project, "sweep.html"), media_type="text/html")
+        return _sweep_page(service.get(project, job_id), None)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/sweep/{trial}/{name}")
     async def job_sweep_trial(job_id: str, trial: str, name: str, project: str = auth) -> Any:
         """A trial's report, where the sweep's page links it (trial-NNN/report.html)."""
-        if not (trial.startswith("trial-") and trial[6:].isdigit()) or name != layout.REPORT_HTML:
-            raise JobsError(404, f"no {trial}/{name} in this sweep", param="trial", code="not_found")
-        return FileResponse(_sweep_page(job_id, project, f"{trial}/{name}"), media_type="text/html")
-
-    def _sweep_page(job_id: str, project: str, name: str) -> Path:
         job = service.get(project, job_id)
-        page = service.job_dir(job.id) / SWEEP_DIR / name
-        if job.sweep is None or not page.is_file():
-            raise JobsError(404, "not a sweep job" if job.sweep is None else
-                            f"written as the sweep goes (status {job.status})", param="fine_tuning_job_id",
-                            code="not_found")
-        return page
+        if name != layout.REPORT_HTML:
+            raise JobsError(404, f"no {trial}/{name} in this sweep", param="trial", code="not_found")
+        return _sweep_page(job, trial)
+
+    def _sweep_page(job: Any, trial: str | None) -> FileResponse:
+        page = service.sweep_page(job, trial)
+        if page is None:
+            raise JobsError(404, "not a sweep job" if job.sweep is None else f"no such page in this sweep (yet: "
+                            f"status {job.status})", param="fine_tuning_job_id", code="not_found")
+        return FileResponse(page, media_type="text/html")
 
     # --- graders: try one before a job --------------------------------------------------------
 

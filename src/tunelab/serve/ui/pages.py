@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from ...jobs.errors import JobsError
-from ...runs import RunDir
+from ...runs import RunDir, layout
 from ..exports import FORMATS, zip_response
 from ..state import DEFAULT_PROJECT, State
 from ..watch_api import export_download
@@ -129,6 +129,17 @@ def add_ui_routes(app: FastAPI, state: State, sessions: Sessions) -> None:
         path = RunDir(Path(row.run_dir)).report_html if row is not None and row.run_dir else None
         if path is None or not path.is_file():
             return not_found(request, project, f"the report of {job_id}")
+        return FileResponse(path, media_type="text/html")
+
+    @app.get("/jobs/{job_id}/sweep/", include_in_schema=False)
+    @app.get("/jobs/{job_id}/sweep/{trial}/{name}", include_in_schema=False)
+    async def sweep(request: Request, job_id: str, trial: str | None = None, name: str | None = None) -> Response:
+        """A sweep job's page, and its trials' reports where it links them (trial-NNN/report.html)."""
+        project, row = job_or_404(request, job_id)
+        wanted = row is not None and (trial is None or name == layout.REPORT_HTML)
+        path = state.jobs.service.sweep_page(row, trial) if wanted else None
+        if path is None:
+            return not_found(request, project, f"the sweep page of {job_id}")
         return FileResponse(path, media_type="text/html")
 
     @app.get("/jobs/{job_id}/model", response_class=HTMLResponse, include_in_schema=False)

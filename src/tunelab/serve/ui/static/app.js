@@ -314,6 +314,7 @@ async function job() {
   let taskName = "";
   let loadingSince = 0;
   let taskPlot = null;
+  const trialsDone = new Set();  // a sweep job: the trials that have ended (finished or stopped early)
 
   const act = (what) => async () => {
     showError("job-error", null);
@@ -354,6 +355,7 @@ async function job() {
       if (known.has(e.id)) continue;  // a button's refresh and the poll may fetch the same news
       known.add(e.id);
       $("events").prepend(el("li", { class: `level-${e.level}` }, el("time", { text: when(e.created_at) }), " ", e.message));
+      if (e.data?.trial !== undefined && ["complete", "pruned"].includes(e.data.state)) trialsDone.add(e.data.trial);
       if (e.type === "metrics" && e.data?.step !== undefined && e.data.trial === undefined) {  // a sweep's trials: in its events
         const p = points.get(e.data.step) || [null, null, null];
         if (e.data.train_loss !== undefined) p[0] = e.data.train_loss;
@@ -368,9 +370,14 @@ async function job() {
     if (events.length) draw();
     $("status").replaceChildren(statusBadge(j.status));
     $("status-words").textContent = STATUS_WORDS[j.status] || "";
-    const done = j.status === "succeeded" ? 100 : total ? Math.min(100, (100 * lastStep) / total) : 0;
+    const trials = j.tunelab?.sweep ? j.tunelab.sweep.trials : null;  // a sweep: progress in trials
+    const done = j.status === "succeeded" ? 100 : trials ? Math.min(100, (100 * trialsDone.size) / trials)
+      : total ? Math.min(100, (100 * lastStep) / total) : 0;
     $("progress").value = done;
-    $("progress-text").textContent = total ? `step ${lastStep} of ${total} (${Math.round(done)}%)` : "";
+    $("progress-text").textContent = j.tunelab?.sweep ? `sweep: ${trialsDone.size} trial(s) done` +
+      (trials ? ` of ${trials}` : "") + "; each trial's steps are in the events" :
+      total ? `step ${lastStep} of ${total} (${Math.round(done)}%)` : "";
+    $("sweep-link").hidden = !j.tunelab?.sweep;
     $("eta").textContent = j.status === "running" && j.estimated_finish ?
       `About ${duration(j.estimated_finish - Date.now() / 1000)} left (finishing around ${when(j.estimated_finish)}).` : "";
     $("pause").hidden = j.status !== "running";
