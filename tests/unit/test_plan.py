@@ -88,6 +88,34 @@ def test_the_default_sweep_space_keeps_trials_short_under_a_time_budget() -> Non
     assert lr.log and lr.low < lr.high and {"peft.r", "peft.alpha", "train.batch_size"} <= set(default_space(cfg, 1, 1))
 
 
+def test_trials_of_any_length_report_at_the_same_share_of_their_training() -> None:
+    from types import SimpleNamespace as NS
+
+    from tunelab.plan.sweep import Pruning
+
+    class Trial:  # what Pruning uses of an optuna trial
+        def __init__(self) -> None:
+            self.reports: list[tuple[int, float]] = []
+
+        def report(self, value: float, step: int) -> None:
+            self.reports.append((step, value))
+
+        def should_prune(self) -> bool:
+            return False
+
+    for max_steps in (24, 63, 375):
+        trial, args = Trial(), NS(eval_strategy="steps")
+        pruning = Pruning(trial, "eval_accuracy", 4, True)
+        pruning.on_train_begin(args, NS(max_steps=max_steps), NS())
+        for step in range(1, max_steps + 1):
+            control = NS(should_evaluate=False, should_training_stop=step == max_steps)
+            pruning.on_step_end(args, NS(max_steps=max_steps, global_step=step), control)
+            if control.should_evaluate or step % 50 == 0:  # the run's own evaluations come between the points
+                pruning.on_evaluate(args, NS(global_step=step), control, metrics={"eval_accuracy": step / max_steps})
+        assert [point for point, _ in trial.reports] == [1, 2, 3, 4], max_steps
+        assert all(abs(share - point / 4) < 0.02 for point, share in trial.reports), trial.reports
+
+
 def test_the_quick_bound_grows_with_the_batch_and_full_tuning() -> None:
     lora = load_config(None, ["data.train=x.jsonl"])
     small = fit.quick_bound_mib(lora, 135_000_000, [100] * 64)

@@ -47,7 +47,8 @@ class SweepConfig(Section):
     before it at the same point."""
 
     evaluations: int = Field(4, ge=1)
-    """Validation evaluations per trial (the points where a bad trial can be pruned)."""
+    """Validation evaluations per trial, evenly spaced (the points where a bad trial can be pruned, from the
+    second on; trials compare at the same share of their training)."""
 
     storage: str | None = None
     """Where the study is kept, so a sweep resumes and several `tunelab sweep` processes share it: empty is an

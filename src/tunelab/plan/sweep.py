@@ -91,26 +91,34 @@ def _suggest(trial: Any, key: str, spec: Range | list[Any]) -> Any:
 
 
 class Pruning(TrainerCallback):
-    """Evaluates `evaluations` times in a trial, reports the metric to optuna, and stops a trial optuna prunes."""
+    """Evaluates a trial at `evaluations` evenly spaced points (a quarter of its steps each, by default), reports
+    the metric there to optuna as point 1, 2, ... and stops a trial optuna prunes. Trials of other lengths
+    (epochs, batch sizes) thus compare at the same share of their training; the run's own evaluations between
+    those points are not reported (they would shift the numbering)."""
 
     def __init__(self, trial: Any, metric: str | None, evaluations: int, enabled: bool) -> None:
         self.trial, self.metric, self.evaluations, self.enabled = trial, metric, evaluations, enabled
+        self.points: dict[int, int] = {}  # step -> its point number
         self.reported = 0
         self.pruned = False
 
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        n = self.evaluations
+        self.points = {math.ceil(k * state.max_steps / n): k for k in range(1, n + 1)}
+
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
-        every = max(1, state.max_steps // self.evaluations)
-        if self.metric and args.eval_strategy != "no" and state.global_step % every == 0:
+        if self.metric and args.eval_strategy != "no" and state.global_step in self.points:
             control.should_evaluate = True
         return control
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kw: Any) -> None:
         value = (metrics or {}).get(self.metric or "")
-        if value is None or not math.isfinite(value):
+        point = self.points.get(state.global_step)
+        if value is None or not math.isfinite(value) or point is None:
             return
-        self.reported += 1  # the n-th evaluation: trials with other batch sizes compare at the same share of training
-        self.trial.report(float(value), self.reported)
+        self.reported += 1
+        self.trial.report(float(value), point)
         # a run already stopping (Ctrl-C, its last step) ends as it is: a user's Ctrl-C must stop the sweep
         if self.enabled and not control.should_training_stop and self.trial.should_prune():
             self.pruned = True
@@ -136,7 +144,8 @@ def open_study(cfg: TunelabConfig, objective: Objective) -> Any:
     storage = RDBStorage(storage_url(cfg), heartbeat_interval=30, grace_period=120,
                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
     sampler = optuna.samplers.TPESampler(seed=cfg.sweep.seed, n_startup_trials=min(4, cfg.sweep.trials or 4))
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    # not at the first point: early on a slow starter (a low learning rate) looks worse than it ends
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
     return optuna.create_study(storage=storage, study_name=str(cfg.name), direction=objective.direction,
                                sampler=sampler, pruner=pruner, load_if_exists=True)
 
