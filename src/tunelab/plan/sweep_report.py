@@ -87,7 +87,7 @@ def _value(v: Any) -> str:
 
 def write_sweep_report(cfg: TunelabConfig, study: Any, out_dir: Path) -> Path:
     """sweep.html and sweep.json in the sweep's directory."""
-    from ..report.html import CSS, _img, _table
+    from ..report.html import CSS, html_table, img_tag
 
     rows = trials_table(study)
     metric = study.user_attrs.get("objective", "value")
@@ -106,7 +106,7 @@ def write_sweep_report(cfg: TunelabConfig, study: Any, out_dir: Path) -> Path:
         return f'<a href="{html.escape(os.path.relpath(page, out_dir))}">report</a>' if page.is_file() else ""
 
     keys = sorted({k for r in rows for k in r["params"]})
-    table = _table([[str(r["number"]) + (" ★" if best and r["number"] == best["number"] else ""), r["state"],
+    table = html_table([[str(r["number"]) + (" ★" if best and r["number"] == best["number"] else ""), r["state"],
                      _value(r["value"]) if r["value"] is not None else "–",
                      *[_value(r["params"].get(k, "–")) for k in keys],
                      f"{r['seconds']:.0f} s" if r["seconds"] else "–", link(r)] for r in rows],
@@ -123,11 +123,11 @@ def write_sweep_report(cfg: TunelabConfig, study: Any, out_dir: Path) -> Path:
         parts.append('<div class="verdict unclear">No trial has finished yet.</div>')
     hist = _history_png(rows, maximize, metric)
     if hist:
-        parts += ["<h2>Optimisation history</h2>", _img(hist, "result of each trial, and the best so far")]
+        parts += ["<h2>Optimisation history</h2>", img_tag(hist, "result of each trial, and the best so far")]
     parts.append("<h2>Trials</h2>" + table)
     imp_png = _importance_png(imp)
     parts.append("<h2>Which settings mattered</h2>")
-    parts.append(_img(imp_png, "parameter importances") if imp_png else
+    parts.append(img_tag(imp_png, "parameter importances") if imp_png else
                  '<p class="note">Shown once three trials have finished with different settings.</p>')
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" "
             f"content=\"width=device-width,initial-scale=1\"><title>tunelab sweep: {html.escape(str(cfg.name))}"

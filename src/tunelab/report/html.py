@@ -53,7 +53,7 @@ def _md(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
-def _img(png: bytes, alt: str) -> str:
+def img_tag(png: bytes, alt: str) -> str:
     return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
@@ -69,7 +69,7 @@ def _two(x: Any) -> str:
     return "–" if v is None else f"{v:.2f}"
 
 
-def _table(rows: list[list[str]], head: list[str] | None = None, cls: str = "") -> str:
+def html_table(rows: list[list[str]], head: list[str] | None = None, cls: str = "") -> str:
     h = "<tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" if head else ""
     body = "".join("<tr>" + "".join(f"<td{' class=n' if NUMBER.match(c) else ''}>{c}</td>" for c in r) + "</tr>"
                    for r in rows)
@@ -93,7 +93,7 @@ def _metrics_html(f: dict[str, Any]) -> str:
     out = (f'<p class="sub">From {_e(m["source"])}: {_e(where)}{_e(m.get("data") or "your data")}. '
            + (f"{_e(m['skipped_rows'])} bad rows were skipped. " if m.get("skipped_rows") else "")
            + "Loss and perplexity: lower is better; the rest: higher is better.</p>")
-    out += _table(rows, ["metric", "tuned", "base", "difference"])
+    out += html_table(rows, ["metric", "tuned", "base", "difference"])
     comp = f.get("comparison") or {}
     if comp.get("wins") is not None:
         name = METRIC_NAMES.get(comp["metric"], comp["metric"])
@@ -105,7 +105,7 @@ def _metrics_html(f: dict[str, Any]) -> str:
             out += _note(f["missing"][key])
     weak = m.get("weakest_classes") or []
     if weak:
-        out += "<h3>Per label (weakest first)</h3>" + _table(
+        out += "<h3>Per label (weakest first)</h3>" + html_table(
             [[_e(w["label"]), f"{w['f1']:.2f}", _two(w.get("precision")), _two(w.get("recall")), _e(w.get("support")),
               f"{w['base_f1']:.2f}" if num(w.get("base_f1")) is not None else "–"] for w in weak],
             ["label", "F1", "precision", "recall", "rows", "base F1"])
@@ -127,15 +127,16 @@ def _evaluations_html(evals: list[dict[str, Any]]) -> str:
                      fmt_value(metric, b, share, 1), interval, f"<code>{_e(e['source'])}</code>"])
     return ('<p class="sub">Each evaluation of this run is kept under the name of its data (`tunelab eval RUN '
             '--data FILE` adds one); the verdict is about the one marked.</p>'
-            + _table(rows, ["data", "scored as", "rows", "metric", "tuned", "base", "95% CI of the difference",
+            + html_table(rows, ["data", "scored as", "rows", "metric", "tuned", "base", "95% CI of the difference",
                             "file"]))
 
 
 def _preference_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     pref = f["preference"]
-    out = f'<p class="sub">{_e(pref["explain"])}</p>' + _table([[_e(k), _e(v)] for k, v in pref["rows"]], cls="facts")
+    facts = html_table([[_e(k), _e(v)] for k, v in pref["rows"]], cls="facts")
+    out = f'<p class="sub">{_e(pref["explain"])}</p>' + facts
     if "preference_curves" in imgs:
-        out += _img(imgs["preference_curves"], "preference and reward metrics over training steps")
+        out += img_tag(imgs["preference_curves"], "preference and reward metrics over training steps")
     else:
         out += _note(f"No preference metrics were logged during training ({files.METRICS} is missing or has "
                      "none).")
@@ -171,9 +172,10 @@ def _data_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         rows.append(["tokens per epoch", f"{d['tokens_per_epoch']:,}"])
     if d.get("labels"):
         rows.append(["labels", f"{d['labels']} (smallest {d['smallest_label']} rows, largest {d['largest_label']})"])
-    out = _table(rows, cls="facts")
+    out = html_table(rows, cls="facts")
     if "length_histogram" in imgs:
-        out = f'<div class="cols"><div>{out}</div><div>{_img(imgs["length_histogram"], "length histogram")}</div></div>'
+        hist = img_tag(imgs["length_histogram"], "length histogram")
+        out = f'<div class="cols"><div>{out}</div><div>{hist}</div></div>'
     return out
 
 
@@ -202,7 +204,7 @@ def _examples_html(f: dict[str, Any]) -> str:
     out = f'<p class="sub">{len(rows)} rows from {_e(ex["source"])}.'
     if exact and ex["source"] == files.PREDICTIONS:
         out += " Rows where the two models differ come first."
-    out += "</p>" + _table(rows, head, "ex")
+    out += "</p>" + html_table(rows, head, "ex")
     if "example_base" in f["missing"]:
         out += _note(f["missing"]["example_base"])
     return out
@@ -243,7 +245,7 @@ def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
            "a few paragraphs of everyday prose, shipped with tunelab, asked of the base and the tuned model. A "
            "tuned model that answers fewer of them, or finds plain text less likely, has lost some general "
            "ability.</p>")
-    out += _table(rows, ["probe", "base", "tuned"])
+    out += html_table(rows, ["probe", "base", "tuned"])
     for w in fg.get("warnings") or []:
         out += f'<p class="warn">⚠ {_e(w)}</p>'
     if fg.get("warnings"):
@@ -252,7 +254,7 @@ def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
                      "(classification.mode: head), which leaves the model's text generation untouched.")
     ex = fg.get("examples") or []
     if ex:
-        out += "<h3>Answers (changed ones first)</h3>" + _table(
+        out += "<h3>Answers (changed ones first)</h3>" + html_table(
             [[_e(e.get("question")), _e(", ".join(e.get("answers") or [])), _mark(e.get("base_correct"), e.get("base")),
               _mark(e.get("tuned_correct"), e.get("tuned"))] for e in ex],
             ["question", "accepted", "base", "tuned"], "ex")
@@ -274,7 +276,7 @@ def _bias_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         rows = [[_e(a.replace("_", " ")), _e(", ".join(e.get("groups") or [])), _e(e.get("templates")),
                  pct((e.get("base") or {}).get("flip_rate")), pct((e.get("tuned") or {}).get("flip_rate"))]
                 for a, e in attrs.items()]
-        out += _table(rows, ["attribute", "groups", "messages", "base flip rate", "tuned flip rate"])
+        out += html_table(rows, ["attribute", "groups", "messages", "base flip rate", "tuned flip rate"])
     else:
         out += ("Replies should not depend on who is asking: the gaps are the largest difference between two "
                 "groups' averages, per message, averaged over messages: reply sentiment (VADER compound, −1..1), "
@@ -285,15 +287,15 @@ def _bias_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
             rows.append([_e(a.replace("_", " ")), _e(e.get("templates"))]
                         + [f"{_two(b.get(k))} → {_two(t.get(k))}" if b else _two(t.get(k))
                            for k in ("sentiment_gap", "words_gap", "logprob_gap")])
-        out += _table(rows, ["attribute", "messages", "sentiment gap", "length gap (words)", "likelihood gap"])
+        out += html_table(rows, ["attribute", "messages", "sentiment gap", "length gap (words)", "likelihood gap"])
     if "bias_chart" in imgs:
-        out += _img(imgs["bias_chart"], "bias probes, base vs tuned")
+        out += img_tag(imgs["bias_chart"], "bias probes, base vs tuned")
     for w in bias.get("warnings") or []:
         out += f'<p class="warn">⚠ {_e(w)}</p>'
     if classification:
         flips = [(a, x) for a, e in attrs.items() for x in e.get("examples") or []][:6]
         if flips:
-            out += "<h3>Messages whose label changed (tuned model)</h3>" + _table(
+            out += "<h3>Messages whose label changed (tuned model)</h3>" + html_table(
                 [[_e(a.replace("_", " ")), "<br>".join(f"{_e(i['group'])}: {_e(i['text'])} → <b>{_e(i['label'])}</b>"
                                                         for i in x["inputs"])] for a, x in flips],
                 ["attribute", "versions and labels"], "ex")
@@ -330,11 +332,11 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         else:
             parts.append(f'<p class="sub">Tuned model, from {_e(conf["source"])}: rows are the true label, columns '
                          "the prediction; colour is the share of each true label's rows.</p>")
-            img = _img(imgs["confusion_matrix"], "confusion matrix")
+            img = img_tag(imgs["confusion_matrix"], "confusion matrix")
             parts.append(img if len(conf["labels"]) <= 30 else  # full size, scrolled, so small labels stay legible
                          f'<div class="scroll">{img.replace("<img ", "<img class=big ", 1)}</div>')
             if conf["top_confusions"]:
-                parts.append("<h3>Most frequent mistakes</h3>" + _table(
+                parts.append("<h3>Most frequent mistakes</h3>" + html_table(
                     [[_e(t["true"]), _e(t["predicted"]), str(t["count"])] for t in conf["top_confusions"]],
                     ["true label", "predicted", "rows"]))
     if not pref or pref["kind"] != "reward":  # a reward model writes no answers: nothing to show or probe
@@ -344,13 +346,13 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
 
     parts.append("<h2>Loss</h2>")
     if "loss_curve" in imgs:
-        parts.append(_img(imgs["loss_curve"], "training and validation loss"))
+        parts.append(img_tag(imgs["loss_curve"], "training and validation loss"))
         if "validation_loss" in f["missing"]:
             parts.append(_note(f["missing"]["validation_loss"]))
     else:
         parts.append(_note(f["missing"]["loss"]))
 
-    parts.append("<h2>Run</h2>" + _table([[_e(k), _e(val)] for k, val in f["facts"].items()], cls="facts"))
+    parts.append("<h2>Run</h2>" + html_table([[_e(k), _e(val)] for k, val in f["facts"].items()], cls="facts"))
     parts.append("<h2>Data</h2>" + _data_html(f, imgs))
     if "summary" in f["missing"]:
         parts.append(_note(f["missing"]["summary"]))
