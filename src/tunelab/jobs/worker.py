@@ -411,9 +411,10 @@ def _best_trial(sweep: Path) -> dict[str, Any] | None:
     best = facts.get("best")
     if not best or not best.get("run_dir"):
         return None
-    shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in best["params"].items())
+    from ..plan.sweep import shown
+
     return {"number": best["number"], "value": best["value"], "objective": facts.get("metric"),
-            "params": best["params"], "run_dir": best["run_dir"], "shown": shown}
+            "params": best["params"], "run_dir": best["run_dir"], "shown": shown(best["params"])}
 
 
 class _SweepTail:
@@ -431,8 +432,10 @@ class _SweepTail:
         self.count = (job.sweep or {}).get("trials")
 
     def _lines(self) -> list[dict[str, Any]]:
+        from ..plan.sweep import TRIALS
+
         try:
-            text = (self.sweep / "trials.jsonl").read_text()
+            text = (self.sweep / TRIALS).read_text()
         except OSError:
             return []
         out = []
@@ -451,13 +454,14 @@ class _SweepTail:
         return int(min(ends)) if ends else None
 
     def forward(self) -> None:
+        from ..plan.sweep import shown
+
         lines = self._lines()
         self.trials = [RunDir(Path(r["run_dir"])) for r in lines if r.get("state") in ("complete", "pruned",
                                                                                         "interrupted")]
         for r in lines[self.seen:]:
             n, state = r.get("trial"), r.get("state")
-            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in (r.get("params") or {}).items())
+            params = shown(r.get("params") or {})
             if state == "started":
                 self.trial = _Tail(self.db, self.job, RunDir(Path(r["run_dir"])), self.work, trial=int(n))
                 add_event(self.db, self.job.id, f"Trial {n} started: {params}", data={"trial": n})

@@ -218,7 +218,7 @@ def run_sweep(cfg: TunelabConfig, console: Console | None = None, *, n_params: i
     def objective(trial: Any) -> float:
         params = {k: _suggest(trial, k, v) for k, v in space.items()}
         tcfg = trial_config(cfg, params, trial.number)
-        console.rule(f"trial {trial.number}: {_shown(params)}")
+        console.rule(f"trial {trial.number}: {shown(params)}")
         record(cfg, trial.number, "started", params=params)
         pruning = Pruning(trial, obj.during, s.evaluations, s.pruning)
         t0 = time.perf_counter()
@@ -273,7 +273,7 @@ def finish(cfg: TunelabConfig, study: Any, console: Console) -> Path | None:
     page = write_sweep_report(cfg, study, sweep_dir(cfg))
     if best is not None:
         console.print(f"Best: trial {best.number}, {study.user_attrs.get('objective')} {best.value:.4f} with "
-                      + _shown(best.params) + f"\nBest config: {sweep_dir(cfg) / 'best.yaml'}  "
+                      + shown(best.params) + f"\nBest config: {sweep_dir(cfg) / 'best.yaml'}  "
                       f"(train it: tunelab train {sweep_dir(cfg) / 'best.yaml'})")
     console.print(f"Sweep report: {page}")
     return page
@@ -286,5 +286,6 @@ def _best(study: Any) -> Any:
         return None
 
 
-def _shown(params: dict[str, Any]) -> str:
+def shown(params: dict[str, Any]) -> str:
+    """A trial's settings on one line: key=value, floats to 3 significant digits."""
     return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
