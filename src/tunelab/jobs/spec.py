@@ -84,11 +84,10 @@ def sweep_overrides(req: JobCreate) -> list[str]:
     sweep = req.tunelab.sweep if req.tunelab else None
     if sweep is None:
         return []
-    out = [f"sweep.{key}={json.dumps(value)}" for key, value in sweep.items()]
     if "storage" in sweep:
         raise invalid("tunelab.sweep.storage is set by the job itself (the study lives in the job's directory)",
                       param="tunelab.sweep.storage")
-    return out
+    return [f"sweep.{key}={json.dumps(value)}" for key, value in sweep.items()]
 
 
 def _origin(key: str) -> str:
