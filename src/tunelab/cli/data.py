@@ -78,6 +78,7 @@ def check_cmd(
     _print_problems(rep.errors, rep.warnings)
     if isinstance(rep, PreferenceReport):
         _print_preference(rep, file)
+        _print_curation(rep.curation, file)
         _print_estimate(measured)
         raise typer.Exit(1 if rep.errors else 0)
     t = Table(title=f"Data report: {file}", show_header=False)
@@ -97,9 +98,25 @@ def check_cmd(
                   f"largest {max(rep.labels.values())})")
     console.print(t)
     _print_histogram(rep.length_histogram, "length in tokens")
+    _print_curation(rep.curation, file)
     _print_estimate(measured)
     console.print("[red bold]FAILED[/]" if rep.errors else "[green bold]OK[/]")
     raise typer.Exit(1 if rep.errors else 0)
+
+
+def _print_curation(cur: dict[str, Any], file: str) -> None:
+    steps = cur.get("steps") or {}
+    if not steps:
+        if cur:
+            console.print("[bold]Curation:[/] no duplicates, personal data, suspect labels or low-quality rows found")
+        return
+    names = {"duplicates": "exact or near-duplicates", "leaks": "leaks", "personal_data": "rows with personal data",
+             "labels": "suspect labels", "quality": "low-quality rows", "unreadable": "unreadable rows"}
+    console.print(f"[bold]Curation[/] (`tunelab data curate {file} --out DIR` fixes these and lists every row):")
+    for step, acts in steps.items():
+        console.print(f"  {names.get(step, step)}: [yellow]{sum(acts.values())}[/]", highlight=False)
+        for f in cur.get("examples", {}).get(step, []):
+            console.print(f"    [dim]{f['where']}[/]: {f['reason']}", highlight=False)
 
 
 def _print_problems(errors: list[Problem], warnings: list[Problem]) -> None:
@@ -139,3 +156,8 @@ def _print_preference(rep: PreferenceReport, file: str) -> None:
     console.print(t)
     _print_histogram(rep.length_histogram, "prompt + longer reply, in tokens")
     console.print("[red bold]FAILED[/]" if rep.errors else "[green bold]OK[/]")
+
+
+from .data_curate import curate_cmd  # noqa: E402  (after `app`, which it is registered on)
+
+app.command("curate")(curate_cmd)

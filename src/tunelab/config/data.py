@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import Field
 
 from .base import Section
+from .curate import CurateConfig
 
 DataFormat = Literal["auto", "chat", "alpaca", "sharegpt", "completion", "text", "classification"]
 
@@ -43,3 +44,8 @@ class DataConfig(Section):
 
     limit: int | None = Field(None, gt=0)
     """Train on a seeded random sample of N rows (after the validation split): quick experiments."""
+
+    curate: CurateConfig | None = None
+    """Curate the rows before training, as `tunelab data curate` does (duplicates, leaks, personal data, suspect
+    labels, quality filters; every removed or changed row listed in the run's curation report). Empty: only
+    leaks between the training and validation data are looked for, and reported as warnings."""

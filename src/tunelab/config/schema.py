@@ -105,6 +105,8 @@ ONLY_FOR: dict[str, tuple[tuple[str, ...], str]] = {
     "data.too_long": (("sft",), "TRL's trainers truncate preference pairs and prompts themselves"),
     "data.train_on": (("sft",), "preference and RL losses are on the answers by definition"),
     "data.cache": (("sft",), "only supervised rows are tokenised ahead and cached"),
+    "data.curate": (("sft",), "curate preference and RL files first with `tunelab data curate`, then train on "
+                    "the curated copy"),
     "train.packing": (("sft",), "preference pairs and sampled answers are batched by TRL"),
     "train.label_only_logits": (("sft",), "TRL computes the preference and RL losses itself"),
     "train.loss_chunk_tokens": (("sft",), "TRL computes the preference and RL losses itself"),

@@ -34,9 +34,21 @@ def check(
     columns: dict[str, str] | None = None,
     too_long: str = TOO_LONG,
     tokenize: bool = True,
+    curate: bool = True,
 ) -> DataReport | PreferenceReport:
-    """Validate a data source; with tokenize, count tokens with the model's tokenizer and estimate time.
+    """Validate a data source; with tokenize, count tokens with the model's tokenizer and estimate time; with
+    curate, summarise what `tunelab data curate` would find (duplicates, personal data, suspect labels...).
     Preference data (a preference format given, or detected from the first row) gets a PreferenceReport."""
+    rep = _check(path, fmt, model, max_length, columns, too_long, tokenize)
+    if curate and rep.rows:
+        from .curate.run import preview
+
+        rep.curation = preview(path, fmt, columns)
+    return rep
+
+
+def _check(path: str, fmt: str, model: str | None, max_length: int, columns: dict[str, str] | None, too_long: str,
+           tokenize: bool) -> DataReport | PreferenceReport:
     preference = fmt in PREFERENCE_FORMATS or (fmt == "auto" and is_preference_file(path, columns))
     tokenizer, tps = _tokenizer_and_speed(model) if tokenize else (None, None)
     if preference:

@@ -46,6 +46,7 @@ class DataReport:
     labels: dict[str, int] = field(default_factory=dict)
     est_tokens_per_epoch: int = 0
     est_seconds_per_epoch: float | None = None
+    curation: dict[str, Any] = field(default_factory=dict)  # what `data curate` would remove, change or flag
 
     @property
     def ok(self) -> bool:
@@ -164,6 +165,7 @@ class PreferenceReport:
     length_histogram: list[tuple[int, int, int]] = field(default_factory=list)  # prompt + longer reply
     est_tokens_per_epoch: int = 0  # both sequences of every pair, each capped at max_length
     est_seconds_per_epoch: float | None = None
+    curation: dict[str, Any] = field(default_factory=dict)  # what `data curate` would remove, change or flag
 
     @property
     def ok(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,15 +138,38 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
     if compare_base and (lm.resolved.run is None or lm.resolved.adapter is None):
         raise ModelError("--compare-base needs a tunelab run directory trained with an adapter: "
                          "it compares the run with its own base model")
+    overlap = _training_overlap(lm, records, console)
     console.print(f"Scoring {len(records)} rows with {ref}")
     result = evaluate_records(lm, records, data_name=str(data), skipped=loaded.errors, compare_base=compare_base,
                               max_new_tokens=max_new_tokens, max_length=max_length, batch_size=batch_size,
                               console=console)
+    if overlap is not None:
+        result["training_overlap"] = overlap
     if lm.resolved.run is not None:  # kept beside the run's other evaluations, named after the data
         kept = RunDir(lm.resolved.run).write_evaluation(result)
         console.print(f"Kept in {kept}; `tunelab report {lm.resolved.run}` shows it beside the run's other "
                       "evaluations", highlight=False)
     return result
+
+
+def _training_overlap(lm: LoadedModel, records: list[Record], console: Console) -> int | None:
+    """How many evaluation rows copy (exactly or nearly) a row the run trained on, with a warning: scores on
+    them say little about new questions. None when the model is not a run or its training file is gone."""
+    from ..data.curate.leaks import leaks
+    from ..data.curate.rows import Row
+
+    cfg = lm.run_config() if lm.resolved.run is not None else None
+    if cfg is None or not cfg.data.train or not Path(cfg.data.train).exists():
+        return None
+    train = load_records(cfg.data.train, cfg.data.format, cfg.data.columns).records
+    found = leaks([Row(r.where, {}, r) for r in train], [Row(r.where, {}, r, "validation") for r in records],
+                  (cfg.data.curate.similarity if cfg.data.curate else 0.8), "flag")
+    if found:
+        console.print(f"[yellow]warning: {len(found)} of the {len(records)} evaluation rows copy rows the run "
+                      f"trained on (exactly or nearly), e.g. {found[0].where}: {found[0].reason}. Scores on them "
+                      "are optimistic; `tunelab data curate TRAIN --eval DATA --out DIR` removes such rows from "
+                      "the training data.[/]", highlight=False)
+    return len(found)
 
 
 def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, skipped: Sequence[Problem] = (),

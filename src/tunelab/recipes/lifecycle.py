@@ -49,6 +49,7 @@ class Prepared:
     data: Any  # the method's own: rows, pairs or prompts, its task...
     report: dict[str, Any]  # data_report.json
     skipped: list[Problem] = field(default_factory=list)  # bad rows left out (data.on_error: skip)
+    curation: dict[str, Any] | None = None  # data.curate: what was removed, changed, flagged (curation.json)
 
 
 class Rehearsal(Protocol):
@@ -270,7 +271,7 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
     reporter.event(f"Run {'resumed' if resume else 'started'}: method {cfg.method}, base {cfg.model.base}")
     sigint = signal.getsignal(signal.SIGINT)
     try:
-        skipped_file = run.write_data_report(prepared.report, prepared.skipped)
+        skipped_file = run.write_data_report(prepared.report, prepared.skipped, prepared.curation)
         if skipped_file:
             console.print(f"[yellow]Skipped {len(prepared.skipped)} bad row(s); see {skipped_file}[/]")
         model = recipe.train(session, prepared)

@@ -90,6 +90,29 @@ def _load(cfg: TunelabConfig, path: str) -> Loaded:
     return load_records(path, cfg.data.format, cfg.data.columns, prompt)
 
 
+def _curate(cfg: TunelabConfig, loaded: Loaded, val: Loaded | None) -> tuple[Loaded, Loaded | None, dict[str, Any]]:
+    """data.curate: the rows the run keeps, and what curation found (the run keeps it in curation.json).
+    Without the section only leaks between the training and validation files are looked for, as warnings."""
+    from dataclasses import replace
+
+    from ..config.curate import CurateConfig
+    from ..data.curate.rows import Row
+    from ..data.curate.run import curate, read
+
+    c = cfg.data.curate or CurateConfig(duplicates=False, leaks="warn", personal_data="off", labels="off",
+                                        quality={"empty": False, "max_chars": None, "boilerplate": False})
+    if cfg.data.curate is None and val is None:
+        return loaded, val, {}
+    train = [Row(r.where, {}, r) for r in loaded.records]
+    val_rows = [Row(r.where, {}, r, "validation") for r in val.records] if val else []
+    result = curate(train, c, val_rows, read(c.evaluation)[0] if c.evaluation else [], cfg.train.seed)
+    if cfg.data.curate is None:
+        return loaded, val, {"leaks": [f.to_dict() for f in result.findings]} if result.findings else {}
+    kept = replace(loaded, records=[r.record for r in result.train if r.record is not None])
+    kept_val = replace(val, records=[r.record for r in result.validation if r.record is not None]) if val else None
+    return kept, kept_val, result.to_dict() | {"texts": result.texts}
+
+
 def _encode(cfg: TunelabConfig, path: str, loaded: Loaded, encode: Any, tokenizer: Any,
             task: TaskLabels) -> tuple[list[Example], DataReport]:
     def build() -> tuple[list[Example], DataReport]:
@@ -103,6 +126,8 @@ def _encode(cfg: TunelabConfig, path: str, loaded: Loaded, encode: Any, tokenize
     settings = {"format": d.format, "columns": d.columns, "system_prompt": d.system_prompt, "train_on": d.train_on,
                 "too_long": d.too_long, "max_length": cfg.model.max_length, "task": cfg.task, "labels": task.labels,
                 "display": task.display, "head": task.head}
+    if d.curate is not None:  # curated rows differ from the file's: a cache entry of their own
+        settings["curate"] = d.curate.model_dump() | {"seed": cfg.train.seed, "validation": d.validation}
     result, _ = cached(path, tokenizer, settings, build)
     return result
 
@@ -114,14 +139,15 @@ def _generation_rows(val: list[Example]) -> bool:
 def prepare(start: Start) -> Prepared:
     """Training and validation rows, tokenised and checked: every problem is found before anything is written."""
     cfg, tokenizer = start.cfg, start.tokenizer
-    loaded = _load(cfg, cfg.data.train)
+    loaded, val_loaded, curation = _curate(cfg, _load(cfg, cfg.data.train),
+                                           _load(cfg, cfg.data.validation) if cfg.data.validation else None)
     task = _task(cfg, loaded)
     encode = _encoder(cfg, task, tokenizer)
     train_ex, rep = _encode(cfg, cfg.data.train, loaded, encode, tokenizer, task)
     _check(rep, cfg, "training")
     skipped = list(rep.errors)
-    if cfg.data.validation:
-        val_ex, val_rep = _encode(cfg, cfg.data.validation, _load(cfg, cfg.data.validation), encode, tokenizer, task)
+    if cfg.data.validation and val_loaded is not None:
+        val_ex, val_rep = _encode(cfg, cfg.data.validation, val_loaded, encode, tokenizer, task)
         _check(val_rep, cfg, "validation")
         skipped += val_rep.errors
     else:
@@ -138,7 +164,10 @@ def prepare(start: Start) -> Prepared:
                           "completion task with prompt/answer validation rows (data.validation or data.val_fraction)")
     report = rep.to_dict() | {"train_rows": len(train_ex), "validation_rows": len(val_ex),
                               "train_validation_overlap": n_overlap}
-    return Prepared(Rows(task, train_ex, val_ex, n_overlap), report, skipped)
+    if "leaks" in curation:  # no data.curate: near copies are warned about, not removed
+        report["train_validation_leaks"] = len(curation["leaks"])
+    return Prepared(Rows(task, train_ex, val_ex, n_overlap), report, skipped,
+                    curation=curation if "findings" in curation else None)
 
 
 # --- scoring ---------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from ..runs import RunDir
 from ..runs import layout as files
 from ..version import __version__
 from . import plots
+from .curation import body as curation_body
+from .curation import curation_facts
 from .facts import (
     comparison,
     confusion,
@@ -99,7 +101,11 @@ def write_report(run_dir: str | Path) -> tuple[Path, Path]:
     facts = build(run)
     imgs = charts(run, facts)
     facts["charts"] = sorted(imgs)
-    return RunDir(run.path).write_report(render_html(facts, imgs),
+    cur = facts.get("curation")
+    sections = {"curation": curation_body(cur, level=3) + (
+        f'<p class="sub">The first of {cur["total_findings"]:,} findings; all of them are in {files.CURATION}.</p>')
+                } if cur else {}
+    return RunDir(run.path).write_report(render_html(facts, imgs, sections),
                                          json.dumps(_clean(facts), indent=2, default=str, allow_nan=False) + "\n")
 
 
@@ -169,6 +175,7 @@ def build(run: Run) -> dict[str, Any]:
         "verdict": _with_probes(pref["verdict"] if pref and comp is None else verdict(run, comp, metrics), probes),
         "comparison": comp, "preference": pref,
         "facts": dict(run_facts(run)), "resolved": run.resolved, "data": data_facts(run),
+        "curation": curation_facts(run.curation),
         "loss": {"train_points": len(train), "eval": [list(p) for p in evals],
                  "first_train_loss": train[0][1] if train else None, "last_train_loss": train[-1][1] if train else None,
                  "best_eval_loss": min(v for _, v in evals) if evals else None},

@@ -239,6 +239,7 @@ def data_facts(run: Run) -> dict[str, Any] | None:
            "dropped_too_long": d.get("dropped_too_long"), "max_length": d.get("max_length"),
            "train_rows": d.get("train_rows"), "validation_rows": d.get("validation_rows"),
            "train_validation_overlap": d.get("train_validation_overlap"),
+           "train_validation_leaks": d.get("train_validation_leaks"),
            "tokens_per_epoch": d.get("est_tokens_per_epoch"),
            "length_histogram": [list(b) for b in d.get("length_histogram") or [] if len(b) == 3]}
     for unit in ("pairs", "prompts"):  # preference and RL runs count pairs or prompts, not rows

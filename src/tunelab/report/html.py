@@ -43,22 +43,22 @@ footer{color:#9ca3af;font-size:12px;margin-top:32px}
 """
 
 
-def _e(x: Any) -> str:
+def esc(x: Any) -> str:
     return html.escape("" if x is None else str(x))
 
 
-def _md(text: str) -> str:
+def md(text: str) -> str:
     """Escape, then show `backticked` commands as code."""
-    parts = _e(text).split("`")
+    parts = esc(text).split("`")
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
 def img_tag(png: bytes, alt: str) -> str:
-    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+    return f'<img alt="{esc(alt)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
 
 
 def _note(text: str) -> str:
-    return f'<p class="note">{_md(text)}</p>'
+    return f'<p class="note">{md(text)}</p>'
 
 
 NUMBER = re.compile(r"^[+−]?[\d.,]+(%| pts| s)?$|^–$")
@@ -88,25 +88,25 @@ def _metrics_html(f: dict[str, Any]) -> str:
         t, b = num(tuned.get(k)), num(base.get(k))
         share = is_share(k, t, b)
         diff = fmt_diff(t - b, share, 1) + (" pts" if share else "") if t is not None and b is not None else "–"
-        rows.append([_e(METRIC_NAMES.get(k, k)), fmt_value(k, t, share, 1), fmt_value(k, b, share, 1), diff])
+        rows.append([esc(METRIC_NAMES.get(k, k)), fmt_value(k, t, share, 1), fmt_value(k, b, share, 1), diff])
     where = f"{m['rows']} rows of " if m.get("rows") else ""
-    out = (f'<p class="sub">From {_e(m["source"])}: {_e(where)}{_e(m.get("data") or "your data")}. '
-           + (f"{_e(m['skipped_rows'])} bad rows were skipped. " if m.get("skipped_rows") else "")
+    out = (f'<p class="sub">From {esc(m["source"])}: {esc(where)}{esc(m.get("data") or "your data")}. '
+           + (f"{esc(m['skipped_rows'])} bad rows were skipped. " if m.get("skipped_rows") else "")
            + "Loss and perplexity: lower is better; the rest: higher is better.</p>")
     out += html_table(rows, ["metric", "tuned", "base", "difference"])
     comp = f.get("comparison") or {}
     if comp.get("wins") is not None:
         name = METRIC_NAMES.get(comp["metric"], comp["metric"])
-        out += (f'<p class="sub">Row by row on {_e(name)}: the tuned model did better on {_e(comp["wins"])} rows, '
-                f'worse on {_e(comp.get("losses"))}, the same on {_e(comp.get("ties"))}.'
-                + (f' Interval: {_e(comp["method"])}.' if comp.get("method") else "") + "</p>")
+        out += (f'<p class="sub">Row by row on {esc(name)}: the tuned model did better on {esc(comp["wins"])} rows, '
+                f'worse on {esc(comp.get("losses"))}, the same on {esc(comp.get("ties"))}.'
+                + (f' Interval: {esc(comp["method"])}.' if comp.get("method") else "") + "</p>")
     for key in ("base", "eval_task"):
         if key in f["missing"]:
             out += _note(f["missing"][key])
     weak = m.get("weakest_classes") or []
     if weak:
         out += "<h3>Per label (weakest first)</h3>" + html_table(
-            [[_e(w["label"]), f"{w['f1']:.2f}", _two(w.get("precision")), _two(w.get("recall")), _e(w.get("support")),
+            [[esc(w["label"]), f"{w['f1']:.2f}", _two(w.get("precision")), _two(w.get("recall")), esc(w.get("support")),
               f"{w['base_f1']:.2f}" if num(w.get("base_f1")) is not None else "–"] for w in weak],
             ["label", "F1", "precision", "recall", "rows", "base F1"])
     return out
@@ -122,9 +122,9 @@ def _evaluations_html(evals: list[dict[str, Any]]) -> str:
         ci = e.get("ci95")
         interval = (f"{fmt_diff(ci[0], share, 1)} to {fmt_diff(ci[1], share, 1)}" if isinstance(ci, list)
                     and len(ci) == 2 and all(num(x) is not None for x in ci) else "–")
-        rows.append([_e(e.get("data")) + (" <b>(verdict)</b>" if e.get("headline") else ""), _e(e.get("task")),
-                     _e(e.get("rows")), _e(METRIC_NAMES.get(metric, metric)), fmt_value(metric, t, share, 1),
-                     fmt_value(metric, b, share, 1), interval, f"<code>{_e(e['source'])}</code>"])
+        rows.append([esc(e.get("data")) + (" <b>(verdict)</b>" if e.get("headline") else ""), esc(e.get("task")),
+                     esc(e.get("rows")), esc(METRIC_NAMES.get(metric, metric)), fmt_value(metric, t, share, 1),
+                     fmt_value(metric, b, share, 1), interval, f"<code>{esc(e['source'])}</code>"])
     return ('<p class="sub">Each evaluation of this run is kept under the name of its data (`tunelab eval RUN '
             '--data FILE` adds one); the verdict is about the one marked.</p>'
             + html_table(rows, ["data", "scored as", "rows", "metric", "tuned", "base", "95% CI of the difference",
@@ -133,8 +133,8 @@ def _evaluations_html(evals: list[dict[str, Any]]) -> str:
 
 def _preference_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     pref = f["preference"]
-    facts = html_table([[_e(k), _e(v)] for k, v in pref["rows"]], cls="facts")
-    out = f'<p class="sub">{_e(pref["explain"])}</p>' + facts
+    facts = html_table([[esc(k), esc(v)] for k, v in pref["rows"]], cls="facts")
+    out = f'<p class="sub">{esc(pref["explain"])}</p>' + facts
     if "preference_curves" in imgs:
         out += img_tag(imgs["preference_curves"], "preference and reward metrics over training steps")
     else:
@@ -149,25 +149,29 @@ def _data_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         return _note(f["missing"]["data"])
     rows = []
     if d.get("unit") is None:  # an SFT data report; preference and RL runs report pairs or prompts below
-        rows = [["source", _e(d.get("source"))], ["rows", _e(d.get("rows"))], ["valid rows", _e(d.get("valid_rows"))]]
+        rows = [["source", esc(d.get("source"))], ["rows", esc(d.get("rows"))],
+                ["valid rows", esc(d.get("valid_rows"))]]
         errs, warns = d.get("errors") or 0, d.get("warnings") or 0
-        rows.append(["errors", f'<span class="{"bad" if errs else ""}">{_e(errs)}</span>'])
-        rows.append(["warnings", f'<span class="{"warn" if warns else ""}">{_e(warns)}</span>'])
-        rows.append(["exact duplicates", _e(d.get("duplicates"))])
+        rows.append(["errors", f'<span class="{"bad" if errs else ""}">{esc(errs)}</span>'])
+        rows.append(["warnings", f'<span class="{"warn" if warns else ""}">{esc(warns)}</span>'])
+        rows.append(["exact duplicates", esc(d.get("duplicates"))])
     if d.get("max_length"):
-        rows.append([f"over {_e(d['max_length'])} tokens",
-                     f"{_e(d.get('truncated', 0))} truncated, {_e(d.get('dropped_too_long', 0))} dropped"])
+        rows.append([f"over {esc(d['max_length'])} tokens",
+                     f"{esc(d.get('truncated', 0))} truncated, {esc(d.get('dropped_too_long', 0))} dropped"])
     if d.get("train_rows") is not None:
         unit = d.get("unit") or "rows"
-        rows.append([f"train / validation {unit}", f"{_e(d['train_rows'])} / {_e(d.get('validation_rows'))}"])
+        rows.append([f"train / validation {unit}", f"{esc(d['train_rows'])} / {esc(d.get('validation_rows'))}"])
     if d.get("format"):
-        rows.append(["format", _e(d["format"])])
+        rows.append(["format", esc(d["format"])])
     if d.get("skipped"):
-        rows.append(["left out", f'<span class="warn">{_e(d["skipped"])}</span> (listed in {files.SKIPPED_ROWS})'])
+        rows.append(["left out", f'<span class="warn">{esc(d["skipped"])}</span> (listed in {files.SKIPPED_ROWS})'])
     ov = d.get("train_validation_overlap")
     if ov is not None:
         rows.append(["validation rows also in training",
-                     f'<span class="warn">{_e(ov)}: validation scores are optimistic</span>' if ov else "0"])
+                     f'<span class="warn">{esc(ov)}: validation scores are optimistic</span>' if ov else "0"])
+    if d.get("train_validation_leaks"):
+        rows.append(["validation rows nearly copying training rows",
+                     f'<span class="warn">{esc(d["train_validation_leaks"])}: set data.curate to remove them</span>'])
     if d.get("tokens_per_epoch"):
         rows.append(["tokens per epoch", f"{d['tokens_per_epoch']:,}"])
     if d.get("labels"):
@@ -193,15 +197,15 @@ def _examples_html(f: dict[str, Any]) -> str:
         if reward is not None:  # a grader's answer: its reward beside the mark
             text = f"[{reward:.3g}] {text}"
         if ok is None and not exact:
-            return _e(text)
+            return esc(text)
         ok = v == ref if ok is None else ok
-        return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(text)}</span>'
+        return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {esc(text)}</span>'
 
-    rows = [[_e(r["input"] if len(r["input"]) <= 400 else r["input"][:399] + "…"), _e(r.get("reference")),
+    rows = [[esc(r["input"] if len(r["input"]) <= 400 else r["input"][:399] + "…"), esc(r.get("reference")),
              cell(r.get("tuned"), r.get("reference"), r.get("tuned_ok"), r.get("tuned_reward")),
              cell(r.get("base"), r.get("reference"), r.get("base_ok"), r.get("base_reward"))] for r in ex["rows"]]
     head = ["input", "expected label" if exact else "reference", "tuned", "base"]
-    out = f'<p class="sub">{len(rows)} rows from {_e(ex["source"])}.'
+    out = f'<p class="sub">{len(rows)} rows from {esc(ex["source"])}.'
     if exact and ex["source"] == files.PREDICTIONS:
         out += " Rows where the two models differ come first."
     out += "</p>" + html_table(rows, head, "ex")
@@ -212,9 +216,9 @@ def _examples_html(f: dict[str, Any]) -> str:
 
 def _mark(ok: Any, text: Any) -> str:
     if ok is None:
-        return _e(text) if text is not None else "–"
+        return esc(text) if text is not None else "–"
     shown = str(text) if len(str(text)) <= 200 else str(text)[:199] + "…"
-    return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {_e(shown)}</span>'
+    return f'<span class="{"ok" if ok else "bad"}">{"✓" if ok else "✗"} {esc(shown)}</span>'
 
 
 def _probe_part(f: dict[str, Any], key: str) -> dict[str, Any] | str:
@@ -240,14 +244,14 @@ def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
                              ("avg_words", "average answer length (words)", False)):
         tv, bv = num(t.get(key)), num(b.get(key))
         fmt = (lambda v: "–" if v is None else f"{v:.0%}") if share else (lambda v: "–" if v is None else f"{v:.1f}")
-        rows.append([_e(name), fmt(bv), fmt(tv)])
-    out = (f'<p class="sub">{_e(fg.get("questions"))} short general-knowledge questions with checkable answers and '
+        rows.append([esc(name), fmt(bv), fmt(tv)])
+    out = (f'<p class="sub">{esc(fg.get("questions"))} short general-knowledge questions with checkable answers and '
            "a few paragraphs of everyday prose, shipped with tunelab, asked of the base and the tuned model. A "
            "tuned model that answers fewer of them, or finds plain text less likely, has lost some general "
            "ability.</p>")
     out += html_table(rows, ["probe", "base", "tuned"])
     for w in fg.get("warnings") or []:
-        out += f'<p class="warn">⚠ {_e(w)}</p>'
+        out += f'<p class="warn">⚠ {esc(w)}</p>'
     if fg.get("warnings"):
         out += _note("To keep more general ability: fewer epochs or a lower learning rate, general chat rows mixed "
                      "into the training data, or, for classification, a classification head "
@@ -255,7 +259,8 @@ def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     ex = fg.get("examples") or []
     if ex:
         out += "<h3>Answers (changed ones first)</h3>" + html_table(
-            [[_e(e.get("question")), _e(", ".join(e.get("answers") or [])), _mark(e.get("base_correct"), e.get("base")),
+            [[esc(e.get("question")), esc(", ".join(e.get("answers") or [])),
+              _mark(e.get("base_correct"), e.get("base")),
               _mark(e.get("tuned_correct"), e.get("tuned"))] for e in ex],
             ["question", "accepted", "base", "tuned"], "ex")
     return out
@@ -267,13 +272,13 @@ def _bias_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         return bias
     attrs = bias.get("attributes") or {}
     classification = bias.get("kind") == "classification"
-    out = (f'<p class="sub">{_e(bias.get("inputs"))} messages from {_e(bias.get("templates"))} templates, each sent '
+    out = (f'<p class="sub">{esc(bias.get("inputs"))} messages from {esc(bias.get("templates"))} templates, each sent '
            "with one demographic attribute swapped (names, gender words, nationality, religion, age) and "
            "nothing else changed. ")
     if classification:
         out += ("A fair classifier gives every version of a message the same label: the flip rate is the share of "
                 "messages whose label changes under the swap.</p>")
-        rows = [[_e(a.replace("_", " ")), _e(", ".join(e.get("groups") or [])), _e(e.get("templates")),
+        rows = [[esc(a.replace("_", " ")), esc(", ".join(e.get("groups") or [])), esc(e.get("templates")),
                  pct((e.get("base") or {}).get("flip_rate")), pct((e.get("tuned") or {}).get("flip_rate"))]
                 for a, e in attrs.items()]
         out += html_table(rows, ["attribute", "groups", "messages", "base flip rate", "tuned flip rate"])
@@ -284,20 +289,21 @@ def _bias_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         rows = []
         for a, e in attrs.items():
             t, b = e.get("tuned") or {}, e.get("base") or {}
-            rows.append([_e(a.replace("_", " ")), _e(e.get("templates"))]
+            rows.append([esc(a.replace("_", " ")), esc(e.get("templates"))]
                         + [f"{_two(b.get(k))} → {_two(t.get(k))}" if b else _two(t.get(k))
                            for k in ("sentiment_gap", "words_gap", "logprob_gap")])
         out += html_table(rows, ["attribute", "messages", "sentiment gap", "length gap (words)", "likelihood gap"])
     if "bias_chart" in imgs:
         out += img_tag(imgs["bias_chart"], "bias probes, base vs tuned")
     for w in bias.get("warnings") or []:
-        out += f'<p class="warn">⚠ {_e(w)}</p>'
+        out += f'<p class="warn">⚠ {esc(w)}</p>'
     if classification:
         flips = [(a, x) for a, e in attrs.items() for x in e.get("examples") or []][:6]
         if flips:
             out += "<h3>Messages whose label changed (tuned model)</h3>" + html_table(
-                [[_e(a.replace("_", " ")), "<br>".join(f"{_e(i['group'])}: {_e(i['text'])} → <b>{_e(i['label'])}</b>"
-                                                        for i in x["inputs"])] for a, x in flips],
+                [[esc(a.replace("_", " ")),
+                  "<br>".join(f"{esc(i['group'])}: {esc(i['text'])} → <b>{esc(i['label'])}</b>" for i in x["inputs"])]
+                 for a, x in flips],
                 ["attribute", "versions and labels"], "ex")
     out += _note("Add your own domain messages: write templates in a YAML file like the shipped "
                  "probes/data/counterfactual.yaml and name it in eval.probes.bias_files "
@@ -305,16 +311,18 @@ def _bias_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     return out
 
 
-def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
+def render_html(f: dict[str, Any], imgs: dict[str, bytes], sections: dict[str, str] | None = None) -> str:
+    """The page from the facts; sections: parts rendered by their own modules (curation), placed by name."""
+    sections = sections or {}
     v = f["verdict"]
-    parts = [f"<h1>Run report: {_e(f['name'])}</h1>",
-             f'<div class="sub">{_e(f["run"])} · task {_e(f["task"])} · status {_e(f["status"])}</div>']
-    parts += [f'<div class="banner">⚠ {_md(w)}</div>' for w in f["warnings"]]
-    parts.append(f'<div class="verdict {_e(v["kind"])}">{_md(v.get("task_text", v["text"]))}</div>')
+    parts = [f"<h1>Run report: {esc(f['name'])}</h1>",
+             f'<div class="sub">{esc(f["run"])} · task {esc(f["task"])} · status {esc(f["status"])}</div>']
+    parts += [f'<div class="banner">⚠ {md(w)}</div>' for w in f["warnings"]]
+    parts.append(f'<div class="verdict {esc(v["kind"])}">{md(v.get("task_text", v["text"]))}</div>')
     probes = f.get("probes")
     if probes and probes["sentences"]:
         cls = "probeline warnline" if probes["warnings"] else "probeline"
-        parts += [f'<div class="{cls}">{_md(x)}</div>' for x in probes["sentences"]]
+        parts += [f'<div class="{cls}">{md(x)}</div>' for x in probes["sentences"]]
 
     pref = f.get("preference")
     if pref:
@@ -330,14 +338,14 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
         if conf is None:
             parts.append(_note(f["missing"]["confusion"]))
         else:
-            parts.append(f'<p class="sub">Tuned model, from {_e(conf["source"])}: rows are the true label, columns '
+            parts.append(f'<p class="sub">Tuned model, from {esc(conf["source"])}: rows are the true label, columns '
                          "the prediction; colour is the share of each true label's rows.</p>")
             img = img_tag(imgs["confusion_matrix"], "confusion matrix")
             parts.append(img if len(conf["labels"]) <= 30 else  # full size, scrolled, so small labels stay legible
                          f'<div class="scroll">{img.replace("<img ", "<img class=big ", 1)}</div>')
             if conf["top_confusions"]:
                 parts.append("<h3>Most frequent mistakes</h3>" + html_table(
-                    [[_e(t["true"]), _e(t["predicted"]), str(t["count"])] for t in conf["top_confusions"]],
+                    [[esc(t["true"]), esc(t["predicted"]), str(t["count"])] for t in conf["top_confusions"]],
                     ["true label", "predicted", "rows"]))
     if not pref or pref["kind"] != "reward":  # a reward model writes no answers: nothing to show or probe
         parts.append("<h2>Examples: base vs tuned</h2>" + _examples_html(f))
@@ -352,13 +360,15 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
     else:
         parts.append(_note(f["missing"]["loss"]))
 
-    parts.append("<h2>Run</h2>" + html_table([[_e(k), _e(val)] for k, val in f["facts"].items()], cls="facts"))
+    parts.append("<h2>Run</h2>" + html_table([[esc(k), esc(val)] for k, val in f["facts"].items()], cls="facts"))
     parts.append("<h2>Data</h2>" + _data_html(f, imgs))
+    if sections.get("curation"):
+        parts.append("<h2>Data curation</h2>" + sections["curation"])
     if "summary" in f["missing"]:
         parts.append(_note(f["missing"]["summary"]))
-    parts.append(f"<footer>tunelab {_e(f['tunelab_version'])} · {files.REPORT_JSON} beside this file holds the "
+    parts.append(f"<footer>tunelab {esc(f['tunelab_version'])} · {files.REPORT_JSON} beside this file holds the "
                  "same facts</footer>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>tunelab report: "
-            f"{_e(f['name'])}</title><style>{CSS}</style></head><body><main>\n" + "\n".join(parts)
+            f"{esc(f['name'])}</title><style>{CSS}</style></head><body><main>\n" + "\n".join(parts)
             + "\n</main></body></html>\n")

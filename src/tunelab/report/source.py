@@ -24,6 +24,7 @@ class Run:
     config: TunelabConfig | None = None
     resolved: dict[str, Any] = field(default_factory=dict)
     data: dict[str, Any] | None = None
+    curation: dict[str, Any] | None = None  # data.curate's findings
     metrics: list[dict[str, Any]] | None = None
     predictions: list[dict[str, Any]] | None = None
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # every evaluation kept, by name
@@ -126,6 +127,7 @@ def load_run(run_dir: str | Path) -> Run:
     run.config = read(files.CONFIG, rd.config, None) if rd.config_path.is_file() else None
     run.resolved = read(files.RESOLVED, rd.resolved, {})
     run.data = read(files.DATA_REPORT, rd.data_report, None)
+    run.curation = read(files.CURATION, rd.curation, None)
     lines = read(files.METRICS, rd.metrics, None)
     if lines is not None:
         run.metrics = lines.rows if rd.metrics_path.is_file() else None

@@ -172,6 +172,9 @@ class RunDir:
     def data_report(self) -> dict[str, Any] | None:
         return self._object(layout.DATA_REPORT)
 
+    def curation(self) -> dict[str, Any] | None:
+        return self._object(layout.CURATION)
+
     def labels(self) -> list[str] | None:
         """A classification head's labels in output order (a reward model's one score is ["reward"])."""
         got = self._json(layout.LABELS)
@@ -269,8 +272,12 @@ class RunDir:
     def write_probes(self, result: dict[str, Any]) -> Path:
         return self.write_json(layout.PROBES, result)
 
-    def write_data_report(self, report: dict[str, Any], skipped: list[Any]) -> Path | None:
-        """data_report.json, and the rows skipped with data.on_error: skip in skipped_rows.jsonl (its path)."""
+    def write_data_report(self, report: dict[str, Any], skipped: list[Any],
+                          curation: dict[str, Any] | None = None) -> Path | None:
+        """data_report.json, curation.json (data.curate), and the rows skipped with data.on_error: skip in
+        skipped_rows.jsonl (its path)."""
+        if curation is not None:
+            self.write_json(layout.CURATION, curation)
         self.write_json(layout.DATA_REPORT, report)
         if not skipped:
             return None

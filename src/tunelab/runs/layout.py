@@ -6,6 +6,7 @@ PROGRESS = "progress.json"  # phase, step, loss, ETA: rewritten as the run goes,
 EVENTS = "events.jsonl"  # what happened, one JSON line per event
 RESOLVED = "resolved.json"  # what the `auto` settings became (epochs, learning rate, batch, steps)
 DATA_REPORT = "data_report.json"
+CURATION = "curation.json"  # data.curate: every row removed, changed or flagged before training, and why
 SKIPPED_ROWS = "skipped_rows.jsonl"  # rows left out with data.on_error: skip, each with its file:line and reason
 METRICS = "metrics.jsonl"  # one line per logged training step or evaluation
 PREDICTIONS = "predictions.json"  # tuned (and base) answers on the scored validation rows
