@@ -77,7 +77,8 @@ def test_curating_the_shipped_support_rows_finds_each_planted_fault(tmp_path: Pa
     assert by[("25", "duplicates")].action == "drop" and "exact duplicate of" in by[("25", "duplicates")].reason
     assert by[("26", "duplicates")].action == "drop"
     assert by[("27", "personal_data")].action == "change" and by[("28", "personal_data")].action == "change"
-    assert by[("29", "quality")].action == "drop" and by[("30", "quality")].action == "drop"
+    assert by[("29", "format")].action == "drop" and "empty content" in by[("29", "format")].reason
+    assert by[("30", "quality")].action == "drop" and "language: de" in by[("30", "quality")].reason
     kept = {r.where.rsplit(":", 1)[1]: r for r in result.train}
     assert "25" not in kept and "29" not in kept and len(result.train) == 30 - 4
     text = json.dumps(kept["27"].data)

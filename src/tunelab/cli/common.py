@@ -42,3 +42,17 @@ def run_path(given: str | Path) -> Path:
     if not path.exists() and not path.is_absolute() and (Path("runs") / path).is_dir():
         return Path("runs") / path
     return path
+
+
+def parse_columns(column: list[str], text_column: str | None, label_column: str | None) -> dict[str, str]:
+    cols = {}
+    for item in column:
+        if "=" not in item:
+            raise typer.BadParameter(f"--column {item!r}: expected ours=yours, e.g. label=category")
+        k, v = item.split("=", 1)
+        cols[k] = v
+    if text_column:
+        cols["text"] = text_column
+    if label_column:
+        cols["label"] = label_column
+    return cols

@@ -9,27 +9,13 @@ import typer
 from rich.table import Table
 
 from ..config import default
-from .common import console, out, user_errors
+from .common import console, out, parse_columns, user_errors
 
 if TYPE_CHECKING:
     from ..data.records import Problem
     from ..data.report import PreferenceReport
 
 app = typer.Typer(help="Inspect and validate training data.", no_args_is_help=True)
-
-
-def parse_columns(column: list[str], text_column: str | None, label_column: str | None) -> dict[str, str]:
-    cols = {}
-    for item in column:
-        if "=" not in item:
-            raise typer.BadParameter(f"--column {item!r}: expected ours=yours, e.g. label=category")
-        k, v = item.split("=", 1)
-        cols[k] = v
-    if text_column:
-        cols["text"] = text_column
-    if label_column:
-        cols["label"] = label_column
-    return cols
 
 
 def _estimate(file: str, model: str | None) -> Any:
@@ -161,3 +147,7 @@ def _print_preference(rep: PreferenceReport, file: str) -> None:
 from .data_curate import curate_cmd  # noqa: E402  (after `app`, which it is registered on)
 
 app.command("curate")(curate_cmd)
+
+from .data_synth import synth_cmd  # noqa: E402
+
+app.command("synth")(synth_cmd)

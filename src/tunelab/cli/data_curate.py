@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .common import console, out, user_errors
+from .common import console, out, parse_columns, user_errors
 
 
 def _overrides(similarity: float | None, duplicates: bool | None, leaks: str | None, personal_data: str | None,
@@ -22,8 +22,8 @@ def _overrides(similarity: float | None, duplicates: bool | None, leaks: str | N
 def curate_cmd(
     files: list[str] = typer.Argument(None, help="Training data: files, directories or saved datasets (default: "
                                       "data.train of --config)."),
-    out_dir: Path = typer.Option(..., "--out", "-o", help="Directory for the curated copy, curation.json and "
-                                 "curation.html (new, empty, or an earlier curated copy)."),
+    out_dir: Path = typer.Option(..., "--out", "-o", help="Directory for the curated copy and the findings "
+                                 "(JSON and an HTML page); new, empty, or an earlier curated copy."),
     validation: str | None = typer.Option(None, "--validation", help="Validation data: rows that copy training rows "
                                           "are leaks."),
     evaluation: str | None = typer.Option(None, "--eval", help="Evaluation/test data: training rows that overlap "
@@ -52,7 +52,6 @@ def curate_cmd(
     from ..config.load import load_config
     from ..data.curate.run import FINDINGS_HTML, curate_files, write
     from ..report.curation import render, summary_lines
-    from .data import parse_columns
 
     with user_errors():
         cfg = load_config(config, ["data.curate={}"] * (config is None) + list(set_) +
@@ -79,7 +78,7 @@ def curate_cmd(
     for step in result.counts():
         for f in [f for f in result.findings if f.step == step][:3]:
             console.print(f"  [dim]{f.where}[/]: {f.reason}", highlight=False)
-    for line in summary_lines(result):
+    for line in summary_lines(result.summary()):
         console.print(line, highlight=False)
     for src, dst in written.items():
         console.print(f"{src} -> [bold]{dst}[/]", highlight=False)

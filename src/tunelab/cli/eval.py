@@ -8,8 +8,7 @@ import typer
 from rich.table import Table
 
 from ..config import default
-from .common import console, out, user_errors
-from .data import parse_columns
+from .common import console, out, parse_columns, user_errors
 
 SHOWN = ("loss", "perplexity", "accuracy", "macro_f1", "exact_match", "token_f1", "rouge_l", "chrf", "bleu",
          "numeric_accuracy", "empty_rate", "repetition_rate", "avg_words")

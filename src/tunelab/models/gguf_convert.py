@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def convert_gguf(gguf: Path, out: Path | None = None, *, quiet: bool = False) ->
         if is_complete(out):
             return out
         if not quiet:
-            print(f"Converting {gguf.name} to safetensors once (about 20 s); cached in {out}")
+            # stderr: a one-off note must not spoil the JSON a command prints on stdout
+            print(f"Converting {gguf.name} to safetensors once (about 20 s); cached in {out}", file=sys.stderr)
         t0 = time.time()
         tmp = out.with_name(out.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ..data.curate.run import Curated
+from ..data.curate.run import FINDINGS_JSON, Curated
 from .html import CSS, esc, html_table, img_tag, md
 
-TITLES = {"format": "Format problems (kept; see `tunelab data check`)", "unreadable": "Unreadable rows",
+TITLES = {"unreadable": "Unreadable rows", "format": "Rows training can't use (see `tunelab data check`)",
           "quality": "Quality filters", "duplicates": "Exact and near-duplicates",
           "leaks": "Leaks: validation rows that copy training rows",
           "contamination": "Contamination of the evaluation data", "labels": "Suspect labels (ranked for review)",
@@ -41,14 +41,18 @@ def _chart(steps: dict[str, dict[str, int]]) -> bytes | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1))
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
     left = [0] * len(names)
     for action, colour in (("drop", "#dc2626"), ("change", "#2563eb"), ("flag", "#d97706")):
         vals = [steps[s].get(action, 0) for s in names]
         ax.barh([_short(s) for s in names], vals, left=left, color=colour, label=ACTIONS[action])
         left = [a + b for a, b in zip(left, vals, strict=True)]
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("rows")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
@@ -83,7 +87,8 @@ def body(d: dict[str, Any], level: int = 2) -> str:
             rows.append([esc(f.get("where")), ACTIONS.get(f.get("action"), esc(f.get("action"))),
                          md(f.get("reason", "")) + (f' <span class="sub">{esc(extra)}</span>' if extra else ""),
                          esc(texts.get(f.get("where"), ""))])
-        more = f'<p class="sub">… and {len(found) - SHOWN:,} more in curation.json</p>' if len(found) > SHOWN else ""
+        more = (f'<p class="sub">… and {len(found) - SHOWN:,} more in {FINDINGS_JSON}</p>' if len(found) > SHOWN
+                else "")
         parts.append(f"<h{level}>{md(TITLES[step])}: {len(found):,}</h{level}>"
                      + html_table(rows, ["row", "what", "why", "text"], "ex") + more)
     return "\n".join(parts)

@@ -55,7 +55,7 @@ class Index:
 
         m = minhash if minhash is not None else MinHash.bulk([shingles(text)], num_perm=NUM_PERM)[0]
         # LSH gives candidates; the signature's own estimate confirms them (LSH alone lets some through below)
-        hits = [(i, self.hashes[i].jaccard(m)) for i in self._lsh.query(m)]
+        hits = [(i, min(float(self.hashes[i].jaccard(m)), 0.999)) for i in self._lsh.query(m)]
         return sorted(((i, s) for i, s in hits if s >= self.threshold), key=lambda h: -h[1])
 
 
@@ -93,9 +93,10 @@ def clusters(texts: Sequence[str], threshold: float) -> list[list[tuple[int, flo
 
 
 def _similarity(index: Index, a: int, b: int) -> float:
+    """1.0 for exact duplicates only: the signature's estimate can reach 1.0 for rows that still differ."""
     if _digest(index.texts[a]) == _digest(index.texts[b]):
         return 1.0
-    return round(float(index.hashes[a].jaccard(index.hashes[b])), 3)
+    return min(round(float(index.hashes[a].jaccard(index.hashes[b])), 3), 0.999)
 
 
 def _label_note(row: Row, kept: Row) -> str:
@@ -112,7 +113,7 @@ def duplicates(rows: list[Row], threshold: float) -> list[Finding]:
         kept = rows[group[0][0]]
         for i, sim in group[1:]:
             row = rows[i]
-            what = "exact duplicate" if sim >= 1.0 else f"near-duplicate (similarity {sim:.2f})"
+            what = "exact duplicate" if sim >= 1.0 else f"near-duplicate (similarity {min(sim, 0.99):.2f})"
             out.append(Finding(row.where, "duplicates", "drop", f"{what} of {kept.where}{_label_note(row, kept)}",
                                {"cluster": n, "kept": kept.where, "similarity": sim, "size": len(group)}))
     return out

@@ -19,7 +19,7 @@ def leaks(train: list[Row], validation: list[Row], threshold: float, action: Act
         hits = [(same, 1.0)] if same is not None else index.similar(text)
         if hits:
             i, sim = hits[0]
-            what = "exact copy" if sim >= 1.0 else f"near copy (similarity {sim:.2f})"
+            what = "exact copy" if sim >= 1.0 else f"near copy (similarity {min(sim, 0.99):.2f})"
             out.append(Finding(row.where, "leaks", action, f"validation row is an {what} of training row "
                                f"{train[i].where}", {"train": train[i].where, "similarity": sim}))
     return out

@@ -19,13 +19,13 @@ from .rows import Finding, Row
 
 FINDINGS_JSON = CURATION  # the same name as in a run directory
 FINDINGS_HTML = "curation.html"
-STEPS = ("format", "unreadable", "quality", "duplicates", "leaks", "contamination", "labels", "personal_data")
+STEPS = ("unreadable", "format", "quality", "duplicates", "leaks", "contamination", "labels", "personal_data")
 
 
 def read(path: str, fmt: str = "auto", columns: dict[str, str] | None = None,
          split: Literal["train", "validation"] = "train") -> tuple[list[Row], list[Finding]]:
     """Every row of a data source as read, with its canonical record where the format gives one; rows that can't
-    be read are drop findings, rows with format problems (what `data check` reports) are flagged and kept."""
+    be read, or that have format problems (what `data check` reports as errors), are drop findings."""
     from ..load import load_records
     from ..preference import PREFERENCE_FORMATS, is_preference_file
     from ..sources import data_files, read_rows
@@ -42,11 +42,15 @@ def read(path: str, fmt: str = "auto", columns: dict[str, str] | None = None,
         for raw in read_rows(file):
             if raw.data is None:
                 findings.append(Finding(raw.where, "unreadable", "drop", raw.error))
-                continue
-            rows.append(Row(raw.where, raw.data, records.get(raw.where), split, str(file)))
-            if raw.where in problems:
-                findings.append(Finding(raw.where, "format", "flag", problems[raw.where] +
-                                        " (kept as it is: `tunelab data check` explains the format)"))
+            elif raw.where in problems:  # training can't use it either; the curated copy stays trainable
+                findings.append(Finding(raw.where, "format", "drop", f"{problems[raw.where]}: fix it in the source "
+                                        "file to keep it (`tunelab data check` lists every problem)"))
+            else:
+                rows.append(Row(raw.where, raw.data, records.get(raw.where), split, str(file)))
+    if not rows and problems:  # nothing readable as training data: the format or the columns, not the rows
+        raise DataError([Problem(w, m) for w, m in list(problems.items())[:20]],
+                        hint=f"no row of {path} could be read as training data: give --format, or map your columns "
+                             "(--text-column, --label-column, --column ours=yours)")
     return rows, findings
 
 
@@ -156,8 +160,7 @@ def curate_files(train: Sequence[str], cfg: CurateConfig, *, validation: str | N
         raise DataError([Problem(", ".join(train), "no readable rows to curate")])
     result = curate(rows, cfg, val, ev, seed, progress)
     result.findings = early + val_early + result.findings
-    result.read = {"train": len(rows) + sum(f.step == "unreadable" for f in early),
-                   "validation": len(val) + sum(f.step == "unreadable" for f in val_early)}
+    result.read = {"train": len(rows) + len(early), "validation": len(val) + len(val_early)}  # early: all drops
     if eval_path:
         result.settings["evaluation"] = eval_path
     return result
@@ -212,13 +215,15 @@ def preview(path: str, fmt: str = "auto", columns: dict[str, str] | None = None,
     """What `tunelab data curate` would do with its defaults (personal data only reported): counts per step and
     the first findings of each, for `tunelab data check`."""
     cfg = CurateConfig(personal_data="report")
-    rows, early = read(path, fmt, columns)
-    result = curate(rows, cfg) if rows else Curated([], [], [])
-    found = [f for f in result.findings if f.step != "format"] + [f for f in early if f.step == "unreadable"]
+    try:
+        rows, _ = read(path, fmt, columns)  # the rows it can't read are data check's own errors
+    except DataError:
+        return {}
+    found = curate(rows, cfg).findings if rows else []
     by_step: dict[str, list[dict[str, Any]]] = {}
     for f in found:
         by_step.setdefault(f.step, [])
         if len(by_step[f.step]) < examples:
             by_step[f.step].append(f.to_dict())
     counts = {s: dict(Counter(f.action for f in found if f.step == s)) for s in STEPS if s in by_step}
-    return {"steps": counts, "examples": by_step, "notes": result.notes}
+    return {"steps": counts, "examples": by_step}
