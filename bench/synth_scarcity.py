@@ -118,7 +118,7 @@ def table(f: dict[str, Any]) -> str:
     lines = [
         "| arm | training rows | accuracy | macro F1 | train s | eval s |",
         "|---|---|---|---|---|---|",
-        f"| baseline: 770 real | {b['train_rows']} | {b['accuracy']:.3f} | {b['macro_f1']:.3f} | "
+        f"| baseline: {f['rows']['real']} real | {b['train_rows']} | {b['accuracy']:.3f} | {b['macro_f1']:.3f} | "
         f"{b['train_s']:.0f} | {b['eval_s']:.0f} |",
         f"| + synthetic (re-labelled by the baseline) | {s['train_rows']} | {s['accuracy']:.3f} | "
         f"{s['macro_f1']:.3f} | {s['train_s']:.0f} | {s['eval_s']:.0f} |",
@@ -133,15 +133,16 @@ def table(f: dict[str, Any]) -> str:
         f"| proposed by the teacher ({sy['requests']} requests, {sy['unparsable']} replies unparsable) | "
         f"{sy['candidates']} |",
         *[f"| dropped: {k} | {v} |" for k, v in sy["dropped"].items()],
-        f"| kept (added to the 770) | {sy['kept']} |",
+        f"| kept (added to the {f['rows']['real']} real rows) | {sy['kept']} |",
     ]
     if tc:
         lines.append(f"| teacher's own re-labelling on a sample: agrees with the asked intent | "
                      f"{tc['teacher_agrees']} of {tc['rows']} ({tc['teacher_unclear']} answers name no intent); "
                      f"the baseline agrees on {tc['model_agrees']} |")
     lines += ["", "| phase | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in f["seconds"].items()], "",
-              f"Machine: {f['machine']['cpu_name']}, {f['machine']['threads']} threads; load average at start / "
-              f"end: {f['load_average']['start']} / {f['load_average']['end']}.", "", f["note"]]
+              f"Machine: {f['machine']['cpu_name']}, {f['machine']['threads']} threads. Load average (1, 5, 15 "
+              "min) after each phase, to show whether another job shared the 2 cores: "
+              + "; ".join(f"{k}: {v}" for k, v in f["load_average"].items()) + ".", "", f["note"]]
     return "\n".join(lines)
 
 
@@ -165,17 +166,19 @@ def main() -> None:
     if work.exists():
         raise SystemExit(f"{work} exists: remove it or give another --work (each run starts fresh)")
     work.mkdir(parents=True)
-    t_all, load_start, seconds = time.perf_counter(), load(), {}
+    t_all, seconds = time.perf_counter(), {}
+    loads = {"start": load()}
     with (SHARED / "banking77" / "train.csv").open(newline="") as f:
         rows = [(r["text"], r["category"]) for r in csv.DictReader(f)]
     real, test = split(rows, a.seeds_per_label, a.test_rows, a.seed)
     overrides = [f"train.epochs={a.epochs}", "classification.mode=head", "train.batch_size=16",
                  "train.learning_rate=1.0e-3", "model.max_length=128", "data.val_fraction=0", f"train.seed={a.seed}"]
-    print(f"{len(real)} real rows ({a.seeds_per_label} per intent), {len(test)} held-out rows; load {load_start}",
+    print(f"{len(real)} real rows ({a.seeds_per_label} per intent), {len(test)} held-out rows; load {loads['start']}",
           flush=True)
 
     base = train_and_score("synth-scarcity-base", real, test, work / "base", overrides, PROMPT)
     seconds |= {"baseline: train": base["train_wall_s"], "baseline: score": base["eval_wall_s"]}
+    loads["baseline"] = load()
     print(f"baseline: {base['eval']['model']['accuracy']:.3f}", flush=True)
 
     seeds = work / "seeds.csv"
@@ -187,6 +190,7 @@ def main() -> None:
         t0 = time.perf_counter()
         s = synth(seeds, work / "synth", base_url, a.model, base["run_dir"], a)
         seconds["synth: all"] = time.perf_counter() - t0
+        loads["synth"] = load()
     finally:
         if proc is not None:
             stop(proc)
@@ -199,6 +203,7 @@ def main() -> None:
 
     arm = train_and_score("synth-scarcity-synthetic", real + synthetic, test, work / "synthetic", overrides, PROMPT)
     seconds |= {"synthetic: train": arm["train_wall_s"], "synthetic: score": arm["eval_wall_s"]}
+    loads["synthetic"] = load()
 
     t0 = time.perf_counter()
     base_ok, arm_ok = correct(base["run_dir"], test), correct(arm["run_dir"], test)
@@ -218,7 +223,7 @@ def main() -> None:
     figures: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "machine": machine() | {"cpu_name": cpu_name(), "cores": os.cpu_count()},
-        "load_average": {"start": load_start, "end": load()},
+        "load_average": loads | {"end": load()},
         "rows": {"real": len(real), "per_label": a.seeds_per_label, "labels": len({lb for _, lb in real}),
                  "test": len(test), "synthetic": len(synthetic)},
         "settings": {"overrides": overrides, "per_label": a.per_label, "teacher_check": a.teacher_check,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CLI_ENV, free_port, tunelab_cli, wait_up
+from tests.helpers import CLI_ENV, config, free_port, tunelab_cli, wait_up
 
 pytestmark = pytest.mark.e2e
 DATA = Path(__file__).parents[1] / "data" / "synth"
@@ -80,6 +80,44 @@ def test_no_teacher_there(tmp_path: Path) -> None:
     _no_traceback(r.stderr)
     r = tunelab_cli("data", "synth", "--out", tmp_path / "o", cwd=tmp_path)
     assert r.returncode == 2 and "one of the two" in r.stderr
+
+
+@pytest.mark.parametrize("mode", ["head", "generate"])
+def test_a_trained_classifier_relabels_the_new_rows(mode: str, tiny_model: Path, tmp_path: Path) -> None:
+    import tunelab
+    from tunelab.eval.classifier import load_classifier
+
+    seeds = DATA / "seeds_labels.jsonl"
+    run = tunelab.train(config(tiny_model, tmp_path, f"cls-{mode}", seeds, "task=classification",
+                               f"classification.mode={mode}", "train.max_steps=2", "train.batch_size=4")).run_dir
+    out = tmp_path / "synth"
+    with fake_teacher("good") as url:
+        r = tunelab_cli("data", "synth", seeds, "--out", out, "--per-label", "5", "--base-url", url,
+                        "--relabel-with", run, "--teacher-check", "6", "--json", cwd=tmp_path)
+        assert _calls(url) == 3 + 6  # the utterances, then the sampled check; the model relabelled the rest
+    _no_traceback(r.stderr)
+    if r.returncode == 2:  # a two-step tiny model may well disagree with every new row
+        assert "dropped as relabel_disagrees" in r.stderr, r.stderr
+        return
+    assert r.returncode == 0, r.stderr
+    s = json.loads(r.stdout)
+    assert s["relabel"]["by"] == {"kind": "model", "model": str(run), "mode": mode, "labels": 3}
+    assert s["relabel"]["rows"] == 15 and s["relabel"]["teacher_check"]["rows"] == 6
+    assert "relabel" not in s["phases"] and s["phases"]["teacher_check"]["requested"] == 6
+    rows = [json.loads(line) for line in (out / "synthetic.jsonl").read_text().splitlines()]
+    clf = load_classifier(str(run))
+    assert clf([row["text"] for row in rows]) == [row["label"] for row in rows]  # kept: the model agrees
+
+
+def test_relabel_with_a_model_that_is_no_classifier(tiny_model: Path, tmp_path: Path) -> None:
+    r = tunelab_cli("data", "synth", DATA / "seeds_labels.jsonl", "--out", tmp_path / "o", "--relabel-with",
+                    tiny_model, cwd=tmp_path)
+    assert r.returncode == 2 and "is not a tunelab run: a classifier is a run trained with task: classification" in \
+        r.stderr, r.stderr
+    _no_traceback(r.stderr)
+    r = tunelab_cli("data", "synth", DATA / "seeds_labels.jsonl", "--out", tmp_path / "o", "--teacher-check", "3",
+                    cwd=tmp_path)
+    assert r.returncode == 2 and "give --relabel-with too" in r.stderr
 
 
 def _cached(out: Path) -> int:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
+from ..data.synth.teacher import DEFAULT_BASE_URL
 from .common import console, out, parse_columns, user_errors
 
 if TYPE_CHECKING:
@@ -16,7 +17,6 @@ if TYPE_CHECKING:
 
     from ..data.synth.teacher import Answer
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # `tunelab serve` with its defaults (as data.synth.teacher)
 
 
 class _Bar:

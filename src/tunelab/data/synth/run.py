@@ -205,11 +205,12 @@ def _from_seeds(seeds: examples.Seeds, opts: SynthOptions, teacher: Teacher, ask
             said = list(relabel([c.data["text"] for c in kept]))
             if len(said) != len(kept):
                 raise SynthError(f"the relabelling function gave {len(said)} labels for {len(kept)} texts")
+            done["seconds"] = round(time.perf_counter() - t0, 1)  # the teacher check has its own phase
             if opts.teacher_check:
                 done["teacher_check"] = _teacher_check(seeds, kept, said, opts, ask, labels)
             examples.apply_model_labels(kept, said, counts)
-        done |= {"rows": len(kept), "agreed": sum(c.dropped is None for c in kept),
-                 "seconds": round(time.perf_counter() - t0, 1)}
+        done["rows"], done["agreed"] = len(kept), sum(c.dropped is None for c in kept)
+        done.setdefault("seconds", round(time.perf_counter() - t0, 1))
     return "labels", cands, "classification", info, per_label * len(labels)
 
 
