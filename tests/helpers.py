@@ -131,6 +131,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@contextlib.contextmanager
+def fake_teacher(mode: str, *args: str) -> Iterator[str]:
+    """The base URL of tests/data/synth/fake_teacher.py (an OpenAI-compatible fake, over real HTTP) while it runs."""
+    script = Path(__file__).parent / "data" / "synth" / "fake_teacher.py"
+    proc = subprocess.Popen([sys.executable, str(script), mode, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        yield f"http://127.0.0.1:{int(proc.stdout.readline().split()[1])}/v1"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def teacher_calls(url: str) -> int:
+    """How many chat requests the fake teacher has answered."""
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/calls", timeout=5) as r:
+        return int(json.load(r)["calls"])
+
+
 def wait_up(url: str, proc: subprocess.Popen[str], timeout: float = 120) -> None:
     """Until a `tunelab serve` process answers /health (or fails with what it printed)."""
     deadline = time.time() + timeout

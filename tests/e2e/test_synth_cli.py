@@ -12,29 +12,17 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import CLI_ENV, config, free_port, tunelab_cli, wait_up
+from tests.helpers import CLI_ENV, config, fake_teacher, free_port, teacher_calls, tunelab_cli, wait_up
 
 pytestmark = pytest.mark.e2e
 DATA = Path(__file__).parents[1] / "data" / "synth"
 SEEDS = DATA / "seeds_chat.jsonl"
 
 
-@contextlib.contextmanager
-def fake_teacher(mode: str, *args: str) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, str(DATA / "fake_teacher.py"), mode, *args], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout is not None
-        yield f"http://127.0.0.1:{int(proc.stdout.readline().split()[1])}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _no_traceback(stderr: str) -> None:
@@ -94,7 +82,7 @@ def test_a_trained_classifier_relabels_the_new_rows(mode: str, tiny_model: Path,
     with fake_teacher("good") as url:
         r = tunelab_cli("data", "synth", seeds, "--out", out, "--per-label", "5", "--base-url", url,
                         "--relabel-with", run, "--teacher-check", "6", "--json", cwd=tmp_path)
-        assert _calls(url) == 3 + 6  # the utterances, then the sampled check; the model relabelled the rest
+        assert teacher_calls(url) == 3 + 6  # the utterances, then the sampled check; the model relabelled the rest
     _no_traceback(r.stderr)
     if r.returncode == 2:  # a two-step tiny model may well disagree with every new row
         assert "dropped as relabel_disagrees" in r.stderr, r.stderr
@@ -128,9 +116,6 @@ def _cached(out: Path) -> int:
         return 0
 
 
-def _calls(url: str) -> int:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/calls", timeout=5) as r:
-        return int(json.load(r)["calls"])
 
 
 def _kill_once_cached(args: list[str], out: Path, cwd: Path, at_least: int) -> int:
@@ -154,7 +139,7 @@ def test_a_killed_run_resumes_without_asking_again(tmp_path: Path) -> None:
     with fake_teacher("good") as url:  # the same model name: the cached replies are its own
         r = tunelab_cli("data", "synth", SEEDS, "--out", out, "--n", "8", "--base-url", url, "--json", cwd=tmp_path)
         assert r.returncode == 0, r.stderr
-        assert _calls(url) == 8 - done and json.loads(r.stdout)["cache_hits"] == done
+        assert teacher_calls(url) == 8 - done and json.loads(r.stdout)["cache_hits"] == done
     assert (out / "synth.json").exists() and (out / "synthetic.jsonl").exists()
 
 

@@ -4,16 +4,13 @@ HTTP (tests/data/synth/fake_teacher.py, a process of its own)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import fake_teacher, teacher_calls
 from tunelab.data.load import load_records
 from tunelab.data.records import DataError
 from tunelab.data.synth.documents import Document, DocumentError, chunk, read_documents
@@ -27,22 +24,8 @@ DATA = Path(__file__).parents[1] / "data" / "synth"
 SEEDS_CHAT, SEEDS_LABELS, DOCS = DATA / "seeds_chat.jsonl", DATA / "seeds_labels.jsonl", DATA / "docs"
 
 
-@contextlib.contextmanager
-def fake_teacher(mode: str, *args: str) -> Iterator[str]:
-    """The fake teacher's base URL while it runs."""
-    proc = subprocess.Popen([sys.executable, str(DATA / "fake_teacher.py"), mode, *args], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout is not None
-        yield f"http://127.0.0.1:{int(proc.stdout.readline().split()[1])}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
-def calls(url: str) -> int:
-    with urllib.request.urlopen(url.removesuffix("/v1") + "/calls", timeout=5) as r:
-        return int(json.load(r)["calls"])
 
 
 @pytest.fixture(scope="module")
@@ -201,20 +184,20 @@ def _requests(n: int) -> list[Request]:
 def test_the_cache_answers_a_resumed_run_without_asking_again(good: str, tmp_path: Path) -> None:
     cache = Cache(tmp_path / CACHE_FILE)
     settings = TeacherSettings(base_url=good, model="fake-teacher", concurrency=3)
-    before = calls(good)
+    before = teacher_calls(good)
     first = Teacher(settings, cache).ask(_requests(4))  # an interrupted run: 4 of 10 done
-    assert calls(good) - before == 4 and all(a.text and not a.cached for a in first)
+    assert teacher_calls(good) - before == 4 and all(a.text and not a.cached for a in first)
     teacher = Teacher(settings, cache)
     seen = []
     answers = teacher.ask(_requests(10), seen.append)
-    assert calls(good) - before == 10  # only the 6 not asked before
+    assert teacher_calls(good) - before == 10  # only the 6 not asked before
     assert [a.request.index for a in answers] == list(range(10))  # in request order, whatever finished first
     assert [a.cached for a in answers] == [True] * 4 + [False] * 6 and len(seen) == 10
     assert teacher.tally.to_dict() == {"requested": 10, "answered": 10, "cache_hits": 4, "failed": {}}
     assert [a.text for a in answers[:4]] == [a.text for a in first]
     # another model, or other sampling, is another request
     Teacher(TeacherSettings(base_url=good, model="other"), cache).ask(_requests(1))
-    assert calls(good) - before == 11
+    assert teacher_calls(good) - before == 11
     cache.close()
 
 
@@ -242,7 +225,7 @@ def test_a_teacher_that_never_answers_stops_the_run_early(mode: str, message: st
                     Cache(tmp_path / CACHE_FILE))
         with pytest.raises(TeacherError, match=message) as exc:
             t.ask(_requests(20))
-        assert calls(url) < 20  # it stopped instead of waiting for every request
+        assert teacher_calls(url) < 20  # it stopped instead of waiting for every request
     assert url.removesuffix("/v1") in str(exc.value)
 
 
@@ -285,9 +268,9 @@ def test_rows_from_chat_seeds_carry_provenance_and_read_back(good: str, tmp_path
     loaded = load_records(out / OUTPUT)  # provenance is an extra key every reader ignores
     assert not loaded.problems and len(loaded.records) == 10 and loaded.formats == {str(out / OUTPUT): "chat"}
     # run again: nothing asked, the same rows
-    before = calls(good)
+    before = teacher_calls(good)
     again = synthesize(out, TeacherSettings(base_url=good), SynthOptions(n=12), seeds=SEEDS_CHAT)
-    assert calls(good) == before and again["cache_hits"] == 12 and _rows(out) == rows
+    assert teacher_calls(good) == before and again["cache_hits"] == 12 and _rows(out) == rows
 
 
 def test_classification_seeds_are_relabelled_and_capped_per_label(good: str, tmp_path: Path) -> None:
@@ -323,10 +306,10 @@ class StubClassifier:
 
 def test_a_model_relabels_instead_of_the_teacher(good: str, tmp_path: Path) -> None:
     out, stub = tmp_path / "labels", StubClassifier()
-    before = calls(good)
+    before = teacher_calls(good)
     s = synthesize(out, TeacherSettings(base_url=good), SynthOptions(per_label=4), seeds=SEEDS_LABELS, relabel=stub)
     rows = _rows(out)
-    assert calls(good) - before == 3 and "relabel" not in s["phases"]  # the teacher only wrote the utterances
+    assert teacher_calls(good) - before == 3 and "relabel" not in s["phases"]  # the teacher only wrote the utterances
     assert len(stub.seen) == 15  # every new utterance, once
     assert s["relabel"]["by"] == {"kind": "model", "model": "stub"}
     assert s["relabel"]["rows"] == 15 and s["relabel"]["agreed"] == 13

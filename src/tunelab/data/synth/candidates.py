@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from .documents import Chunk
+from .parse import ParseError
 from .teacher import Answer, Request
+
+T = TypeVar("T")
 
 Mode = Literal["examples", "labels", "documents"]
 PROVENANCE_KEY = "tunelab_synth"  # every format's reader ignores keys it doesn't know, so it rides along
@@ -61,3 +65,19 @@ def provenance(job: Job, answer: Answer, teacher: dict[str, str]) -> dict[str, A
     if job.chunk is not None:
         out["chunk"] = job.chunk.id
     return out
+
+
+def parsed(jobs: list[Job], answers: list[Answer], parse: Callable[[str], T],
+           counts: Counts) -> Iterator[tuple[Job, Answer, T]]:
+    """Each answered job with its reply parsed; replies that don't parse are counted as dropped."""
+    for job, ans in zip(jobs, answers, strict=True):
+        if ans.text is None:
+            continue
+        try:
+            got = parse(ans.text)
+        except ParseError:
+            counts.unparsable += 1
+            counts.drop("unparsable", ans.text or "(empty)")
+            continue
+        counts.parsed += 1
+        yield job, ans, got

@@ -6,10 +6,10 @@ from __future__ import annotations
 import math
 
 from . import prompts
-from .candidates import Candidate, Counts, Job, provenance
+from .candidates import Candidate, Counts, Job, parsed, provenance
 from .documents import Chunk
 from .filters import grounded, qa_problem
-from .parse import ParseError, parse_pairs
+from .parse import parse_pairs
 from .teacher import Answer, Request
 
 
@@ -31,16 +31,7 @@ def document_jobs(chunks: list[Chunk], all_chunks: list[Chunk], per_chunk: int, 
 def document_candidates(jobs: list[Job], answers: list[Answer], teacher: dict[str, str], counts: Counts,
                         max_chars: int, threshold: float) -> list[Candidate]:
     out = []
-    for job, ans in zip(jobs, answers, strict=True):
-        if ans.text is None:
-            continue
-        try:
-            pairs = parse_pairs(ans.text)
-        except ParseError:
-            counts.unparsable += 1
-            counts.drop("unparsable", ans.text or "(empty)")
-            continue
-        counts.parsed += 1
+    for job, ans, pairs in parsed(jobs, answers, parse_pairs, counts):
         assert job.chunk is not None
         for q, a in pairs:
             counts.candidates += 1

@@ -14,7 +14,7 @@ from typing import Any
 from ..load import load_records
 from ..records import DataError, Problem, Record
 from . import prompts
-from .candidates import Candidate, Counts, Job, provenance
+from .candidates import Candidate, Counts, Job, parsed, provenance
 from .filters import qa_problem, utterance_problem
 from .parse import ParseError, parse_label, parse_pair, parse_utterances
 from .teacher import Answer, Request
@@ -117,16 +117,7 @@ def _chat(question: str, answer: str, system: str | None) -> dict[str, Any]:
 def qa_candidates(jobs: list[Job], answers: list[Answer], teacher: dict[str, str], counts: Counts,
                   system: str | None, max_chars: int) -> list[Candidate]:
     out = []
-    for job, ans in zip(jobs, answers, strict=True):
-        if ans.text is None:
-            continue
-        try:
-            q, a = parse_pair(ans.text)
-        except ParseError:
-            counts.unparsable += 1
-            counts.drop("unparsable", ans.text or "(empty)")
-            continue
-        counts.parsed += 1
+    for job, ans, (q, a) in parsed(jobs, answers, parse_pair, counts):
         counts.candidates += 1
         c = Candidate(_chat(q, a, system), q, provenance(job, ans, teacher))
         problem = qa_problem(q, a, max_chars)
@@ -139,16 +130,7 @@ def qa_candidates(jobs: list[Job], answers: list[Answer], teacher: dict[str, str
 def utterance_candidates(jobs: list[Job], answers: list[Answer], teacher: dict[str, str], counts: Counts,
                          labels: list[str]) -> list[Candidate]:
     out = []
-    for job, ans in zip(jobs, answers, strict=True):
-        if ans.text is None:
-            continue
-        try:
-            texts = parse_utterances(ans.text)
-        except ParseError:
-            counts.unparsable += 1
-            counts.drop("unparsable", ans.text or "(empty)")
-            continue
-        counts.parsed += 1
+    for job, ans, texts in parsed(jobs, answers, parse_utterances, counts):
         for t in texts:
             counts.candidates += 1
             c = Candidate({"text": t, "label": job.label}, t, provenance(job, ans, teacher), label=job.label)
