@@ -34,7 +34,8 @@ def create_app(state: State) -> FastAPI:
             state.engine.stop()
             state.writer.shutdown(wait=True)
 
-    app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None)
+    # no /docs, /redoc or /openapi.json: every route the server answers needs a key (tests/e2e/test_route_auth.py)
+    app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tunelab = state
     app.add_middleware(BodyLimit, limit=state.settings.max_body_bytes,
                        limits={"/v1/files": state.settings.max_file_bytes})
