@@ -40,7 +40,9 @@ def holdout(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], lis
 def machine() -> dict[str, Any]:
     from tunelab.device import cpu_flags
 
-    return {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), "") if Path("/proc/cpuinfo").exists() else ""
+    return {"cpu": model or platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "torch": torch.__version__, "avx512_bf16": "avx512_bf16" in cpu_flags(), "amx": "amx_bf16" in cpu_flags()}
 
 

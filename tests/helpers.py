@@ -69,6 +69,18 @@ def build_tiny_model(path: Path, *, seed: int = 0, init_std: float = 0.02) -> Pa
     return path
 
 
+def make_adapter(base: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights on every linear layer: answers differ from the base's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
+                           LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
+    model.save_pretrained(out)
+    return out
+
+
 # --- the CLI ---------------------------------------------------------------------------------------
 
 @dataclass
@@ -411,3 +423,143 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+# --- faults: a training process killed with SIGKILL (tests/e2e/test_fault_kill.py and bench/fault_kill.py) -----------
+
+REPO = Path(__file__).resolve().parents[1]
+# `tunelab ARGS` in a process that first arranges its own kill -9 (kill_at); its argv: POINT, then ARGS
+KILLED_MAIN = ("import sys; from tests.helpers import kill_at; kill_at(sys.argv.pop(1)); "
+               "from tunelab.cli.main import app; app(prog_name='tunelab')")
+PLAIN_MAIN = "from tunelab.cli.main import app; app(prog_name='tunelab')"
+
+
+def kill_at(point: str) -> None:
+    """Make this process SIGKILL itself at `point` of a training run, where a kill -9 from outside could land:
+    "NAME:half[:N]" while the N-th file (1st by default) whose path ends with /NAME is being written (half of it on
+    disk), "NAME:whole[:N]" right after it is written. NAME: a checkpoint's file (adapter_model.safetensors,
+    optimizer.pt, scheduler.pt, rng_state.pth, trainer_state.json, tunelab-manifest.json), the final adapter
+    (adapter/adapter_model.safetensors), or a file tunelab writes atomically (report.json, report.html,
+    summary.json: "half" leaves its temporary file cut short and the file itself as it was, as a real kill would)."""
+    import signal
+
+    import peft.peft_model
+    import transformers.trainer_callback
+
+    import tunelab.atomic
+
+    name, how, *nth = point.split(":")
+    left = [int(nth[0]) if nth else 1]
+
+    def hit(path: Any) -> bool:
+        if not isinstance(path, str | os.PathLike) or not str(path).endswith(os.sep + name):
+            return False
+        left[0] -= 1
+        return left[0] == 0
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def then_die(write: Any, where: Any) -> Any:  # where(*args, **kwargs) -> the written path
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = write(*args, **kwargs)
+            path = where(*args, **kwargs)
+            if hit(path):
+                if how == "half":
+                    os.truncate(path, os.path.getsize(path) // 2)
+                die()
+            return out
+        return wrapped
+
+    torch.save = then_die(torch.save, lambda obj, f, *a, **k: f)
+    peft.peft_model.safe_save_file = then_die(peft.peft_model.safe_save_file, lambda t, filename, *a, **k: filename)
+    state = transformers.trainer_callback.TrainerState
+    state.save_to_json = then_die(state.save_to_json, lambda self, json_path: json_path)
+    atomic_write = tunelab.atomic.write_bytes
+
+    def write_bytes(path: str | Path, data: bytes) -> Path:
+        if hit(path):
+            if how == "half":  # atomic.write_bytes's temporary file, cut short; never renamed
+                Path(path).with_name(f".{Path(path).name}.{os.getpid()}.tmp").write_bytes(data[: len(data) // 2])
+            else:
+                atomic_write(path, data)
+            die()
+        return atomic_write(path, data)
+
+    tunelab.atomic.write_bytes = write_bytes
+
+
+def tunelab_killable(*args: str | Path, cwd: Path, log: Path, point: str | None = None) -> subprocess.Popen[bytes]:
+    """`tunelab ARGS` as a process to kill: from outside, or by itself at `point` (kill_at). Output goes to `log`
+    (a pipe nobody reads would fill and stop it)."""
+    code, pre = (KILLED_MAIN, [point]) if point else (PLAIN_MAIN, [])
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-c", code, *pre, *map(str, args)], cwd=cwd, stdout=out,
+                                stderr=subprocess.STDOUT, env=os.environ | CLI_ENV | {"PYTHONPATH": path})
+
+
+def kill_landed(run: Path, pid: int) -> str:
+    """Where the killed training process `pid` was, from its run directory: the phase in progress.json (if that
+    process wrote it, not one before it), or the checkpoint it was saving."""
+    from tunelab.runs import RunDir, layout
+    from tunelab.runs.checkpoint import problem
+
+    if not run.is_dir():
+        return "starting (no run directory yet)"
+    rd = RunDir(run)
+    if not rd.file(layout.SUMMARY).is_file():
+        return "opening the run directory"
+    try:
+        progress = rd.progress() or {}
+    except ValueError:
+        return "unknown (progress.json unreadable)"
+    if progress.get("pid") != pid:
+        return "starting (loading the model and data)"
+    phase = progress.get("phase", "starting")
+    newest = max(rd.checkpoints.glob("checkpoint-*"), key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+    unfinished = newest is not None and (problem(newest) or not (newest / layout.CHECKPOINT_MANIFEST).is_file())
+    if phase == "training" and unfinished:  # the manifest is the last thing a checkpoint gets
+        return f"training: saving {newest.name}"
+    if phase == "training":
+        done = step_losses(run) if rd.metrics_path.is_file() else {}
+        return f"training: in step {max([0, *done]) + 1}"
+    return phase
+
+
+def looks_more_finished(run: Path, steps: int) -> list[str]:
+    """Ways a run directory left by a killed process looks more finished than it is: "completed" without a model
+    that loads or without every step's loss; a model that loads though the run did not complete; a report of a run
+    that did not complete, or without its facts; a checkpoint a resume would take that does not load whole."""
+    import tunelab
+    from tunelab.runs import RunDir, layout
+
+    rd, found = RunDir(run), []
+    if not rd.file(layout.SUMMARY).is_file():
+        return [f"{n} without summary.json" for n in (layout.REPORT_HTML, layout.ADAPTER) if rd.file(n).exists()]
+    completed = rd.status() == "completed"
+    try:
+        tunelab.load(str(run))
+        loads = None
+    except Exception as exc:  # a ModelError for an unfinished run; anything else is a half-written model
+        loads = f"{type(exc).__name__}: {exc}"
+    if completed and loads:
+        found.append(f"completed, but its model does not load ({loads})")
+    if not completed and not loads:
+        found.append(f"status {rd.status()!r}, but it loads as a model")
+    if completed and sorted(step_losses(run)) != list(range(1, steps + 1)):
+        found.append(f"completed with the losses of steps {sorted(step_losses(run))}")
+    if rd.report_html.exists() and not (completed and rd.file(layout.REPORT_JSON).is_file()):
+        found.append(f"report.html, but status {rd.status()!r} and report.json {rd.file(layout.REPORT_JSON).exists()}")
+    ckpt = rd.last_checkpoint()
+    if ckpt is not None:
+        from safetensors.torch import load_file
+
+        try:
+            load_file(ckpt / "adapter_model.safetensors")
+            for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth"):
+                torch.load(ckpt / name, weights_only=False)
+            json.loads((ckpt / "trainer_state.json").read_text())
+        except Exception as exc:
+            found.append(f"{ckpt.name} passes as whole, but {type(exc).__name__}: {exc}")
+    return found

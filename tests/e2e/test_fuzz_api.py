@@ -95,15 +95,52 @@ def _body(draw: st.DrawFn, path: str) -> Any:
 
 
 @pytest.mark.parametrize("path", sorted(FIELDS))
-def test_fuzzed_requests_never_break_the_server(server: str, path: str) -> None:
-    @FUZZ
-    @given(body=_body(path))
-    def check(body: Any) -> None:
-        status, raw = _post(server, path, body)
-        assert status < 500, (status, raw[:300])
-        if status >= 400:
-            assert "error" in json.loads(raw), raw[:300]  # OpenAI's shape, a message the client can show
-
-    check()
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_requests_never_break_the_server(server: str, path: str, data: st.DataObject) -> None:
+    body = data.draw(_body(path), label="body")
+    status, raw = _post(server, path, body)
+    assert status < 500, (status, raw[:300])
+    if status >= 400:
+        assert "error" in json.loads(raw), raw[:300]  # OpenAI's shape, a message the client can show
     with urllib.request.urlopen(server + "/health", timeout=10) as r:  # still serving
+        assert r.status == 200
+
+
+def _upload(url: str, filename: str, purpose: str, content: bytes) -> tuple[int, bytes]:
+    """A multipart upload built by hand, so that any filename and purpose reach the server as they are."""
+    boundary = "tunelab-fuzz-boundary"
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\n{purpose}\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode("utf-8", "surrogatepass")
+    body = head + content + f"\r\n--{boundary}--\r\n".encode()
+    req = urllib.request.Request(url + "/v1/files", data=body, method="POST", headers={
+        "authorization": "Bearer key-a", "content-type": f"multipart/form-data; boundary={boundary}"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+names = st.text(st.characters(blacklist_characters='"\r\n', blacklist_categories=("Cs",)), max_size=20) | \
+    st.sampled_from(["../../etc/passwd", "/abs/x.jsonl", "a.jsonl", "b.csv", "c.jsonl.gz", "d.parquet", ".."])
+contents = st.binary(max_size=200) | st.lists(st.text(max_size=20), max_size=4).map(
+    lambda xs: "\n".join(json.dumps({"messages": [{"role": "user", "content": x},
+                                                  {"role": "assistant", "content": x}]}) for x in xs).encode())
+
+
+@FUZZ
+@given(filename=names, purpose=st.sampled_from(["fine-tune", "batch", ""]) | st.text(max_size=10), content=contents)
+def test_fuzzed_uploads_never_break_the_server(server: str, filename: str, purpose: str, content: bytes) -> None:
+    """Any name, purpose and bytes: a file object or a 4xx; an uploaded file's data check answers too."""
+    status, raw = _upload(server, filename, purpose, content)
+    assert status < 500, (status, raw[:300])
+    if status >= 400:
+        assert "error" in json.loads(raw), raw[:300]
+        return
+    fid = json.loads(raw)["id"]
+    status, raw = _post(server, f"/v1/files/{fid}/check", {})
+    assert status < 500, (status, raw[:300])
+    with urllib.request.urlopen(server + "/health", timeout=10) as r:
         assert r.status == 200

@@ -26,6 +26,8 @@ pytestmark = pytest.mark.e2e
 # web UI's own scripts and styles (StaticFiles, not an APIRoute).
 PUBLIC = {("GET", "/health"), ("GET", "/sign-in"), ("POST", "/sign-in"), ("GET", "/sign-out")}
 ADMIN = {("GET", "/metrics"), ("POST", "/v1/adapters"), ("DELETE", "/v1/adapters/{name:path}")}
+# the path parameters that name a project's objects: with another project's key each answers 404
+OWNED_IDS = ("job_id", "file_id", "request_id", "feedback_id")
 # valid bodies, so that a refusal can only be about whose object it is (a malformed body is a 400 for any id)
 BODIES = {"/v1/fine_tuning/jobs/{job_id}/exports": {"format": "gguf"}}
 
@@ -40,7 +42,11 @@ def server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         with write_chat(data / "rows.jsonl", 4).open("rb") as f:
             file = a.files.create(file=f, purpose="fine-tune")
         job = a.fine_tuning.jobs.create(model="tiny", training_file=file.id)  # queued: this server trains nothing
-        yield url, app, {"file_id": file.id, "job_id": job.id}
+        answer = a.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=1)
+        status, body = _post(url, "/v1/feedback", {"request_id": answer.id, "rating": "up"}, "key-a")
+        assert status == 201, body
+        yield url, app, {"file_id": file.id, "job_id": job.id, "request_id": answer.id,
+                         "feedback_id": str(body["id"])}
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -77,6 +83,13 @@ def _call(url: str, method: str, path: str, headers: dict[str, str], body: dict[
         return exc.code, exc.headers.get("location") or ""
 
 
+def _post(url: str, path: str, body: dict[str, Any], key: str) -> tuple[int, Any]:
+    req = urllib.request.Request(url + path, data=json.dumps(body).encode(), method="POST",
+                                 headers={"content-type": "application/json", "authorization": f"Bearer {key}"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return r.status, json.load(r)
+
+
 def _page(path: str) -> bool:
     return not (path.startswith("/v1/") or path == "/metrics")
 
@@ -100,7 +113,7 @@ def test_every_route_refuses_a_request_without_a_key(server: tuple[str, Any, dic
 
 def test_another_projects_key_finds_none_of_its_objects(server: tuple[str, Any, dict[str, str]]) -> None:
     url, app, ids = server
-    owned = [(m, p) for m, p in _routes(app) if "{job_id}" in p or "{file_id}" in p]
+    owned = [(m, p) for m, p in _routes(app) if any(f"{{{k}}}" in p for k in OWNED_IDS)]
     assert len(owned) > 20
     for method, path in owned:
         filled = _fill(path, ids)
@@ -116,6 +129,12 @@ def test_another_projects_key_finds_none_of_its_objects(server: tuple[str, Any, 
     # and the owner still has them: the 404s above were about the project, not the ids
     for path in ("/v1/files/{file_id}", "/v1/fine_tuning/jobs/{job_id}"):
         assert _call(url, "GET", _fill(path, ids), {"authorization": "Bearer key-a"})[0] == 200
+    # the request log has no GET: its row and feedback are still in the database, also after the other project
+    # deleted all of its own log
+    assert _call(url, "DELETE", "/v1/requests", {"authorization": "Bearer key-b"})[0] == 200
+    store = app.state.tunelab.store
+    assert store.get_request(ids["request_id"]) is not None
+    assert store.get_feedback(int(ids["feedback_id"])) is not None
 
 
 def test_admin_operations_refuse_a_project_key(server: tuple[str, Any, dict[str, str]]) -> None:

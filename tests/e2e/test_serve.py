@@ -22,7 +22,7 @@ import openai
 import pytest
 import torch
 
-from tests.helpers import build_tiny_model
+from tests.helpers import build_tiny_model, make_adapter
 from tunelab.serve.server import BackgroundServer, build
 from tunelab.serve.state import ServeSettings
 
@@ -34,17 +34,6 @@ PROMPTS = ["where is my card", "hello", "how do I reset my password", "the capit
 @pytest.fixture(scope="module")
 def chatty(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("chatty"), init_std=0.2)
-
-
-def make_adapter(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                           LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
-    model.save_pretrained(out)
-    return out
 
 
 @pytest.fixture(scope="module")

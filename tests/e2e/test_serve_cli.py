@@ -86,8 +86,9 @@ def test_serve_monitor_feedback_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_serve_refuses_a_bad_adapter_before_listening(tiny_model: Path, tmp_path: Path) -> None:
+    # without --strict-adapters it serves the others (tests/e2e/test_serve_faults.py)
     r = tunelab_cli("serve", "--model", tiny_model, "--adapter", f"x={tmp_path}", "--port", str(free_port()),
-                    "--data", tmp_path / "d", cwd=tmp_path)
+                    "--data", tmp_path / "d", "--strict-adapters", cwd=tmp_path)
     assert r.returncode == 2 and "--adapter x=" in r.stderr and "not an adapter" in r.stderr
     r = tunelab_cli("serve", "--model", tiny_model, "--adapter", "nonsense", cwd=tmp_path)
     assert r.returncode == 2 and "NAME=PATH" in r.stderr

@@ -14,7 +14,7 @@ SRC = Path(tunelab.__file__).parent
 
 # Bottom to top; a module may import from its own layer and the layers below. docs/architecture.md explains them.
 LAYERS: list[set[str]] = [
-    {"version", "errors", "atomic", "home", "config", "device", "runs"},
+    {"version", "errors", "atomic", "filecheck", "home", "config", "device", "runs"},
     {"models", "data"},
     {"training"},
     {"eval", "probes", "rewards", "graders", "report"},

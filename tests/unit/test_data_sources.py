@@ -247,4 +247,5 @@ def test_bytes_that_are_not_utf8_are_reported_with_their_line(tmp_path: Path) ->
     cs = tmp_path / "latin1.csv"
     cs.write_bytes(b"text,label\nok,a\ncaf\xe9,b\n")
     rows = list(read_rows(cs))
-    assert len(rows) == 1 and rows[0].where == f"{cs}:3" and "not valid UTF-8" in rows[0].error
+    assert [r.data for r in rows] == [{"text": "ok", "label": "a"}, None]  # the bad row only, as in JSON Lines
+    assert rows[1].where == f"{cs}:3" and "field 'text' is not valid UTF-8" in rows[1].error

@@ -20,7 +20,7 @@ from tunelab.data.load import load_records
 from tunelab.data.preference import load_pairs_report
 from tunelab.errors import TunelabError
 
-SUFFIXES = [".jsonl", ".json", ".csv", ".jsonl.gz"]
+SUFFIXES = [".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz", ".parquet"]  # any bytes: broken parquet too
 FUZZ = settings(max_examples=int(os.environ.get("TUNELAB_FUZZ_EXAMPLES", "60")), deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])  # CI: bounded; a longer search sets the variable
 

@@ -46,6 +46,8 @@ def serve_cmd(
     no_jobs: bool = typer.Option(False, "--no-jobs", help="Serve models only: no files or fine_tuning API."),
     no_python_graders: bool = typer.Option(False, "--no-python-graders", help="Refuse python graders (user code "
                                            "run in a limited subprocess, not a sandbox): for shared servers."),
+    strict_adapters: bool = typer.Option(False, "--strict-adapters", help="Refuse to start when an --adapter fails "
+                                         "to load (default: say why and serve the base and the other adapters)."),
 ) -> None:
     """Serve a model and its adapters behind an OpenAI-compatible API."""
     from ..models.load import ModelError
@@ -73,7 +75,7 @@ def serve_cmd(
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,
-                        max_queue=max_queue, settings=settings)
+                        max_queue=max_queue, settings=settings, strict_adapters=strict_adapters)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     state = app.state.tunelab

@@ -11,6 +11,7 @@ import dataclasses
 import json
 from typing import Any
 
+from .limits import TooDeep, loads
 from .records import Message, Problem, Record, Tool
 
 FORMATS = ("chat", "alpaca", "sharegpt", "completion", "text", "classification")
@@ -98,9 +99,13 @@ def _arguments(p: list[Problem], where: str, args: Any, f: str) -> str | None:
                          "('{}' when there are none)", field=f))
         return None
     try:
-        parsed = json.loads(args)
-    except json.JSONDecodeError as exc:
-        p.append(Problem(where, f"{f} is not valid JSON ({exc.msg}, column {exc.colno}): {args[:80]!r}", field=f))
+        parsed = loads(args)
+    except TooDeep as exc:
+        p.append(Problem(where, f"{f}: {exc}", field=f))
+        return None
+    except ValueError as exc:  # json.JSONDecodeError, or a number of over 4,300 digits
+        why = f"{exc.msg}, column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else str(exc).split(";")[0]
+        p.append(Problem(where, f"{f} is not valid JSON ({why}): {args[:80]!r}", field=f))
         return None
     if not isinstance(parsed, dict):
         p.append(Problem(where, f"{f} must be a JSON object of named arguments, got {_type(parsed)}", field=f))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .formats import FORMATS, apply_columns, detect_format, explain_unknown, to_record
+from .limits import max_row_errors, stopped_reading
 from .records import DataError, Problem, Record
 from .sources import data_files, read_rows
 
@@ -33,9 +34,15 @@ def load_records(
         raise DataError([Problem(str(path), f"unknown format {fmt!r}; "
                                             f"expected auto or one of {', '.join(FORMATS)}")])
     out = Loaded()
+    budget, errors, seen_problems = max_row_errors(), 0, 0
     for file in data_files(path):
         file_fmt = None if fmt == "auto" else fmt
         for raw in read_rows(file):
+            errors += sum(p.severity == "error" for p in out.problems[seen_problems:])
+            seen_problems = len(out.problems)
+            if errors >= budget:
+                out.problems.append(Problem(raw.where, stopped_reading(file, budget)))
+                return out
             out.rows += 1
             if raw.data is None:
                 out.problems.append(Problem(raw.where, raw.error))

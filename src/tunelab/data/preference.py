@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .formats import _check_messages, _with_system, apply_columns
+from .limits import max_row_errors, stopped_reading
 from .records import DataError, Message, Problem
 from .sources import data_files, read_rows
 
@@ -342,9 +343,15 @@ def _load(path: str | Path, fmt: str, formats: tuple[str, ...], columns: dict[st
     out = LoadedPairs()
     items: list[T] = []
     seen: dict[str, str] = {}
+    budget, errors, seen_problems = max_row_errors(), 0, 0
     for file in data_files(path):
         file_fmt = None if fmt == "auto" else fmt
         for raw in read_rows(file):
+            errors += sum(p.severity == "error" for p in out.problems[seen_problems:])
+            seen_problems = len(out.problems)
+            if errors >= budget:
+                out.problems.append(Problem(raw.where, stopped_reading(file, budget)))
+                return items, out
             out.rows += 1
             if raw.data is None:
                 out.problems.append(Problem(raw.where, raw.error))

@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import DiskFullError, is_disk_full, size_text, writing
 from .source import ExportError, Log, source
 
 FORMATS = ("hf", "adapter", "gguf")
@@ -49,11 +50,17 @@ def staged_dir(out: Path, *, force: bool, protect: list[Path] | None = None) -> 
             raise ExportError(f"--out {out} contains the model being exported ({p}): choose another --out")
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with writing("the export", out):
+        tmp.mkdir(parents=True)
     try:
         yield tmp
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and is_disk_full(exc, tmp)  # before the partial files free their space
+        written = sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()) if full else 0
         shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise DiskFullError("the export", out, f"nothing was kept ({size_text(written)} were written when the "
+                                f"disk filled). Free space there and export again") from exc
         raise
     if out.exists():
         # The old output goes aside before the new one moves in: at every moment `out` is either the

@@ -7,6 +7,7 @@ in f32, and the tokenizer stored as metadata (a GGUF carries no tokenizer.json).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -248,9 +249,14 @@ def write_gguf(model: Any, tok: Any, path: Path, *, ftype: str, arch: str, name:
             w.add_tensor(tname, arr)
         else:
             w.add_tensor(tname, arr, raw_dtype=raw)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file(progress=False)
+    try:
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file(progress=False)
+    except BaseException:
+        with contextlib.suppress(Exception):  # closed now: an open file keeps its disk space (a full disk: all of it)
+            w.close()
+        raise
     w.close()
 
 

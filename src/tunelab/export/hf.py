@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..models.integrity import SHA_KEY, check_adapter
 from ..runs import RunDir
 from ..runs import layout as files
 from .source import ExportError, Log, Source
@@ -102,6 +103,7 @@ def export_adapter(src: Source, out: Path, *, dtype: str | None = None, log: Log
         raise ExportError(f"{src.run} continued from another run ({earlier}): its adapter only applies on top "
                           f"of that run's merged weights, not on the base model. Use --format hf or gguf, "
                           f"which merge every adapter in order")
+    check_adapter(res.adapter)  # a damaged adapter is refused, not copied on
     log(f"copying the adapter from {res.adapter}")
     cfg = json.loads((res.adapter / "adapter_config.json").read_text())
     weights = res.adapter / "adapter_model.safetensors"
@@ -136,7 +138,7 @@ def export_adapter(src: Source, out: Path, *, dtype: str | None = None, log: Log
 # --- the model card --------------------------------------------------------------------------------
 
 _SKIP_SUMMARY = {"name", "started", "updated", "status", "task", "base_model", "labels", "best_checkpoint",
-                 "precision"}
+                 "precision", SHA_KEY}
 
 
 def _fmt(v: Any) -> str:

@@ -18,3 +18,10 @@ def not_found(what: str, the_id: str, param: str) -> JobsError:
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> JobsError:
     return JobsError(400, message, param=param, code=code or "invalid_request_error")
+
+
+def disk_full() -> JobsError:
+    """The server's disk (or quota) is full: 507 Insufficient Storage, a server error OpenAI's clients raise as such
+    (and retry, as any 5xx). The path stays in the server's log: clients don't learn the server's layout."""
+    return JobsError(507, "the server's disk is full: nothing was stored. Try again once space has been freed on the "
+                     "server", code="insufficient_storage")

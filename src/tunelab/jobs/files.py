@@ -3,19 +3,30 @@ listed, read back and deleted per project, in OpenAI's file object shape."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import select
 
+from ..errors import DiskFullError, is_disk_full
 from .db import FileRow, JobsDB, now
-from .errors import JobsError, invalid, not_found
+from .errors import JobsError, disk_full, invalid, not_found
 from .ids import file_id
 
 PURPOSES = ("fine-tune",)  # what clients may upload; the service itself writes fine-tune-results
 KNOWN_SUFFIXES = (".jsonl.gz", ".json.gz", ".csv.gz", ".jsonl", ".json", ".csv", ".parquet")
 CHUNK = 1 << 20
+log = logging.getLogger("tunelab.serve")
+
+
+def clean_filename(filename: str) -> str:
+    """The client's filename as kept (metadata only, never a path): its last path component, without control
+    characters (NUL, newlines: they break databases, logs and headers), at most 255 characters."""
+    name = filename.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if c.isprintable()).strip()
+    return name[:255] if name not in ("", ".", "..") else "upload"
 
 
 def stored_suffix(filename: str) -> str:
@@ -51,13 +62,15 @@ class FileStore:
                         raise JobsError(413, f"the file is over {self.max_bytes} bytes, this server's limit "
                                         "(tunelab serve --max-file-mb)", param="file", code="file_too_large")
                     out.write(chunk)
-        except BaseException:
+            if size == 0:
+                raise invalid("the file is empty", param="file")
+            return self.record(project, clean_filename(filename), purpose, path, fid)
+        except BaseException as exc:  # no part of the file, and no row, stays behind
             path.unlink(missing_ok=True)
+            if isinstance(exc, Exception) and not isinstance(exc, JobsError) and is_disk_full(exc, self.root):
+                log.error("an upload was refused: %s", DiskFullError(f"an upload ({size} bytes so far)", self.root))
+                raise disk_full() from None
             raise
-        if size == 0:
-            path.unlink(missing_ok=True)
-            raise invalid("the file is empty", param="file")
-        return self.record(project, filename[:512], purpose, path, fid)
 
     def record(self, project: str, filename: str, purpose: str, path: Path, fid: str | None = None) -> FileRow:
         """A file the service wrote itself (a job's results), under the job's project."""

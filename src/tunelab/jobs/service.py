@@ -4,6 +4,7 @@ project: another project's id is answered exactly as an id that does not exist."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -11,12 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from ..config import dump_config
 from ..runs import RunDir
 from .db import CheckpointRow, EventRow, JobRow, JobsDB, now
-from .errors import invalid, not_found
+from .errors import JobsError, invalid, not_found
 from .files import FileStore
 from .ids import event_id, job_id
 from .schemas import JobCreate
@@ -240,6 +241,36 @@ class JobsService:
             raise not_found("model", name, "model")
         self._set(job.id, model_deleted=1)
         add_event(self.db, job.id, f"Model {name} deleted")
+
+    def delete_job(self, project: str, jid: str) -> JobRow:
+        """A finished job and what it made: its records (events, checkpoints, result files) and its directory (the
+        data copy, run, checkpoints, sweep trials), which is first renamed away so that nothing half-deleted looks
+        like a job. Refused while it may still run, and while another job continues from its model (that job's
+        run is built on this one's)."""
+        row = self.get(project, jid)
+        if row.status not in FINISHED:
+            raise JobsError(409, f"the job is {row.status}: cancel it first (POST /v1/fine_tuning/jobs/{jid}/cancel), "
+                            "then delete it once it has stopped", param="fine_tuning_job_id", code="job_not_finished")
+        with self.db.sessions() as s:
+            child = s.scalar(select(JobRow.id).where(JobRow.project == project, JobRow.id != jid,
+                                                     JobRow.model == row.fine_tuned_model).limit(1)) \
+                if row.fine_tuned_model else None
+        if child is not None:
+            raise JobsError(409, f"job {child} continues from this job's model {row.fine_tuned_model}: delete that "
+                            "job first", param="fine_tuning_job_id", code="model_in_use")
+        with self.db.session() as s:
+            s.execute(delete(EventRow).where(EventRow.job_id == jid))
+            s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == jid))
+            s.execute(delete(JobRow).where(JobRow.id == jid))
+        for fid in row.result_files or []:
+            with contextlib.suppress(JobsError):  # deleted by its owner already
+                self.files.delete(project, fid)
+        work = self.job_dir(jid)
+        if work.exists():
+            trash = work.with_name(f".deleting-{jid}")
+            os.replace(work, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        return row
 
 
 def _link_or_copy(src: Path, dest: Path) -> None:

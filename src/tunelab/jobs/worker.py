@@ -252,8 +252,8 @@ class Worker:
                 add_event(self.db, job.id, f"No estimate: {result['estimate_error'][:500]}", level="warn")
             return
         kind = result.get("kind")
-        message = self._readable(job, result.get("message") or stderr.decode(errors="replace")[-2000:]
-                                 or "the check stopped without a result")
+        message = self._readable(job, result.get("message") or _killed(proc.returncode, "files' check")
+                                 or stderr.decode(errors="replace")[-2000:] or "the check stopped without a result")
         code = {"data": "invalid_training_file", "config": "invalid_request"}.get(kind or "", "invalid_job")
         self._update(job.id, status="failed", finished_at=now(), worker=None,
                      error={"code": code, "message": message[:8000], "param": "training_file" if kind == "data"
@@ -364,7 +364,8 @@ class Worker:
                       "takes it again")
         else:
             error = run.summary().get("error") if status and sweep is None else None
-            message = error or _log_tail(work / "train.log") or f"training stopped with exit code {code}"
+            message = error or _killed(code, "training", self.db, job.id) or _log_tail(work / "train.log") or \
+                f"training stopped with exit code {code}"
             self._update(job.id, status="failed", finished_at=now(), worker=None, requested=None,
                          error={"code": "training_failed", "message": self._readable(job, message)[:8000],
                                 "param": None})
@@ -393,6 +394,26 @@ def _resolved_method(job: JobRow, run: RunDir) -> dict[str, Any]:
     hp.update(n_epochs=resolved.get("epochs", hp.get("n_epochs")), batch_size=resolved.get("batch_size",
               hp.get("batch_size")), learning_rate_multiplier=multiplier if multiplier not in (None, "auto") else 1.0)
     return method
+
+
+def _killed(code: int, what: str, db: JobsDB | None = None, job_id: str | None = None) -> str | None:
+    """What to say of a job's process (its `what`: training, files' check) ended by a signal it could not handle
+    (kill -9, the out-of-memory killer): its own output stops mid-way and says nothing of it."""
+    if code >= 0:
+        return None
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    step = None
+    if db is not None:
+        with db.sessions() as s:
+            step = s.scalars(select(CheckpointRow.step).where(CheckpointRow.job_id == job_id)
+                             .order_by(CheckpointRow.step.desc()).limit(1)).first()
+    why = " (on Linux most often the out-of-memory killer: see `dmesg`)" if -code == signal.SIGKILL else ""
+    kept = f"; its checkpoints up to step {step} are kept" if step is not None else ""
+    return (f"the {what} process was killed by {name}{why}{kept}; create the job again to retry"
+            + (", with a smaller batch size if memory ran out" if what == "training" else ""))
 
 
 def _log_tail(path: Path, lines: int = 15) -> str:

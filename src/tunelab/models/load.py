@@ -15,17 +15,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from ..device import device
-from ..errors import TunelabError
 from ..runs import RunDir
 from .gguf_convert import convert_gguf
+from .integrity import ModelError, check_adapter
 from .registry import ALIASES, DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from ..config import TunelabConfig
-
-
-class ModelError(TunelabError, ValueError):
-    """A model reference that can't be loaded; the message says why and what to do."""
 
 
 @dataclass
@@ -71,7 +67,7 @@ def run_base(run: Path) -> str:
 def resolve(ref: str | None) -> ModelRef:
     ref = ref or DEFAULT_MODEL
     if ref in ALIASES:
-        return ModelRef("alias", str(convert_gguf(ALIASES[ref].path())))
+        return ModelRef("alias", str(convert_gguf(ALIASES[ref].path(), packaged=ALIASES[ref])))
     p = Path(ref).expanduser()
     if p.exists():
         if p.is_file() and p.suffix == ".gguf":
@@ -139,6 +135,7 @@ def merge_adapters(model: Any, adapters: list[Path]) -> Any:
     from peft import PeftModel
 
     for adapter in adapters:
+        check_adapter(adapter)  # a damaged one is refused whole, before peft reads any of it
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     return model
 
@@ -161,6 +158,7 @@ def load(ref: str | None = None, *, dtype: Any = None) -> LoadedModel:
     if res.adapter is not None:
         from peft import PeftModel
 
+        check_adapter(res.adapter)
         model = PeftModel.from_pretrained(model, str(res.adapter))
     model.to(device())
     model.eval()

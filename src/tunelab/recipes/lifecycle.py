@@ -13,22 +13,36 @@ what the run is doing to any other process watching it. A method's module keeps 
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from rich.console import Console
 
+from .. import atomic
 from ..config import ConfigError, TunelabConfig
 from ..data.records import DataError, Problem
 from ..device import peak_rss_mib
+from ..errors import DiskFullError
+from ..models.integrity import record_adapter
 from ..models.load import LoadedModel, ModelRef, load_tokenizer, resolve, tokenizer_path
-from ..runs import Reporter, RunDir, RunResult, checkpoint_step, open_run
+from ..runs import Reporter, RunDir, RunDirError, RunResult, checkpoint_step, open_run
+from ..runs.checkpoint import TRAINER_STATE, set_aside
+from ..runs.disk import stopped_by_full_disk
 from ..training import auto
 from ..training.auto import Hyperparams
-from ..training.callbacks import GracefulInterrupt, MetricsLogger, RichProgress, RunProgress, TokenCounter
+from ..training.callbacks import (
+    CheckpointManifest,
+    GracefulInterrupt,
+    MetricsLogger,
+    RichProgress,
+    RunProgress,
+    TokenCounter,
+)
 
 
 @dataclass
@@ -128,7 +142,8 @@ class Session:
         """metrics.jsonl, the console bar, progress.json and a clean Ctrl-C, plus the method's own."""
         self._interrupt = GracefulInterrupt(self.console)
         return [*extra, MetricsLogger(self.run, self.counter), RichProgress(self.counter, self.console),
-                RunProgress(self.reporter, self.counter), self._interrupt, *self.extra_callbacks]
+                CheckpointManifest(self.run), RunProgress(self.reporter, self.counter), self._interrupt,
+                *self.extra_callbacks]
 
     def hyperparams(self, *, n_params: int, lengths: list[int], head: bool = False) -> Hyperparams:
         if self.rehearsal is not None:  # the whole run's batch, for a few steps
@@ -148,12 +163,18 @@ class Session:
     def fit(self, trainer: Any) -> Any:
         """trainer.train(), from the last checkpoint when resuming; the training numbers go into the summary.
         Raises Interrupted after Ctrl-C (the checkpoint is saved)."""
-        checkpoint = self.run.last_checkpoint() if self.resume else None
-        if self.resume and checkpoint is None:
+        passed_over: list[tuple[Path, str]] = []
+        checkpoint = self.run.last_checkpoint(passed_over) if self.resume else None
+        for damaged, why in passed_over:
+            self._set_aside(damaged, why, checkpoint)
+        if self.resume and checkpoint is None and not passed_over:
             self.console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
         self.run.trim_metrics(checkpoint_step(checkpoint) if checkpoint else 0)
         t0 = time.perf_counter()
-        out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        if checkpoint is not None and _final(checkpoint, trainer.args.max_steps):
+            out = _trained_already(trainer, checkpoint)
+        else:
+            out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         seconds = time.perf_counter() - t0
         trained = self.counter.tokens - self.counter.at_start  # in this process: a resumed run's rate is its own
         self.summary.update(steps=trainer.state.global_step, train_loss=out.training_loss,
@@ -163,11 +184,27 @@ class Session:
             raise Interrupted(trainer.state.global_step)
         return out
 
+    def _set_aside(self, damaged: Path, why: str, instead: Path | None) -> None:
+        """A checkpoint a resume must not load (cut short by a killed process, or damaged since): said, and moved
+        out of the trainer's way, which would save that step into it again."""
+        try:
+            kept = set_aside(damaged)
+        except OSError as exc:
+            raise RunDirError(f"{damaged} is damaged ({why}) and can't be moved aside ({exc}): delete it, then "
+                              f"resume again") from None
+        where = f"from {instead.name}" if instead else "from the beginning"
+        message = (f"{damaged.name} is damaged ({why}): resuming {where} instead; it is kept as "
+                   f"{kept.relative_to(self.run.path)} (delete it when you no longer need it)")
+        self.console.print(f"[yellow]{message}[/]", highlight=False)
+        self.event(message, level="warn")
+
     def save(self, model: Any, *, labels: list[str] | None = None) -> None:
         """The adapter in standard PEFT format (or the whole model), the tokenizer, a head's labels."""
         self.phase("saving")
         final = self.run.full_model if self.cfg.peft.method == "full" else self.run.adapter
         model.save_pretrained(str(final))
+        if final == self.run.adapter:  # its hash: a byte changed later is found when it is loaded
+            self.summary.update(record_adapter(final))
         self.tokenizer.save_pretrained(str(self.run.tokenizer))
         if labels is not None:
             self.run.write_labels(labels)
@@ -198,6 +235,26 @@ class Session:
         if self.cfg.peft.method == "full":
             return ModelRef("run", str(self.run.full_model), run=self.run.path)
         return ModelRef("run", base.path, [*base.adapters, self.run.adapter], self.run.path)
+
+
+def _final(checkpoint: Path, max_steps: int) -> bool:
+    """Whether `checkpoint` is its run's last step (and no override asks for more steps now)."""
+    state = json.loads((checkpoint / TRAINER_STATE).read_text())
+    step = int(state.get("global_step", 0))
+    return step >= int(state.get("max_steps") or 0) > 0 and (max_steps <= 0 or max_steps <= step)
+
+
+def _trained_already(trainer: Any, checkpoint: Path) -> Any:
+    """The weights of a run whose training had ended (stopped afterwards: saving, probing, scoring), from its last
+    checkpoint, without training: transformers, resumed from a run's final step, would train one step more."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
+    best = trainer.state.best_model_checkpoint if trainer.args.load_best_model_at_end else None
+    trainer._load_from_checkpoint(best if best and Path(best).is_dir() else str(checkpoint))
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    return TrainOutput(trainer.state.global_step, sum(losses) / len(losses) if losses else float("nan"), {})
 
 
 def _start(cfg: TunelabConfig, console: Console) -> Start:
@@ -249,6 +306,9 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
     ladder that fits) and add to the summary; it runs before the run directory exists, so a run that fits
     nowhere leaves nothing behind."""
     console = console or Console(stderr=True)
+    unreported = _unreported(cfg) if resume else None
+    if unreported is not None:  # stopped while writing the report: the run itself is complete
+        return _report_again(unreported, console)
     if cfg.train.threads:
         import torch
 
@@ -288,9 +348,14 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
         console.print(f"[yellow]Stopped {where}; continue with --resume[/]")
         return RunResult(run.path, "interrupted", summary)
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
-        run.set_status("failed", error=f"{type(exc).__name__}: {exc}")
-        reporter.event(f"Failed: {type(exc).__name__}: {exc}", level="error", kind="failed")
-        reporter.phase("failed")
+        full = stopped_by_full_disk(run, exc, reporter.state.get("phase"))  # frees a half-written checkpoint
+        said = full or exc
+        with contextlib.suppress(OSError):  # a disk still full must not hide the error that says so
+            run.set_status("failed", error=f"{type(said).__name__}: {said}")
+            reporter.event(f"Failed: {type(said).__name__}: {said}", level="error", kind="failed")
+            reporter.phase("failed")
+        if full is not None:
+            raise full from exc
         raise
     finally:
         signal.signal(signal.SIGINT, sigint)  # the trainer's Ctrl-C handler never outlives the run
@@ -324,12 +389,36 @@ def _probe(session: Session, model: Any) -> None:
     session.event(summary_line(result), kind="probes")
 
 
+def _unreported(cfg: TunelabConfig) -> RunDir | None:
+    """The run to resume, if it completed and has no report: its process was stopped while writing it."""
+    run = RunDir(Path(cfg.output_dir) / str(cfg.name))
+    try:
+        completed = run.is_run() and run.status() == "completed"
+    except RunDirError:
+        return None  # open_run says what is wrong with it
+    return run if completed and not run.report_html.is_file() else None
+
+
+def _report_again(run: RunDir, console: Console) -> RunResult:
+    atomic.remove_leftovers(run.path)  # the half-written report's temporary file
+    reporter = Reporter(run)
+    reporter.event("Resumed to write the report: the run had completed, its report was not written")
+    console.print("[yellow]This run completed, but its report was not written: writing it now[/]")
+    reporter.phase("reporting")
+    _report(run, console)
+    reporter.phase("done")
+    return RunResult(run.path, "completed", run.summary())
+
+
 def _report(run: RunDir, console: Console) -> None:
     """The report of a run that has just completed, written beside it. A report problem must not undo the run."""
     from ..report import write_report
 
     try:
         html, _ = write_report(run.path)
+    except DiskFullError as exc:  # not a warning to scroll past: nothing more can be written there
+        raise DiskFullError(exc.what, exc.where, f"the run itself is complete, its model saved. Free space there "
+                            f"and write the report with `tunelab report {run.path}`") from exc
     except Exception as exc:
         console.print(f"[yellow]The report could not be written ({type(exc).__name__}: {exc}); the run is "
                       f"complete. Try again with `tunelab report {run.path}`[/]")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from .. import atomic
 from ..errors import TunelabError
 from . import layout
+from .checkpoint import problem as checkpoint_problem
 
 if TYPE_CHECKING:
     from ..config import TunelabConfig
@@ -232,19 +233,20 @@ class RunDir:
     def events(self) -> list[dict[str, Any]]:
         return self._lines(layout.EVENTS).rows
 
-    def last_checkpoint(self) -> Path | None:
-        """The newest complete checkpoint. The trainer writes trainer_state.json last: a process killed while
-        saving leaves a checkpoint without it (or with it cut short), which a resume must pass over."""
+    def last_checkpoint(self, passed_over: list[tuple[Path, str]] | None = None) -> Path | None:
+        """The newest whole checkpoint (runs/checkpoint.py checks it): a process killed while saving leaves one
+        unfinished, a disk can damage one later, and a resume must never load half of one. Newer ones that are
+        not whole are added to `passed_over` with what is wrong with them."""
         if not self.checkpoints.is_dir():
             return None
         steps = sorted((d for d in self.checkpoints.glob("checkpoint-*") if d.name.rsplit("-", 1)[-1].isdigit()),
                        key=checkpoint_step, reverse=True)
         for d in steps:
-            try:
-                json.loads((d / "trainer_state.json").read_text())
-            except (OSError, ValueError):
-                continue
-            return d
+            bad = checkpoint_problem(d)
+            if bad is None:
+                return d
+            if passed_over is not None:
+                passed_over.append((d, bad))
         return None
 
     # --- writing ---------------------------------------------------------------------------------
@@ -299,8 +301,9 @@ class RunDir:
         return atomic.write_json(folder / f"{name}.json", result | {"created": time.time()})
 
     def write_report(self, html: str, facts_json: str) -> tuple[Path, Path]:
-        return (atomic.write_text(self.report_html, html),
-                atomic.write_text(self.file(layout.REPORT_JSON), facts_json))
+        """report.json, then report.html: a page (what people open) is never there without its facts."""
+        facts = atomic.write_text(self.file(layout.REPORT_JSON), facts_json)
+        return atomic.write_text(self.report_html, html), facts
 
     def set_status(self, status: str, **extra: Any) -> Summary:
         """Update summary.json: the status and any headline numbers; an error is kept only while failed."""
@@ -370,11 +373,14 @@ def open_run(cfg: TunelabConfig, resume: bool) -> RunDir:
     path = Path(cfg.output_dir) / str(cfg.name)
     run = RunDir(path)
     if resume:
-        if not run.file(layout.SUMMARY).exists():
+        if not run.file(layout.SUMMARY).exists() and not run.file(layout.CONFIG).is_file():
             raise RunDirError(f"{path}: nothing to resume (no such run); start it without --resume")
         if run.status() == "completed":
             raise RunDirError(f"{path} already completed: there is nothing to resume")
-        run.set_status("running")
+        # a run killed before its first summary.json has only its config: it starts again from there
+        fresh = {} if run.file(layout.SUMMARY).exists() else {"name": cfg.name, "started": now()}
+        atomic.remove_leftovers(path)  # what the killed process was writing when it died
+        run.set_status("running", **fresh)
         return run
     if path.exists() and any(path.iterdir()):
         status = run.status() if run.file(layout.SUMMARY).exists() else "unknown"

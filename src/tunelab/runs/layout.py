@@ -18,6 +18,7 @@ LABELS = "labels.json"  # classification-head and reward runs: the head's output
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
 CHECKPOINTS = "checkpoints"
+CHECKPOINT_MANIFEST = "tunelab-manifest.json"  # in each checkpoint-<step>/: its files' sizes and SHA-256, written last
 ADAPTER = "adapter"  # the PEFT adapter (LoRA, DoRA)
 MODEL = "model"  # full fine-tuning: the whole model
 TOKENIZER = "tokenizer"

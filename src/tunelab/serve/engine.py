@@ -15,10 +15,13 @@ from __future__ import annotations
 import asyncio
 import inspect
 import math
+import re
 import threading
 import time
 import uuid
+import warnings
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +67,7 @@ class GenRequest:
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
     created: float = field(default_factory=time.time)
     cancelled: bool = False
+    cancelled_at: float | None = None
     first_token_at: float | None = None
     finished_at: float | None = None
     completion_tokens: int = 0
@@ -76,6 +80,12 @@ class GenRequest:
     @property
     def prompt_tokens(self) -> int:
         return sum(len(p) for p in self.prompts)
+
+    def cancel(self) -> None:
+        """The client went away: its rows leave the batch at the engine's next step."""
+        if not self.cancelled:
+            self.cancelled_at = time.time()
+            self.cancelled = True
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> asyncio.Queue[Event]:
         self._loop, self._queue = loop, asyncio.Queue()
@@ -90,7 +100,7 @@ class GenRequest:
             try:
                 self._loop.call_soon_threadsafe(self._queue.put_nowait, event)
             except RuntimeError:  # the client's event loop is gone (server shutting down)
-                self.cancelled = True
+                self.cancel()
 
 
 @dataclass
@@ -131,6 +141,8 @@ class Engine:
         self.tokens_generated = 0
         self._recent: deque[tuple[float, int]] = deque(maxlen=256)  # (time, tokens) per step, for tokens/s
         self._avg_request_s = 2.0
+        # called with the seconds from a request's cancel() to its rows leaving the batch (for /metrics)
+        self.on_release: Callable[[float], None] | None = None
         with torch.inference_mode():  # refuse at start, not at the first request, a cache we can't batch
             probe = model(input_ids=torch.tensor([[tokenizer.eos_token_id or 0]], device=self.device), use_cache=True)
         _check_cache(_cache_of(probe))
@@ -157,12 +169,23 @@ class Engine:
                 raise ValueError(f"a model named {name!r} is already loaded")
             if name in self._removing:
                 raise ValueError(f"{name!r} is still finishing requests after its removal; add it again shortly")
+            if hasattr(torch.nn.ModuleDict, name):  # peft keeps each adapter's layers under its name
+                raise ValueError(f"{name!r} can't name an adapter: torch's modules use that name for themselves; "
+                                 f"choose another")
             before = self.model
             try:
                 if isinstance(self.model, PeftModel):
-                    self.model.load_adapter(str(path), adapter_name=name)
+                    missing = list(self.model.load_adapter(str(path), adapter_name=name).missing_keys)
                 else:
-                    self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                    with warnings.catch_warnings(record=True) as caught:  # peft only warns of missing weights
+                        warnings.simplefilter("always")
+                        self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name)
+                    said = [str(w.message) for w in caught if "missing adapter keys" in str(w.message)]
+                    missing = [k for m in said for k in re.findall(r"'([^']+)'", m)] or said
+                if missing:  # those weights would stay at their initial values: an adapter loaded half
+                    raise ValueError(f"{path}: the adapter's weights file lacks some of its weights (e.g. "
+                                     f"{missing[0][:200]}): cut short, or saved for another adapter config; copy "
+                                     f"it again")
             except Exception:
                 self._roll_back(before, name)
                 raise
@@ -247,6 +270,8 @@ class Engine:
             raise ValueError(f"this request needs {rows} sequences (prompts x n) and the server generates at most "
                              f"{self.max_batch} at once (--max-batch)")
         with self._cv:
+            if len(self._waiting) >= self.max_queue:  # requests whose clients left make room first
+                self._waiting = deque(r for r in self._waiting if not r.cancelled)
             if len(self._waiting) >= self.max_queue:
                 batches_ahead = math.ceil((len(self._waiting) + len(self._rows)) / max(self.max_batch, 1))
                 raise QueueFull(max(1, math.ceil(batches_ahead * self._avg_request_s)))
@@ -435,10 +460,16 @@ class Engine:
             row.req.emit(Event("done"))
 
     def _drop_cancelled(self) -> None:
+        released: dict[str, GenRequest] = {}
         for row in self._rows:
             if row.req.cancelled and not row.done:
                 row.done = True
+                released[row.req.id] = row.req
         self._retire()
+        if self.on_release is not None:
+            now = time.time()
+            for req in released.values():
+                self.on_release(now - (req.cancelled_at or now))
 
     def _retire(self) -> None:
         keep = [i for i, r in enumerate(self._rows) if not r.done]

@@ -112,7 +112,8 @@ def add_jobs_routes(app: FastAPI, state: State, auth: Any) -> None:
 
     @app.exception_handler(JobsError)
     async def jobs_error(request: Request, exc: JobsError) -> JSONResponse:
-        err = APIError(exc.status, exc.message, param=exc.param, code=exc.code)
+        kind = "server_error" if exc.status >= 500 else "invalid_request_error"
+        err = APIError(exc.status, exc.message, type=kind, param=exc.param, code=exc.code)
         return JSONResponse(err.body(), status_code=exc.status)
 
     # --- files ----------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ if TYPE_CHECKING:
     from .engine import Engine
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+RELEASE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 5)
 
 
 class Metrics:
@@ -34,6 +35,9 @@ class Metrics:
             lambda: engine.active_rows)
         Gauge("tunelab_adapters_loaded", "Adapters loaded", registry=r).set_function(lambda: len(engine.adapters))
         self.adapter = Gauge("tunelab_adapter_loaded", "1 for each loaded adapter", ["adapter"], registry=r)
+        self.released = Histogram("tunelab_cancelled_release_seconds", "From a client's disconnect being seen to its "
+                                  "sequences leaving the batch", buckets=RELEASE_BUCKETS, registry=r)
+        engine.on_release = self.released.observe
 
     def observe(self, model: str, endpoint: str, status: int, latency: float | None = None,
                 ttft: float | None = None, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.data import DataConfig
+from ..models.integrity import check_adapter
 from ..models.load import ModelError, ModelRef, load_tokenizer, merge_adapters, resolve, tokenizer_path
 from ..models.registry import ALIASES
 from ..runs import RunDir
@@ -83,9 +84,11 @@ def adapter_source(ref: str, base: Base) -> AdapterSource:
                 f"the server's ({' + '.join([base.resolved.path, *map(str, base.resolved.adapters)])}); start "
                 f"the server with --model set to that base, or export the run merged")
         data = run.config().data
+        check_adapter(run.adapter)  # cut short or garbled: refused before anything of it is loaded
         return AdapterSource(run.adapter, run=p, system_prompt=data.system_prompt,
                              train_data=_find(data.train, p) if data.train else None, data=data)
     if p.is_dir() and (p / "adapter_config.json").is_file():
+        check_adapter(p)
         return AdapterSource(p)
     raise ModelError(f"{ref}: not an adapter: expected a tunelab run directory (a folder `tunelab train` wrote) "
                      f"or a PEFT adapter directory (adapter_config.json)")

@@ -11,10 +11,11 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from .deletion import add_deletion_routes, request_visible
 from .generation import run_generation
 from .jobs_api import add_jobs_routes
 from .middleware import BodyLimit, add_error_handlers, bearer_auth
-from .schemas import AdapterRequest, APIError, ChatRequest, CompletionRequest, FeedbackRequest
+from .schemas import MAX_PROMPTS, AdapterRequest, APIError, ChatRequest, CompletionRequest, FeedbackRequest
 from .state import DEFAULT_PROJECT, State
 from .ui.pages import add_ui_routes
 from .watch_api import add_watch_routes
@@ -32,7 +33,7 @@ def create_app(state: State) -> FastAPI:
             if state.jobs is not None:  # running jobs save a checkpoint and go back to the queue
                 await asyncio.to_thread(state.jobs.stop)
             state.engine.stop()
-            state.writer.shutdown(wait=True)
+            state.request_log.close()  # a last try for rows still waiting, then the writer stops
 
     # no /docs, /redoc or /openapi.json: every route the server answers needs a key (tests/e2e/test_route_auth.py)
     app = FastAPI(title="tunelab", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
@@ -79,8 +80,7 @@ def create_app(state: State) -> FastAPI:
     async def feedback(body: FeedbackRequest, project: str = auth) -> dict[str, Any]:
         def write() -> int:
             logged = state.store.get_request(body.request_id)
-            owner = state.owner(logged.model) if logged is not None else None
-            if logged is None or owner not in (None, project):  # another project's answer: as unknown
+            if logged is None or not request_visible(state, logged, project):  # another project's: as unknown
                 raise APIError(404, f"no request with id {body.request_id!r}; use the `id` of a completion "
                                     f"(also sent as the x-request-id header)", param="request_id")
             return state.store.add_feedback(body.request_id, body.rating, body.correction, body.comment)
@@ -107,7 +107,7 @@ def create_app(state: State) -> FastAPI:
                                                return_dict=True)["input_ids"])
         except Exception as exc:  # the template rejects the conversation (e.g. roles out of order)
             raise APIError(400, f"the chat template can't render these messages: {exc}", param="messages") from None
-        max_tokens = body.max_completion_tokens or body.max_tokens or state.settings.default_max_tokens
+        max_tokens = body.max_completion_tokens or body.max_tokens  # None: the default, cut to fit the context
         return await run_generation(state, request, body, "chat", adapter, [ids], max_tokens, {"messages": messages})
 
     @app.post("/v1/completions")
@@ -115,14 +115,15 @@ def create_app(state: State) -> FastAPI:
         request.state.model = body.model
         adapter = await asyncio.to_thread(state.resolve_model, body.model, project)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not prompts or len(prompts) > 16:
-            raise APIError(400, "prompt must be a string or a list of 1 to 16 strings", param="prompt")
+        if not prompts or len(prompts) > MAX_PROMPTS:
+            raise APIError(400, f"prompt must be a string or a list of 1 to {MAX_PROMPTS} strings", param="prompt")
         ids = [state.base.tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-        max_tokens = body.max_tokens or state.settings.default_max_tokens
+        max_tokens = body.max_tokens if "max_tokens" in body.model_fields_set else None
         return await run_generation(state, request, body, "completions", adapter, ids, max_tokens,
                                     {"prompt": body.prompt})
 
     add_watch_routes(app, state, auth)
+    add_deletion_routes(app, state, auth)
     if state.jobs is not None:
         add_jobs_routes(app, state, auth)
         if state.sessions is not None:  # the web UI is a face of the jobs API

@@ -18,8 +18,9 @@ from ..home import home
 from .engine import Engine
 from .metrics import Metrics
 from .models import Base, adapter_source, training_prompts
+from .request_log import RequestLogWriter
 from .schemas import APIError
-from .store import Store, pack
+from .store import Store
 from .ui.session import Sessions
 
 log = logging.getLogger("tunelab.serve")
@@ -58,6 +59,8 @@ class State:
         self.base, self.engine, self.store, self.settings = base, engine, store, settings
         self.metrics = Metrics(engine)
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="tunelab-log")  # one writer: FIFO, no lock fights
+        self.request_log = RequestLogWriter(store, self.writer, engine.prompt_embedding, self.metrics.registry)
+        self.adapter_errors: dict[str, str] = {}  # --adapter that failed to load at start-up -> why
         self.adapter_lock = threading.Lock()
         self.started = int(time.time())
         self.owners: dict[str, str] = {}  # fine-tuned model -> the project that owns it; other models are shared
@@ -95,6 +98,7 @@ class State:
                                code="invalid_adapter") from None
         if owner is not None:
             self.owners[name] = owner
+        self.adapter_errors.pop(name, None)
         self.metrics.adapter.labels(name).set(1)
         threading.Thread(target=self._profile, args=(name, src), daemon=True).start()
         return self.model_card(name)
@@ -141,33 +145,27 @@ class State:
                     self.add_adapter(name, str(path), owner=project)
         if name in self.engine.adapters and self.visible(name, project):
             return name
-        raise APIError(404, f"The model '{name}' does not exist. Loaded: {', '.join(self.models_for(project))}",
+        failed = f" ({self.adapter_errors[name]})" if name in self.adapter_errors else ""
+        raise APIError(404, f"The model '{name}' does not exist{failed}. Loaded: {', '.join(self.models_for(project))}",
                        param="model", code="model_not_found")
 
     def record_failure(self, request: Request, status: int, error: str) -> None:
         """Requests refused before generation (bad parameters, unknown model, auth) are logged too."""
         endpoint = GENERATION_PATHS.get(request.url.path)
-        if endpoint is None or status == 401:  # unauthenticated callers don't get to write to the log
-            return
+        project = getattr(request.state, "project", None)  # None: refused before its key was checked
+        if endpoint is None or status == 401 or (project is None and self.settings.api_keys):
+            return  # unauthenticated callers don't get to write to the log
         model = getattr(request.state, "model", None) or "unknown"
         # labels only for models that exist: clients can't grow the metrics without bound
         self.metrics.observe(model if model in self.engine.model_names else "unknown", endpoint, status)
         fields = dict(id="err-" + uuid.uuid4().hex, created=time.time(), endpoint=endpoint, model=model,
-                      status=status, error=error[:2000])
+                      status=status, error=error[:2000], project=project or DEFAULT_PROJECT)
         self.log_request(fields)
 
     def log_request(self, fields: dict[str, Any], prompt: list[int] | None = None) -> None:
-        """Hand a request-log row to the single writer thread, which also embeds `prompt` if given."""
-        with contextlib.suppress(RuntimeError):  # writer already shut down: the server is stopping
-            self.writer.submit(self._safe_log, fields, prompt)
-
-    def _safe_log(self, fields: dict[str, Any], prompt: list[int] | None = None) -> None:
-        try:
-            if prompt:  # computed here, off the event loop
-                fields["embedding"] = pack(self.engine.prompt_embedding(prompt))
-            self.store.log_request(**fields)
-        except Exception as exc:  # a logging failure must not take the server down
-            log.error("could not log request %s: %s", fields.get("id"), exc)
+        """Hand a request-log row to the single writer thread, which also embeds `prompt` if given; a database
+        that can't take it never fails the request (serve/request_log.py)."""
+        self.request_log.submit(fields, prompt)
 
 
 def data_dir(path: str | None) -> Path:

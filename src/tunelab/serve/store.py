@@ -8,6 +8,7 @@ Prompt and completion text are stored only when content logging is on; the promp
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 from collections.abc import Iterator
@@ -15,10 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, select
+from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String, Text, delete, event, inspect, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from ..jobs.db import make_engine
+
+log = logging.getLogger("tunelab.serve")
 
 
 class Base(DeclarativeBase):
@@ -43,6 +46,8 @@ class RequestLog(Base):
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON messages or text; content logging only
     completion: Mapped[str | None] = mapped_column(Text, nullable=True)
     embedding: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    # whose key asked (None: logged before projects were recorded, or refused before its key was checked)
+    project: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
 
 
 class Feedback(Base):
@@ -82,9 +87,16 @@ def database_url(data_dir: Path, url: str | None) -> str:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout_s: float | None = None) -> None:
+        """`busy_timeout_s`: how long a SQLite write waits for another connection's lock (default: 30 s)."""
         self.engine = make_engine(url)
+        if busy_timeout_s is not None and self.engine.dialect.name == "sqlite":
+            ms = int(busy_timeout_s * 1000)
+            event.listen(self.engine, "connect", lambda con, _: con.execute(f"PRAGMA busy_timeout = {ms}"))
+        if self.engine.dialect.name == "sqlite":  # deleted rows are overwritten, not left in free pages
+            event.listen(self.engine, "connect", _secure_delete)
         Base.metadata.create_all(self.engine)
+        upgrade(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
@@ -150,3 +162,69 @@ class Store:
                 rows = [flat[i:i + p.dim] for i in range(0, len(flat), p.dim)] if p.dim else []
                 out[p.adapter] = (p.source, json.loads(p.lengths), rows)
             return out
+
+    def delete_requests(self, project: str, *, ids: list[str] | None = None, before: float | None = None,
+                        model: str | None = None, unowned: bool = False) -> tuple[int, int]:
+        """Delete a project's logged requests (those in `ids`, logged before `before`, of `model`) with the feedback
+        on them; `unowned`: also rows that name no project (a server without keys is one user's). Gives (requests,
+        feedback) deleted. SQLite's copy of the deleted text goes too: secure_delete zeroes the freed pages, and the
+        write-ahead log, which still holds them, is emptied."""
+        whose = RequestLog.project == project
+        where = [whose | RequestLog.project.is_(None) if unowned else whose]
+        if ids is not None:
+            where.append(RequestLog.id.in_(ids))
+        if before is not None:
+            where.append(RequestLog.created < before)
+        if model is not None:
+            where.append(RequestLog.model == model)
+        with self.session() as s:
+            rows = select(RequestLog.id).where(*where)
+            feedback = s.execute(delete(Feedback).where(Feedback.request_id.in_(rows))).rowcount
+            requests = s.execute(delete(RequestLog).where(*where)).rowcount
+        self._truncate_wal()
+        return requests, feedback
+
+    def delete_feedback(self, feedback_id: int) -> None:
+        with self.session() as s:
+            s.execute(delete(Feedback).where(Feedback.id == feedback_id))
+        self._truncate_wal()
+
+    def get_feedback(self, feedback_id: int) -> tuple[Feedback, RequestLog] | None:
+        with self.sessions() as s:
+            row = s.execute(select(Feedback, RequestLog).join(RequestLog, Feedback.request_id == RequestLog.id)
+                            .where(Feedback.id == feedback_id)).first()
+            return (row[0], row[1]) if row is not None else None
+
+    def _truncate_wal(self) -> None:
+        if self.engine.dialect.name != "sqlite":
+            return
+        try:  # best effort: a reader holding an old snapshot keeps the log until the next deletion
+            with self.engine.connect() as c:
+                c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as exc:  # the rows are deleted either way
+            log.warning("could not empty the request log's write-ahead log: %s", exc)
+
+
+def _secure_delete(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA secure_delete=ON")
+    cur.close()
+
+
+def upgrade(engine: Any) -> None:
+    """Columns added since a database was made (create_all adds only missing tables), added in place: the request
+    log's `project`, filled in for fine-tuned models, whose names say their project (ft:<base>:<project>:...)."""
+    if "project" in {c["name"] for c in inspect(engine).get_columns("requests")}:
+        return
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql("ALTER TABLE requests ADD COLUMN project VARCHAR(128)")
+            c.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_requests_project ON requests (project)")
+            for model in list(c.scalars(select(RequestLog.model).where(RequestLog.model.like("ft:%")).distinct())):
+                parts = model.split(":")
+                if len(parts) >= 5:
+                    c.execute(RequestLog.__table__.update().where(RequestLog.model == model).values(project=parts[2]))
+    except Exception:
+        # another server sharing the database added it a moment ago
+        if "project" not in {c["name"] for c in inspect(engine).get_columns("requests")}:
+            raise

@@ -11,6 +11,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from transformers import TrainerCallback
 
 from ..runs import Reporter, RunDir
+from ..runs.checkpoint import write_manifest
 
 
 class TokenCounter:
@@ -84,6 +85,20 @@ class RichProgress(TrainerCallback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class CheckpointManifest(TrainerCallback):
+    """Once the trainer has saved a checkpoint, its manifest (runs/checkpoint.py): what lets a resume tell a whole
+    checkpoint from one a killed process left half-written or a disk damaged. Before RunProgress, whose event
+    tells other processes (the jobs worker) that the checkpoint is there."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+
+    def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        saved = self.run.checkpoint(state.global_step)
+        if saved.is_dir():
+            write_manifest(saved)
 
 
 class RunProgress(TrainerCallback):
