@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import struct
+import zipfile
 from pathlib import Path
 
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4,
@@ -57,3 +58,13 @@ def safetensors_problem(path: Path) -> str | None:
     if whole < size:
         return f"it has {size - whole:,} bytes more than its header describes: garbled"
     return None
+
+
+def torch_zip_problem(path: Path) -> str | None:
+    """What is wrong with a torch zip file (torch.save's format), or None: every member read against its CRC-32."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
+        return "it is not a whole torch file: cut short or garbled"
+    return f"{bad} in it fails its CRC check: garbled" if bad else None

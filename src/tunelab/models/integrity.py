@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import struct
-import zipfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import TunelabError
-from ..filecheck import safetensors_problem, sha256
+from ..filecheck import safetensors_problem, sha256, torch_zip_problem
 from ..runs import RunDir, layout
 from .registry import PackagedGguf
 
@@ -107,13 +106,9 @@ def check_adapter(adapter: str | Path) -> None:
 
 
 def _check_torch_zip(path: Path, fix: str) -> None:
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()  # every member read and checked against its CRC-32
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
-        raise _damaged(path, "it is not a whole torch file: cut short or garbled", fix) from None
-    if bad:
-        raise _damaged(path, f"{bad} in it fails its CRC check: garbled", fix)
+    problem = torch_zip_problem(path)
+    if problem:
+        raise _damaged(path, problem, fix)
 
 
 # --- GGUF ------------------------------------------------------------------------------------------

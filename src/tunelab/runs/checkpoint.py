@@ -12,11 +12,10 @@ safetensors file is as long as its header says, and torch's zip files pass their
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 
 from .. import atomic
-from ..filecheck import safetensors_problem, sha256
+from ..filecheck import safetensors_problem, sha256, torch_zip_problem
 from . import layout
 
 TRAINER_STATE = "trainer_state.json"  # transformers' names; the trainer writes them, tunelab only reads them
@@ -55,15 +54,6 @@ def _by_manifest(checkpoint: Path, manifest: Path) -> str | None:
     return None
 
 
-def _torch_zip(path: Path) -> str | None:
-    try:
-        with zipfile.ZipFile(path) as z:
-            bad = z.testzip()  # reads every member and checks its CRC-32
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError):
-        return "is cut short or garbled (not a whole torch file)"
-    return f"is garbled ({bad} fails its CRC check)" if bad else None
-
-
 def _by_structure(checkpoint: Path) -> str | None:
     for name in NEEDED:
         if not (checkpoint / name).is_file():
@@ -81,7 +71,8 @@ def _by_structure(checkpoint: Path) -> str | None:
             bad = safetensors_problem(path)
             bad = bad and f"is damaged: {bad}"
         elif path.suffix in (".pt", ".pth", ".bin"):
-            bad = _torch_zip(path)
+            bad = torch_zip_problem(path)
+            bad = bad and f"is damaged: {bad}"
         if bad:
             return f"{path.name} {bad}"
     return None
