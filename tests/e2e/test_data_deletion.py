@@ -113,6 +113,28 @@ def test_deleting_one_feedback_keeps_its_request(server: tuple[str, Any, Path]) 
     assert state.store.get_feedback(fb["id"]) is None and state.store.get_request(rid) is not None
 
 
+def test_odd_ids_and_times_are_refused_not_a_crash(server: tuple[str, Any, Path]) -> None:
+    url, _, _ = server
+    for when in ("inf", "-inf", "nan"):  # float() takes them: an infinite cut-off would delete everything
+        status, body = call(url, "DELETE", f"/v1/requests?before={when}", "key-a")
+        assert status == 400 and body["error"]["param"] == "before", (when, body)
+    for fid in ("%C2%B2", "9" * 30, "-1"):  # "²" is a digit to str.isdigit; 30 digits overflow SQLite's integer
+        assert call(url, "DELETE", f"/v1/feedback/{fid}", "key-a")[0] == 404, fid
+
+
+def test_rows_waiting_for_the_database_are_written_before_a_deletion(server: tuple[str, Any, Path]) -> None:
+    """A row parked while the database was away must not be written back after its project deleted the log."""
+    url, state, _ = server
+    rid = chat(client(url, "key-a"), "parked row")
+    state.writer.submit(lambda: None).result()  # the writer has taken the row
+    row = {c.name: getattr(state.store.get_request(rid), c.name) for c in state.store.get_request(rid).__table__.c}
+    row["id"] = f"chatcmpl-{uuid.uuid4().hex}"
+    state.writer.submit(state.request_log._parked.append, row).result()  # as if the database had refused it
+    assert call(url, "DELETE", "/v1/requests", "key-a")[0] == 200
+    state.writer.submit(state.request_log._flush).result()  # the retry that would have written it back
+    assert state.store.get_request(row["id"]) is None and state.store.get_request(rid) is None
+
+
 def _finish_with_a_model(state: Any, tiny_model: Path, job_id: str) -> str:
     """What a worker leaves when a job succeeds (a served adapter, a kept checkpoint, a result file), made here in
     a second: training one is tested in test_jobs.py."""

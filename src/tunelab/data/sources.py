@@ -294,7 +294,7 @@ def _json_rows(path: Path, text: str) -> Iterator[RawRow]:
             return
         line += text.count("\n", counted, pos)
         counted = pos
-        where = f"{path}:{line}"
+        where, start = f"{path}:{line}", pos
         try:
             obj, pos = dec.raw_decode(text, pos)
         except RecursionError:
@@ -303,9 +303,12 @@ def _json_rows(path: Path, text: str) -> Iterator[RawRow]:
         except ValueError as exc:  # json.JSONDecodeError, or a number of over 4,300 digits
             yield RawRow(f"{path}:{getattr(exc, 'lineno', line)}", None, _invalid(exc))
             return
-        if brackets > limits.MAX_DEPTH and limits.too_deep(obj):
+        # walked in Python only where this row's own text could be too deep or hold an escaped surrogate
+        deep = text.count("[", start, pos) + text.count("{", start, pos) > limits.MAX_DEPTH
+        escaped = escapes and (text.find("\\ud", start, pos) >= 0 or text.find("\\uD", start, pos) >= 0)
+        if deep and limits.too_deep(obj):
             yield RawRow(where, None, str(limits.TooDeep()))
-        elif isinstance(obj, dict) and escapes and (bad := _unpaired(obj)):
+        elif isinstance(obj, dict) and escaped and (bad := _unpaired(obj)):
             yield RawRow(where, None, bad)
         elif isinstance(obj, dict):
             yield RawRow(where, obj)
@@ -434,10 +437,11 @@ def _read_parquet(path: Path) -> Iterator[RawRow]:
 
     n = 0
     try:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):  # a batch at a time, not the table
-            for row in batch.to_pylist():
-                n += 1
-                yield RawRow(f"{path}:row {n}", row)
+        with pq.ParquetFile(path) as pf:  # closed too when a reader stops early (the error budget)
+            for batch in pf.iter_batches(batch_size=1024):  # a batch at a time, not the table
+                for row in batch.to_pylist():
+                    n += 1
+                    yield RawRow(f"{path}:row {n}", row)
     except (pa.ArrowException, OSError, ValueError) as exc:
         yield RawRow(f"{path}:row {n + 1}", None, f"can't read the Parquet file{' from here on' if n else ''}: it is "
                      f"damaged, cut short or not Parquet ({exc}); write it again")

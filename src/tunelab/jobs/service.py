@@ -5,6 +5,7 @@ project: another project's id is answered exactly as an id that does not exist."
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 import shutil
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from ..config import dump_config
 from ..runs import RunDir
@@ -22,6 +24,8 @@ from .files import FileStore
 from .ids import event_id, job_id
 from .schemas import JobCreate
 from .spec import build_config
+
+log = logging.getLogger("tunelab.jobs")
 
 FINISHED = ("succeeded", "failed", "cancelled")
 JOB_CONFIG = "train.yaml"  # in the job's directory: the config its training runs with
@@ -36,10 +40,16 @@ def fine_tuned_name(base: str, project: str, suffix: str | None, jid: str) -> st
 
 def add_event(db: JobsDB, jid: str, message: str, *, level: str = "info", kind: str = "message",
               data: dict[str, Any] | None = None, created_at: int | None = None) -> None:
-    with db.session() as s:
-        last = s.scalar(select(EventRow.seq).where(EventRow.job_id == jid).order_by(EventRow.seq.desc()).limit(1))
-        s.add(EventRow(id=event_id(), job_id=jid, seq=(last or 0) + 1, created_at=created_at or now(), level=level,
-                       type=kind, message=message, data=data))
+    try:
+        with db.session() as s:
+            last = s.scalar(select(EventRow.seq).where(EventRow.job_id == jid).order_by(EventRow.seq.desc()).limit(1))
+            s.add(EventRow(id=event_id(), job_id=jid, seq=(last or 0) + 1, created_at=created_at or now(),
+                           level=level, type=kind, message=message, data=data))
+    except IntegrityError:
+        with db.sessions() as s:
+            if s.get(JobRow, jid) is not None:
+                raise
+        # the job was deleted as it finished (DELETE /v1/fine_tuning/jobs/{id}): nothing to tell
 
 
 def job_object(row: JobRow) -> dict[str, Any]:
@@ -258,6 +268,10 @@ class JobsService:
         if child is not None:
             raise JobsError(409, f"job {child} continues from this job's model {row.fine_tuned_model}: delete that "
                             "job first", param="fine_tuning_job_id", code="model_in_use")
+        # the directory first: if it can't be moved, the job and its records stay (nothing orphaned on disk)
+        work, trash = self.job_dir(jid), self.job_dir(jid).with_name(f".deleting-{jid}")
+        if work.exists():
+            os.replace(work, trash)
         with self.db.session() as s:
             s.execute(delete(EventRow).where(EventRow.job_id == jid))
             s.execute(delete(CheckpointRow).where(CheckpointRow.job_id == jid))
@@ -265,11 +279,9 @@ class JobsService:
         for fid in row.result_files or []:
             with contextlib.suppress(JobsError):  # deleted by its owner already
                 self.files.delete(project, fid)
-        work = self.job_dir(jid)
-        if work.exists():
-            trash = work.with_name(f".deleting-{jid}")
-            os.replace(work, trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        if trash.exists():
+            shutil.rmtree(trash, onerror=lambda _f, path, exc: log.warning("deleting job %s: %s: %s", jid, path,
+                                                                           exc[1]))
         return row
 
 

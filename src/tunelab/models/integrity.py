@@ -63,6 +63,9 @@ def record_adapter(adapter: Path) -> dict[str, str]:
     return {SHA_KEY: sha256(weights)} if weights.is_file() else {}
 
 
+_WHOLE: set[tuple[str, int, int]] = set()  # adapter weights (path, size, mtime) read whole and found sound
+
+
 def check_adapter(adapter: str | Path) -> None:
     """Refuse a PEFT adapter directory whose config or weights are missing, cut short or garbled."""
     adapter = Path(adapter)
@@ -90,6 +93,10 @@ def check_adapter(adapter: str | Path) -> None:
     problem = safetensors_problem(weights)
     if problem:
         raise _damaged(weights, problem, fix)
+    st = weights.stat()
+    key = (str(weights.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _WHOLE:  # read whole and found sound already, unchanged since: a server loads one adapter many times
+        return
     from safetensors.torch import load_file
 
     try:
@@ -103,6 +110,7 @@ def check_adapter(adapter: str | Path) -> None:
     if expected and sha256(weights) != expected:
         raise _damaged(weights, f"its content is not what training saved (its SHA-256 differs from the one in "
                                 f"{layout.SUMMARY}): garbled since", fix)
+    _WHOLE.add(key)
 
 
 def _check_torch_zip(path: Path, fix: str) -> None:

@@ -32,6 +32,9 @@ def stopped_by_full_disk(run: RunDir, exc: BaseException, phase: str | None = No
     """The error to raise for a run that `exc` stopped, when it is a full disk (None otherwise): it names what was
     being written, where, the checkpoint a resume continues from, and the command. The checkpoint being written
     when the disk filled (newer than every whole one) is removed."""
+    # the cheap question first (checking checkpoints reads them whole): most failures are not a full disk
+    if not is_disk_full(exc, run.checkpoints if run.checkpoints.is_dir() else None):
+        return None
     whole, cut = None, []
     if run.checkpoints.is_dir():
         saved = sorted((d for d in run.checkpoints.glob("checkpoint-*") if d.name.rsplit("-", 1)[-1].isdigit()),
@@ -41,7 +44,7 @@ def stopped_by_full_disk(run: RunDir, exc: BaseException, phase: str | None = No
                 whole = d
                 break
             cut.append(d)
-    if not is_disk_full(exc, run.checkpoints if cut else None):
+    if not is_disk_full(exc, run.checkpoints if cut else None):  # a short write counts only beside a cut one
         return None
     if cut:
         what, where = cut[0].name, run.checkpoints

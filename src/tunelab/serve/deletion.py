@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,9 +36,13 @@ def parse_before(value: str | None) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise APIError(400, f"before: {value!r} is not a time", param="before")
+        return seconds
     try:
         when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -50,8 +55,12 @@ def parse_before(value: str | None) -> float | None:
 
 def add_deletion_routes(app: FastAPI, state: State, auth: Any) -> None:
     async def on_writer(fn: Any, *args: Any, **kwargs: Any) -> Any:
-        # through the request log's single writer: rows still queued for it are written first, then deleted
-        return await asyncio.wrap_future(state.writer.submit(fn, *args, **kwargs))
+        # through the request log's single writer: rows queued or waiting for it are written first, then deleted
+        def settled() -> Any:
+            state.request_log.settle()
+            return fn(*args, **kwargs)
+
+        return await asyncio.wrap_future(state.writer.submit(settled))
 
     @app.delete("/v1/requests")
     async def delete_requests(before: str | None = None, model: str | None = None, project: str = auth) -> Any:
@@ -79,7 +88,8 @@ def add_deletion_routes(app: FastAPI, state: State, auth: Any) -> None:
     async def delete_feedback(feedback_id: str, project: str = auth) -> Any:
         """One feedback (the `id` POST /v1/feedback gave); the request it was on stays."""
         def run() -> None:
-            found = state.store.get_feedback(int(feedback_id)) if feedback_id.isdigit() else None
+            number = feedback_id.isascii() and feedback_id.isdigit() and len(feedback_id) < 19  # fits SQLite's int
+            found = state.store.get_feedback(int(feedback_id)) if number else None
             if found is None or not _own(state, found[1], project):
                 raise APIError(404, f"no feedback with id {feedback_id!r} in this project", param="feedback_id",
                                code="not_found")

@@ -102,6 +102,14 @@ class RequestLogWriter:
 
     # ---- the writer thread ------------------------------------------------------------------------
 
+    def settle(self) -> None:
+        """Before a deletion (on the writer thread): write the rows still waiting, so that none is written back
+        after it; while the database still refuses them, the deletion waits too (503 via OperationalError)."""
+        self._flush()
+        if self._parked:
+            raise OperationalError("request log", {}, Exception(
+                f"{len(self._parked)} rows are waiting to be written first"))
+
     def _take(self, fields: dict[str, Any], prompt: list[int] | None) -> None:
         with self._lock:
             self._queued -= 1

@@ -145,7 +145,9 @@ class State:
                     self.add_adapter(name, str(path), owner=project)
         if name in self.engine.adapters and self.visible(name, project):
             return name
-        failed = f" ({self.adapter_errors[name]})" if name in self.adapter_errors else ""
+        # why stays in the server's log (it names server paths); the client learns only that it failed to load
+        failed = (" (it failed to load when the server started: its operator can see why in the server's log)"
+                  if name in self.adapter_errors else "")
         raise APIError(404, f"The model '{name}' does not exist{failed}. Loaded: {', '.join(self.models_for(project))}",
                        param="model", code="model_not_found")
 

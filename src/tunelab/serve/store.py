@@ -20,6 +20,7 @@ from sqlalchemy import Boolean, Float, ForeignKey, Integer, LargeBinary, String,
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from ..jobs.db import make_engine
+from ..jobs.service import CKPT
 
 log = logging.getLogger("tunelab.serve")
 
@@ -221,9 +222,10 @@ def upgrade(engine: Any) -> None:
             c.exec_driver_sql("ALTER TABLE requests ADD COLUMN project VARCHAR(128)")
             c.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_requests_project ON requests (project)")
             for model in list(c.scalars(select(RequestLog.model).where(RequestLog.model.like("ft:%")).distinct())):
-                parts = model.split(":")
+                # counted from the end: the base may be a fine-tuned model itself (ft:ft:<base>:<p>:<s>:<id>:...)
+                parts = model.split(CKPT)[0].split(":")
                 if len(parts) >= 5:
-                    c.execute(RequestLog.__table__.update().where(RequestLog.model == model).values(project=parts[2]))
+                    c.execute(RequestLog.__table__.update().where(RequestLog.model == model).values(project=parts[-3]))
     except Exception:
         # another server sharing the database added it a moment ago
         if "project" not in {c["name"] for c in inspect(engine).get_columns("requests")}:
