@@ -110,3 +110,13 @@ def test_resume_takes_the_newest_whole_checkpoint_and_sets_damaged_ones_aside(tm
     assert set_aside(run.checkpoint(6)).name == "damaged-checkpoint-6-2"
     assert sorted(p.name for p in run.checkpoints.iterdir()) == ["checkpoint-2", "checkpoint-4",
                                                                  "damaged-checkpoint-6", "damaged-checkpoint-6-2"]
+
+
+def test_a_final_checkpoint_is_final_unless_more_steps_or_epochs_are_asked(tmp_path: Path) -> None:
+    from tunelab.recipes.lifecycle import _final
+
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"global_step": 12, "max_steps": 12,
+                                                             "num_train_epochs": 2}))
+    assert _final(tmp_path, -1, 2.0)  # epochs as trained: nothing more to train
+    assert not _final(tmp_path, -1, 3.0)  # train.epochs raised on resume: the trainer goes on
+    assert _final(tmp_path, 12, 2.0) and not _final(tmp_path, 20, 2.0)

@@ -171,7 +171,7 @@ class Session:
             self.console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
         self.run.trim_metrics(checkpoint_step(checkpoint) if checkpoint else 0)
         t0 = time.perf_counter()
-        if checkpoint is not None and _final(checkpoint, trainer.args.max_steps):
+        if checkpoint is not None and _final(checkpoint, trainer.args.max_steps, trainer.args.num_train_epochs):
             out = _trained_already(trainer, checkpoint)
         else:
             out = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
@@ -237,10 +237,12 @@ class Session:
         return ModelRef("run", base.path, [*base.adapters, self.run.adapter], self.run.path)
 
 
-def _final(checkpoint: Path, max_steps: int) -> bool:
-    """Whether `checkpoint` is its run's last step (and no override asks for more steps now)."""
+def _final(checkpoint: Path, max_steps: int, epochs: float) -> bool:
+    """Whether `checkpoint` is its run's last step (and no override asks for more steps, or epochs, now)."""
     state = json.loads((checkpoint / TRAINER_STATE).read_text())
     step = int(state.get("global_step", 0))
+    if max_steps <= 0 and epochs > float(state.get("num_train_epochs") or 0):
+        return False  # resumed with train.epochs raised: the trainer goes on to the new end
     return step >= int(state.get("max_steps") or 0) > 0 and (max_steps <= 0 or max_steps <= step)
 
 
