@@ -105,10 +105,6 @@ class Store:
         with self.sessions() as s, s.begin():
             yield s
 
-    def log_request(self, **fields: Any) -> None:
-        with self.session() as s:
-            s.merge(RequestLog(**fields))
-
     def get_request(self, request_id: str) -> RequestLog | None:
         with self.sessions() as s:
             return s.get(RequestLog, request_id)
