@@ -25,6 +25,7 @@ from unittest import mock
 
 import pytest
 import torch
+import yaml
 
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
@@ -79,6 +80,23 @@ def make_adapter(base: Path, out: Path, seed: int) -> Path:
                            LoraConfig(r=4, lora_alpha=16, target_modules="all-linear", init_lora_weights=False))
     model.save_pretrained(out)
     return out
+
+
+def resumable_config(workdir: Path, tiny_model: Path, name: str, steps: int, save_every: int,
+                     **sections: dict[str, Any]) -> Path:
+    """A tiny LoRA run's YAML for resume tests: workdir/train.jsonl, no validation split, dropout on (so that its
+    RNG must be restored too), a checkpoint every `save_every` steps; `sections` add to the config's own."""
+    cfg: dict[str, Any] = {
+        "name": name, "output_dir": str(workdir / "runs"), "model": {"base": str(tiny_model)},
+        "data": {"train": str(workdir / "train.jsonl"), "val_fraction": 0},
+        "peft": {"dropout": 0.1},
+        "train": {"max_steps": steps, "save_every": save_every, "batch_size": 2, "learning_rate": 1e-2,
+                  "log_every": 1, "threads": 1},
+        **sections,
+    }
+    path = workdir / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
 
 
 # --- the CLI ---------------------------------------------------------------------------------------

@@ -11,11 +11,18 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
 from transformers import TrainerCallback
 
 import tunelab
-from tests.helpers import kill_landed, looks_more_finished, step_losses, tunelab_cli, tunelab_killable, write_chat
+from tests.helpers import (
+    kill_landed,
+    looks_more_finished,
+    resumable_config,
+    step_losses,
+    tunelab_cli,
+    tunelab_killable,
+    write_chat,
+)
 from tunelab.recipes import dispatch
 from tunelab.runs import RunDir
 
@@ -30,15 +37,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(workdir: Path, tiny_model: Path, name: str) -> Path:
-    cfg = {"name": name, "output_dir": str(workdir / "runs"), "model": {"base": str(tiny_model)},
-           "data": {"train": str(workdir / "train.jsonl"), "val_fraction": 0},
-           "peft": {"dropout": 0.1},  # its RNG must come back too
-           "eval": {"probes": {"enabled": False}},
-           "train": {"max_steps": STEPS, "save_every": 2, "batch_size": 2, "learning_rate": 1e-2, "log_every": 1,
-                     "threads": 1}}
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return resumable_config(workdir, tiny_model, name, STEPS, save_every=2, eval={"probes": {"enabled": False}})
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from transformers import TrainerCallback
 
 import tunelab
-from tests.helpers import tunelab_cli, tunelab_process
+from tests.helpers import resumable_config, tunelab_cli, tunelab_process
 from tunelab.models.load import ModelError
 from tunelab.recipes import dispatch
 from tunelab.runs import RunDirError
@@ -57,16 +56,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path) -> Path:
 
 
 def write_config(workdir: Path, tiny_model: Path, name: str) -> Path:
-    cfg = {
-        "name": name, "output_dir": str(workdir / "runs"), "model": {"base": str(tiny_model)},
-        "data": {"train": str(workdir / "train.jsonl"), "val_fraction": 0},  # 0: no validation split
-        "peft": {"dropout": 0.1},  # dropout on, so that its RNG must be restored too
-        "train": {"max_steps": STEPS, "save_every": 3, "batch_size": 2, "learning_rate": 1e-2,
-                  "log_every": 1, "threads": 1},
-    }
-    path = workdir / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return resumable_config(workdir, tiny_model, name, STEPS, save_every=3)
 
 
 @pytest.fixture(scope="module")
