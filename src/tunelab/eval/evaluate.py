@@ -129,7 +129,8 @@ def evaluate(ref: str, data: str, *, fmt: str = "auto", columns: dict[str, str] 
              console: Console | None = None) -> dict[str, Any]:
     console = console or Console(stderr=True)
     lm = load(ref)
-    loaded = load_records(data, fmt, columns)
+    # rows without a system message get the run's, as in training and in `tunelab serve`
+    loaded = load_records(data, fmt, columns, trained_system_prompt(lm.run_config()))
     for p in loaded.errors[:50]:
         console.print(f"[yellow]{p.where}[/]: skipped: {p.message}", highlight=False)
     records = loaded.records[:limit] if limit else loaded.records

@@ -57,13 +57,17 @@ def same_final_number(prediction: str, reference: str) -> bool:
     return a is not None and b is not None and math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
-def per_example_generation(reference: str, prediction: str) -> dict[str, float]:
+def per_example_generation(reference: str, prediction: str) -> dict[str, float | None]:
+    """Exact match, token F1, ROUGE-L, key-term recall and unsupported key terms (see key_terms), and numeric
+    correctness for GSM8K-style references."""
     from rouge_score import rouge_scorer
+
+    from .key_terms import term_overlap
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     out = {"exact_match": float(normalize_answer(reference) == normalize_answer(prediction)),
            "token_f1": token_f1(reference, prediction),
-           "rouge_l": scorer.score(reference, prediction)["rougeL"].fmeasure}
+           "rouge_l": scorer.score(reference, prediction)["rougeL"].fmeasure} | term_overlap(reference, prediction)
     if "####" in reference and final_number(reference) is not None:
         out["numeric_correct"] = float(same_final_number(prediction, reference))
     return out
@@ -85,13 +89,17 @@ def sanity_metrics(predictions: list[str]) -> dict[str, float]:
 
 
 def generation_metrics(references: list[str], predictions: list[str]) -> dict[str, Any]:
-    """Exact match, token F1, ROUGE-L (means over examples), corpus chrF and BLEU, numeric accuracy,
-    and the sanity rates (empty, repeating, length)."""
+    """Exact match, token F1, ROUGE-L, key-term recall and unsupported key terms (means over examples), corpus
+    chrF and BLEU, numeric accuracy, and the sanity rates (empty, repeating, length)."""
     import sacrebleu
 
     rows = [per_example_generation(r, p) for r, p in zip(references, predictions, strict=True)]
     n = max(len(rows), 1)
-    out: dict[str, Any] = {k: sum(r[k] for r in rows) / n for k in ("exact_match", "token_f1", "rouge_l")}
+    out: dict[str, Any] = {k: sum(r[k] for r in rows) / n
+                           for k in ("exact_match", "token_f1", "rouge_l", "unsupported_terms")}
+    recall = [r["key_term_recall"] for r in rows if r["key_term_recall"] is not None]
+    if recall:  # references without any key term (short labels, yes/no) leave it out
+        out["key_term_recall"] = sum(recall) / len(recall)
     numeric = [r["numeric_correct"] for r in rows if "numeric_correct" in r]
     if numeric:
         out["numeric_accuracy"] = sum(numeric) / len(numeric)

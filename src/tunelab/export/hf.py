@@ -218,6 +218,9 @@ def model_card(src: Source, fmt: str, what: str, usage: str) -> str:
     else:
         lines.append(f"`{src.ref}`, exported with tunelab {__version__}.")
     lines += ["", f"This export: **{fmt}** — {what}. Written {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+    caveat = (src.summary or {}).get("domain", {}).get("caveat")
+    if caveat:  # medical or legal data: said before anything else about the model
+        lines += [f"> **Limits.** {caveat}", ""]
     if src.labels:
         lines += [f"Classification head over {len(src.labels)} labels: " + ", ".join(src.labels), ""]
     prompt = system_prompt(src)

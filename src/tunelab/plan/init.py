@@ -158,10 +158,18 @@ def _lengths(path: str, kind: str, columns: dict[str, str], model: str | None,
 
 
 def suggest(path: str, model: str | None = None) -> Suggestion:
-    """Every choice for a config that trains on this file, with its reason."""
+    """Every choice for a config that trains on this file, with its reason; a medical, legal or long-prose file
+    starts from its domain's recipe (plan/domains.py)."""
+    from ..data import domains
+
     kind, columns, why = detect(path)
     rows = _rows(path)
     n = len(rows)
+    domain = domains.detect(rows, kind)
+    if domain and domain.name == "medical" and kind == "completion" and set(columns) == {"prompt", "completion"}:
+        # questions and answers as a conversation: the served model is asked in chat, with the system prompt
+        kind, columns = "chat", {"instruction": columns["prompt"], "output": columns["completion"]}
+        why += ", answered as a conversation"
     s = Suggestion(path, kind, n)
     s.set("data.train", path, f"{n}{'+' if n >= SAMPLE_ROWS else ''} rows read; {why}")
     if model:
@@ -181,6 +189,11 @@ def suggest(path: str, model: str | None = None) -> Suggestion:
         s.set("task", kind, {"chat": "the loss is on the assistant's replies",
                              "completion": "the loss is on the completion (or all of a plain text)",
                              "classification": "the model learns to name each text's label"}[kind])
+    if domain:
+        s.notes.append(f"recipe: {domain.recipe} is the worked example for {domain.name} data")
+        s.notes += domain.notes
+        for key, value, reason in domain.choices:
+            s.set(key, value, reason)
     if kind == "classification":
         label_col = columns.get("label", "label")
         counts = Counter(str(r.get(label_col)) for r in rows)
@@ -191,8 +204,9 @@ def suggest(path: str, model: str | None = None) -> Suggestion:
                                            "banking77's 77 intents, see docs/benchmarks.md)" if head else
                                            "the model answers the label, constrained to the label set"))
         if not head:
-            s.set("data.system_prompt", "Classify the message. Answer with its label only.",
-                  "tells the model what its answer is for")
+            prompt = ("Name the type of this contract clause. Answer with its type only." if domain and
+                      domain.name == "legal" else "Classify the message. Answer with its label only.")
+            s.set("data.system_prompt", prompt, "tells the model what its answer is for")
         rare = [lab for lab, c in counts.items() if c < 5]
         if rare:
             s.notes.append(f"{len(rare)} label(s) have fewer than 5 rows (e.g. {rare[0]!r}): they will be "

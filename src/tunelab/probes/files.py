@@ -1,6 +1,8 @@
 """Probe sets: the shipped ones and users' own files, checked with errors that say where and what to do.
 
-forgetting_qa.jsonl   {"question", "answers": [...], "topic"}: short questions with checkable answers
+forgetting_qa.jsonl   {"question", "answers": [...], "topic"}: short questions with checkable answers; a user's
+                      file may add "with_system_prompt": true to ask with the run's system prompt (a rule the
+                      tuned model must keep, e.g. sending people to a clinician)
 general_text.jsonl    {"text"}: plain prose for perplexity
 counterfactual.yaml   attributes (groups of slot fillers) and templates (messages with {slots})
 """
@@ -27,6 +29,8 @@ class Question:
     question: str
     answers: list[str]
     topic: str = ""
+    system: bool = False  # asked with the run's system prompt, as the deployed model is
+    own: bool = False  # from the user's files: its topic is checked on its own
 
 
 @dataclass
@@ -75,11 +79,11 @@ def _jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
     return rows
 
 
-def load_questions(paths: list[str | Path]) -> list[Question]:
+def load_questions(paths: list[str | Path], own: bool = False) -> list[Question]:
     out, problems = [], []
     for path in paths:
         for where, row in _jsonl(Path(path)):
-            q, answers = row.get("question"), row.get("answers")
+            q, answers, system = row.get("question"), row.get("answers"), row.get("with_system_prompt", False)
             if isinstance(answers, str):
                 answers = [answers]
             if not isinstance(q, str) or not q.strip():
@@ -87,8 +91,11 @@ def load_questions(paths: list[str | Path]) -> list[Question]:
             elif not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a for a in answers):
                 problems.append(Problem(where, "field 'answers' must list the accepted answers, e.g. "
                                         '["Paris"]', field="answers"))
+            elif not isinstance(system, bool):
+                problems.append(Problem(where, f"field 'with_system_prompt' must be true or false, got {system!r}",
+                                        field="with_system_prompt"))
             else:
-                out.append(Question(where, q, answers, str(row.get("topic", ""))))
+                out.append(Question(where, q, answers, str(row.get("topic", "")), system, own))
     if problems:
         raise DataError(problems, hint="fix the probe file(s) named in eval.probes")
     return out

@@ -19,10 +19,16 @@ def answered(answer: str, accepted: list[str]) -> bool:
     return any(f" {normalize_answer(a)} " in reply for a in accepted if normalize_answer(a))
 
 
+def _messages(q: Question, system_prompt: str | None) -> list[dict[str, str]]:
+    system = [{"role": "system", "content": system_prompt}] if q.system and system_prompt else []
+    return [*system, {"role": "user", "content": q.question}]
+
+
 def score_side(model: Any, tokenizer: Any, questions: list[Question], texts: list[str], max_new_tokens: int,
-               batch_size: int) -> dict[str, Any]:
-    """One model's answers, accuracy, perplexity and generation sanity."""
-    replies = generate_answers(model, tokenizer, [[{"role": "user", "content": q.question}] for q in questions],
+               batch_size: int, system_prompt: str | None = None) -> dict[str, Any]:
+    """One model's answers, accuracy, perplexity and generation sanity. Questions marked with_system_prompt
+    are asked with system_prompt (the run's), as the deployed model is asked."""
+    replies = generate_answers(model, tokenizer, [_messages(q, system_prompt) for q in questions],
                                max_new_tokens, batch_size)
     correct = [answered(r, q.answers) for r, q in zip(replies, questions, strict=True)]
     return {"qa_accuracy": sum(correct) / max(len(correct), 1),
@@ -62,6 +68,22 @@ def compare(sides: dict[str, dict[str, Any]], questions: list[Question], *, max_
             if rise > max_perplexity_rise:
                 warnings.append(f"perplexity on general text rose {rise:.0%} ({base['perplexity']:.1f} → "
                                 f"{tuned['perplexity']:.1f})")
+    out["by_topic"] = _own_topics(sides, questions)
+    for topic, t in out["by_topic"].items():
+        if "base" in t and t["base"] - t["tuned"] > max_accuracy_drop:
+            warnings.append(f"your {topic!r} probes answered as expected fell from {t['base']:.0%} to "
+                            f"{t['tuned']:.0%} ({t['questions']} questions)")
     out["regressed"] = bool(warnings)
     out["warnings"] = warnings
+    return out
+
+
+def _own_topics(sides: dict[str, dict[str, Any]], questions: list[Question]) -> dict[str, dict[str, Any]]:
+    """Accuracy per topic of the user's own probe questions (a rule kept or lost shows apart from the shipped
+    general questions, which would dilute it)."""
+    out: dict[str, dict[str, Any]] = {}
+    for topic in dict.fromkeys(q.topic or "your questions" for q in questions if q.own):
+        idx = [i for i, q in enumerate(questions) if q.own and (q.topic or "your questions") == topic]
+        out[topic] = {"questions": len(idx)} | {
+            side: sum(s["correct"][i] for i in idx) / len(idx) for side, s in sides.items()}
     return out

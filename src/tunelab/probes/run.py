@@ -46,7 +46,8 @@ def _sides(subject: Subject) -> list[str]:
 def probe_sets(settings: ProbesConfig, generative: bool = True) -> tuple[list[Any], list[str], Any]:
     """(questions, texts, bias set) as configured; raises DataError naming the file and entry at fault."""
     do_forget = settings.forgetting and generative
-    questions = load_questions([shipped("forgetting_qa.jsonl"), *settings.questions]) if do_forget else []
+    questions = [*load_questions([shipped("forgetting_qa.jsonl")]),
+                 *load_questions(settings.questions, own=True)] if do_forget else []
     texts = load_texts([shipped("general_text.jsonl"), *settings.texts]) if do_forget else []
     bias_set = load_bias([shipped("counterfactual.yaml"), *settings.bias_files]) if settings.bias else None
     return questions, texts, bias_set
@@ -74,7 +75,8 @@ def run_probes(subject: Subject, settings: ProbesConfig, *, batch_size: int = de
             with ctx as model:
                 if do_forget:
                     forget_sides[side] = forgetting.score_side(model, subject.tokenizer, questions, texts,
-                                                               settings.max_new_tokens, batch_size)
+                                                               settings.max_new_tokens, batch_size,
+                                                               subject.system_prompt)
                     bar.advance(job)
                 if bias_set:
                     bias_sides[side] = bias_probe.score_side(

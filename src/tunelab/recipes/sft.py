@@ -12,6 +12,7 @@ from typing import Any
 
 from ..config import ConfigError, TunelabConfig
 from ..config.schema import GENERATION_MONITORS
+from ..data.domains import detect_texts, record_text
 from ..data.load import Loaded, load_records
 from ..data.records import DataError, Problem, RowError
 from ..data.report import DataReport, Example, encode_loaded
@@ -269,6 +270,9 @@ def train(session: Session, prepared: Prepared) -> Any:
                            validation_rows=len(val_ex), eval_rows=len(scored), precision=session.precision)
     if task.labels:
         session.summary["labels"] = task.labels
+    domain = detect_texts([record_text(e.record) for e in train_ex[:2000]], cfg.task)
+    if domain and domain.caveat:  # the report and an exported model's card say it
+        session.summary["domain"] = {"name": domain.name, "caveat": domain.caveat}
     base_preds: list[str] = []
     # A head starts untrained: its base score is what a fresh head does, measured like the rest.
     if scored and cfg.eval.compare_base and not session.resume:

@@ -171,7 +171,7 @@ def build(run: Run) -> dict[str, Any]:
     return {
         "tunelab_version": __version__, "run": str(run.path), "name": run.summary.get("name") or run.path.name,
         "status": status or "unknown", "task": run.task, "classification": run.classification,
-        "warnings": warnings,
+        "warnings": warnings, "caveat": (run.summary.get("domain") or {}).get("caveat"),
         "verdict": _with_probes(pref["verdict"] if pref and comp is None else verdict(run, comp, metrics), probes),
         "comparison": comp, "preference": pref,
         "facts": dict(run_facts(run)), "resolved": run.resolved, "data": data_facts(run),

@@ -249,6 +249,9 @@ def _forgetting_html(f: dict[str, Any], imgs: dict[str, bytes]) -> str:
            "a few paragraphs of everyday prose, shipped with tunelab, asked of the base and the tuned model. A "
            "tuned model that answers fewer of them, or finds plain text less likely, has lost some general "
            "ability.</p>")
+    for topic, t in (fg.get("by_topic") or {}).items():
+        rows.append([esc(f"your probes: {topic} ({t.get('questions')} questions, answered as expected)"),
+                     pct(num(t.get("base"))), pct(num(t.get("tuned")))])
     out += html_table(rows, ["probe", "base", "tuned"])
     for w in fg.get("warnings") or []:
         out += f'<p class="warn">⚠ {esc(w)}</p>'
@@ -318,6 +321,8 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes], sections: dict[str, s
     parts = [f"<h1>Run report: {esc(f['name'])}</h1>",
              f'<div class="sub">{esc(f["run"])} · task {esc(f["task"])} · status {esc(f["status"])}</div>']
     parts += [f'<div class="banner">⚠ {md(w)}</div>' for w in f["warnings"]]
+    if f.get("caveat"):  # medical or legal data: the model's limits, before its scores
+        parts.append(f'<div class="banner">Limits: {md(f["caveat"])}</div>')
     parts.append(f'<div class="verdict {esc(v["kind"])}">{md(v.get("task_text", v["text"]))}</div>')
     probes = f.get("probes")
     if probes and probes["sentences"]:

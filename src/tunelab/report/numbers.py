@@ -7,11 +7,12 @@ from typing import Any
 
 from ..eval.metrics import bootstrap_diff
 
-LOWER_IS_BETTER = {"loss", "perplexity", "eval_loss"}
-METRIC_ORDER = ("accuracy", "macro_f1", "exact_match", "numeric_accuracy", "token_f1", "rouge_l", "chrf", "bleu",
-                "loss", "perplexity")
+LOWER_IS_BETTER = {"loss", "perplexity", "eval_loss", "unsupported_terms"}
+METRIC_ORDER = ("accuracy", "macro_f1", "exact_match", "numeric_accuracy", "token_f1", "rouge_l", "key_term_recall",
+                "unsupported_terms", "chrf", "bleu", "loss", "perplexity")
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro F1", "exact_match": "exact match",
                 "numeric_accuracy": "numeric accuracy", "token_f1": "token F1", "rouge_l": "ROUGE-L",
+                "key_term_recall": "key terms kept", "unsupported_terms": "unsupported key terms",
                 "chrf": "chrF", "bleu": "BLEU", "loss": "loss", "perplexity": "perplexity",
                 "eval_loss": "validation loss", "train_loss": "training loss"}
 
