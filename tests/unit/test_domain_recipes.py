@@ -11,11 +11,11 @@ import pytest
 
 from tests.helpers import write_jsonl
 from tunelab.config import load_config
+from tunelab.data import domains
 from tunelab.data.load import load_records
 from tunelab.data.records import DataError
 from tunelab.eval.key_terms import key_terms, term_overlap
 from tunelab.eval.metrics import generation_metrics
-from tunelab.data import domains
 from tunelab.plan.init import suggest
 from tunelab.probes import forgetting
 from tunelab.probes.files import Question, load_questions
@@ -120,3 +120,28 @@ def test_init_names_the_legal_and_prose_recipes_and_leaves_other_data_alone(tmp_
         rows = list(csv.DictReader(f))[:300]
     assert domains.detect(rows, "classification") is None
     assert domains.detect([{"messages": [{"role": "user", "content": "my card is lost"}]}], "chat") is None
+
+
+def test_long_texts_split_into_pieces_that_stay_on_one_side() -> None:
+    from tunelab.data.load import Loaded
+    from tunelab.data.records import Record
+    from tunelab.data.report import encode_loaded
+    from tunelab.data.split import split_validation
+    from tunelab.data.templates import Encoded
+
+    def encode(rec: Record) -> Encoded:  # one token per word
+        ids = list(range(len(rec.text.split())))
+        return Encoded(ids, list(ids))
+
+    loaded = Loaded(records=[Record(f"posts.jsonl:{i}", "text", text="w " * n) for i, n in enumerate([25, 8, 21])],
+                    rows=3)
+    examples, rep = encode_loaded(loaded, "posts.jsonl", encode, max_length=10, too_long="split")
+    assert [len(e.input_ids) for e in examples] == [10, 10, 5, 8, 10, 10]  # 1 token left over: nothing to learn
+    assert rep.split_rows == 2 and rep.truncated == 0 and rep.completion_tokens == 53 and not rep.warnings
+    for seed in range(5):
+        train, val = split_validation(examples, 0.34, seed, lambda e: e.record.where)
+        assert {e.record.where for e in train}.isdisjoint({e.record.where for e in val}) and val
+    chat = Loaded(records=[Record("c.jsonl:1", "completion", prompt="q", completion="w " * 30)], rows=1)
+    _, rep = encode_loaded(chat, "c.jsonl", lambda r: Encoded(list(range(30)), list(range(30))), max_length=10,
+                           too_long="split")
+    assert rep.truncated == 1 and "plain-text rows only" in rep.warnings[0].message

@@ -41,7 +41,12 @@ def check_cmd(
     format: str = typer.Option("auto", "--format", "-f", help="chat|alpaca|sharegpt|completion|text|classification; "
                                "preference: trl|openai_dpo|hh_rlhf"),
     model: str | None = typer.Option(None, "--model", "-m", help="Model whose tokenizer counts tokens."),
-    max_length: int = typer.Option(default("model.max_length"), "--max-length", help="Longest example in tokens."),
+    max_length: int | None = typer.Option(None, "--max-length", help="Longest example in tokens (default: the "
+                                          f"config's model.max_length, else {default('model.max_length')})."),
+    too_long: str | None = typer.Option(None, "--too-long", help="Rows over max-length: truncate | drop | split "
+                                        "(default: the config's data.too_long, else truncate)."),
+    config: str | None = typer.Option(None, "--config", "-c", help="Check the file as this config trains on it: "
+                                      "its format, columns, max_length, too_long and model."),
     column: list[str] = typer.Option([], "--column", help="Column mapping ours=yours, e.g. label=category."),
     text_column: str | None = typer.Option(None, "--text-column", help="Your column holding the text."),
     label_column: str | None = typer.Option(None, "--label-column", help="Your column holding the label."),
@@ -54,8 +59,20 @@ def check_cmd(
     from ..data.report import PreferenceReport
 
     with user_errors():
-        rep = check(file, fmt=format, model=model, max_length=max_length,
-                    columns=parse_columns(column, text_column, label_column))
+        columns = parse_columns(column, text_column, label_column)
+        if config:
+            from ..config import load_config
+
+            cfg = load_config(config)
+            fmt = cfg.data.format if format == "auto" else format
+            columns, model = columns or cfg.data.columns, model or cfg.model.base
+            max_length, too_long = max_length or cfg.model.max_length, too_long or cfg.data.too_long
+        else:
+            fmt = format
+        if too_long not in (None, "truncate", "drop", "split"):
+            raise typer.BadParameter(f"--too-long {too_long!r}: choose truncate, drop or split")
+        rep = check(file, fmt=fmt, model=model, max_length=max_length or default("model.max_length"),
+                    columns=columns, too_long=too_long or default("data.too_long"))
     measured = _estimate(file, model) if estimate and not rep.errors else None
     if as_json:
         out.print_json(json.dumps(rep.to_dict() | ({"estimate": measured.to_dict()} if measured else {}),
@@ -73,7 +90,8 @@ def check_cmd(
     t.add_row("valid rows", str(rep.valid_rows))
     t.add_row("errors", f"[red]{len(rep.errors)}[/]" if rep.errors else "0")
     t.add_row("exact duplicates", str(rep.duplicates))
-    t.add_row(f"over {rep.max_length} tokens", f"{rep.truncated} truncated, {rep.dropped_too_long} dropped")
+    t.add_row(f"over {rep.max_length} tokens", f"{rep.truncated} truncated, {rep.dropped_too_long} dropped"
+              + (f", {rep.split_rows} split into pieces" if rep.split_rows else ""))
     t.add_row("prompt tokens", f"{rep.prompt_tokens:,}")
     t.add_row("trained (completion) tokens", f"{rep.completion_tokens:,}")
     t.add_row("training tokens per epoch", f"{rep.est_tokens_per_epoch:,}")

@@ -32,8 +32,10 @@ class DataConfig(Section):
     on_error: Literal["fail", "skip"] = "fail"
     """Bad rows: fail refuses to train and lists every problem; skip drops them and records why in the run."""
 
-    too_long: Literal["truncate", "drop"] = "truncate"
-    """Rows over model.max_length tokens: truncate them or drop them."""
+    too_long: Literal["truncate", "drop", "split"] = "truncate"
+    """Rows over model.max_length tokens: truncate them, drop them, or (plain-text rows, for continued
+    pre-training on long documents) split them into consecutive pieces of max_length tokens, so that every
+    token is trained; the pieces of one document stay on one side of the validation split."""
 
     train_on: Literal["assistant", "all"] = "assistant"
     """Which tokens carry loss: assistant replies only (honouring per-message weight 0) or every token."""

@@ -39,6 +39,7 @@ class DataReport:
     duplicates: int = 0
     truncated: int = 0
     dropped_too_long: int = 0
+    split_rows: int = 0  # plain-text rows split into pieces (data.too_long: split)
     max_length: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -85,6 +86,19 @@ def prepare(
                          tokens_per_second=tokens_per_second)
 
 
+MIN_PIECE = 2  # a piece needs two tokens to predict one
+
+
+def split_pieces(enc: Encoded, max_length: int) -> list[Encoded]:
+    """A long plain text as consecutive pieces of at most max_length tokens (the last may be shorter)."""
+    out = []
+    for i in range(0, len(enc.input_ids), max_length):
+        ids = enc.input_ids[i : i + max_length]
+        if len(ids) >= MIN_PIECE:
+            out.append(Encoded(ids, enc.labels[i : i + max_length] if isinstance(enc.labels, list) else enc.labels))
+    return out
+
+
 def encode_loaded(
     loaded: Loaded,
     path: str | Path,
@@ -116,6 +130,14 @@ def encode_loaded(
             rep.errors.append(Problem(rec.where, str(exc), field=exc.field))
             continue
         n = len(enc.input_ids)
+        if n > max_length and too_long == "split" and rec.kind == "text":
+            pieces = split_pieces(enc, max_length)
+            rep.split_rows += 1  # asked for, so counted rather than warned about row by row
+            for piece in pieces:
+                rep.completion_tokens += len(piece.input_ids)
+                lengths.append(len(piece.input_ids))
+                examples.append(Example(rec, piece.input_ids, piece.labels))
+            continue
         if n > max_length:
             if too_long == "drop":
                 rep.dropped_too_long += 1
@@ -123,7 +145,9 @@ def encode_loaded(
                 continue
             enc = truncate(enc, max_length)
             rep.truncated += 1
-            rep.warnings.append(Problem(rec.where, f"{n} tokens > max_length {max_length}: truncated", "warning"))
+            why = " (split applies to plain-text rows only)" if too_long == "split" else ""
+            rep.warnings.append(Problem(rec.where, f"{n} tokens > max_length {max_length}: truncated{why}",
+                                        "warning"))
             if isinstance(enc.labels, list) and not enc.trained_tokens:
                 rep.dropped_too_long += 1
                 rep.warnings.append(Problem(rec.where, "nothing left to learn after truncation: dropped", "warning"))

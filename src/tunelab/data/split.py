@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TypeVar
 
 from .records import Record
@@ -10,8 +11,15 @@ from .records import Record
 T = TypeVar("T")
 
 
-def split_validation(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
-    """Hold out a seeded fraction; the same seed and rows give the same split."""
+def split_validation(records: list[T], fraction: float, seed: int,
+                     group: Callable[[T], str] | None = None) -> tuple[list[T], list[T]]:
+    """Hold out a seeded fraction; the same seed and rows give the same split. group: rows with the same key
+    (the pieces of one split document) go to the same side."""
+    if group is not None:
+        keys = list(dict.fromkeys(group(r) for r in records))
+        kept, held = split_validation(keys, fraction, seed)
+        held_set = set(held)
+        return [r for r in records if group(r) not in held_set], [r for r in records if group(r) in held_set]
     if fraction <= 0 or len(records) < 2:
         return records, []
     order = list(range(len(records)))

@@ -152,7 +152,8 @@ def prepare(start: Start) -> Prepared:
         _check(val_rep, cfg, "validation")
         skipped += val_rep.errors
     else:
-        train_ex, val_ex = split_validation(train_ex, cfg.data.val_fraction, cfg.train.seed)  # type: ignore[arg-type]
+        pieces = (lambda e: e.record.where) if cfg.data.too_long == "split" else None  # a document on one side
+        train_ex, val_ex = split_validation(train_ex, cfg.data.val_fraction, cfg.train.seed, pieces)
     train_ex = sample_limit(train_ex, cfg.data.limit, cfg.train.seed)
     if not train_ex:
         raise DataError([Problem(cfg.data.train, "no usable training rows")])
