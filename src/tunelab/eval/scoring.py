@@ -20,8 +20,9 @@ def _device(model: Any) -> torch.device:
 
 @torch.no_grad()
 def generate_answers(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_tokens: int,
-                     batch_size: int = BATCH_SIZE) -> list[str]:
-    """Greedy answers, batched with left padding."""
+                     batch_size: int = BATCH_SIZE, sampling: dict[str, Any] | None = None) -> list[str]:
+    """Greedy answers, batched with left padding; sampling: model.generate's sampling settings instead
+    (temperature, top_p, repetition_penalty...; seed torch first for answers that repeat)."""
     dev = _device(model)
     out: list[str] = []
     with left_padding(tokenizer):
@@ -31,8 +32,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_
                                                                               add_generation_prompt=True)
                      for p in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id)
+            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=bool(sampling),
+                                 pad_token_id=tokenizer.pad_token_id, **(sampling or {}))
             new = gen[:, enc["input_ids"].shape[1]:]
             out += [t.strip() for t in tokenizer.batch_decode(new, skip_special_tokens=True)]
     return out
