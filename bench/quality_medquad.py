@@ -9,7 +9,8 @@ numbers that the answer contains) and unsupported key terms (the answer's that t
 simple hallucination rate), answer length; means with 95% bootstrap intervals and the paired difference.
 The run's own probes add forgetting (general questions, prose perplexity) and whether the tuned model
 still sends people to a clinician under the recipe's system prompt.
-    python bench/quality_medquad.py [--train-rows 800] [--test-rows 120] [--epochs 1] [--quick] [--json PATH]
+    python bench/quality_medquad.py [--train-rows 800] [--test-rows 120] [--epochs 1] [--no-referrals] [--quick]
+                                    [--json PATH]
     python bench/quality_medquad.py --write-sample src/tunelab/examples/medical   # the shipped sample
 """
 
@@ -19,6 +20,7 @@ import argparse
 import gzip
 import json
 import random
+import shutil
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -29,14 +31,17 @@ from quality_common import SHARED, machine, save
 from tunelab.config import load_config
 from tunelab.data.load import load_records
 from tunelab.eval.evaluate import EvalTask, score
-from tunelab.eval.metrics import bootstrap_diff, per_example_generation
+from tunelab.eval.metrics import bootstrap_diff, per_example_generation, repetition
 from tunelab.models.load import LoadedModel, load
 from tunelab.recipes.dispatch import run
 from tunelab.runs import RunDir
 
-RECIPE = Path(__file__).resolve().parents[1] / "configs" / "medical" / "answers-lora.yaml"
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "configs" / "medical" / "answers-lora.yaml"
+REFERRALS = ROOT / "src" / "tunelab" / "examples" / "medical" / "train" / "referrals.jsonl"
 SOURCE = SHARED / "medquad" / "medquad-train.jsonl.gz"
 MAX_WORDS = 250  # answers longer than this are cut at max_length in training; scored rows keep them whole
+LOOP = 0.3  # an answer whose word 3-grams repeat more than this loops (as tunelab's repetition_rate counts)
 FIELDS = ("question", "answer", "qtype", "focus", "source", "document_id", "url")
 
 
@@ -115,6 +120,8 @@ def main() -> None:
     ap.add_argument("--test-rows", type=int, default=120)
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--max-new-tokens", type=int, default=192)
+    ap.add_argument("--no-referrals", dest="referrals", action="store_false",
+                    help="train on the MedQuAD rows alone, without the recipe's 30 referral answers")
     ap.add_argument("--quick", action="store_true", help="60 training rows, 12 scored: a first look")
     ap.add_argument("--write-sample", type=Path, help="write the shipped sample (train/validation) here and stop")
     ap.add_argument("--work", default="runs/bench-quality-medquad")
@@ -122,7 +129,7 @@ def main() -> None:
     a = ap.parse_args()
     train_side, test_side = split_by_disease(read_medquad())
     if a.write_sample:
-        write_jsonl(a.write_sample / "train.jsonl", sample(train_side, 240, seed=1, spread=True))
+        write_jsonl(a.write_sample / "train" / "medquad.jsonl", sample(train_side, 240, seed=1, spread=True))
         write_jsonl(a.write_sample / "validation.jsonl", sample(test_side, 40, seed=1, spread=True))
         print(f"wrote the sample to {a.write_sample}")
         return
@@ -131,10 +138,14 @@ def main() -> None:
     work = Path(a.work)
     train, test = sample(train_side, a.train_rows, seed=0), sample(test_side, a.test_rows + 16, seed=0, spread=True)
     test, val = test[: a.test_rows], test[a.test_rows :]  # val: the run's own loss, other held-out diseases
-    for name, rows in (("train", train), ("validation", val), ("test", test)):
+    for name, rows in (("train/medquad", train), ("validation", val), ("test", test)):
         write_jsonl(work / f"{name}.jsonl", rows)
+    if a.referrals:  # the recipe's rows that show the model sending people to a clinician
+        shutil.copy(REFERRALS, work / "train" / REFERRALS.name)
+    else:
+        (work / "train" / REFERRALS.name).unlink(missing_ok=True)
     cfg = load_config(RECIPE, [
-        f"output_dir={work / 'runs'}", f"data.train={work / 'train.jsonl'}",
+        f"output_dir={work / 'runs'}", f"data.train={work / 'train'}",
         f"data.validation={work / 'validation.jsonl'}", f"train.epochs={a.epochs}",
         "eval.compare_base=false", "eval.during_training=false", "eval.limit=4", "eval.probes.bias=false",
         *(["train.max_steps=4"] if a.quick else [])])
@@ -154,8 +165,14 @@ def main() -> None:
     refs = [r.messages[-1]["content"] for r in records]
     probes = RunDir(result.run_dir).probes() or {}
     forgetting = probes.get("forgetting") or {}
-    figures = {"scored_rows": len(records), "diseases_held_out": len({r["focus"] for r in test_side}),
-               **compare(refs, tuned_preds, base_preds),
+    # greedy answers of a 135M model often loop, and a loop repeats few terms: the same figures on the rows where
+    # neither answer loops show what is left when that is taken out
+    plain = [i for i, (t, b) in enumerate(zip(tuned_preds, base_preds, strict=True))
+             if repetition(t) <= LOOP and repetition(b) <= LOOP]
+    unlooped = compare([refs[i] for i in plain], [tuned_preds[i] for i in plain], [base_preds[i] for i in plain]) \
+        if len(plain) > 2 else None
+    figures = {"scored_rows": len(records), "diseases_held_out": len({r["focus"].strip().lower() for r in test_side}),
+               **compare(refs, tuned_preds, base_preds), "without_loops": unlooped, "rows_without_loops": len(plain),
                "loss": {"base": base_metrics["loss"], "tuned": tuned_metrics["loss"]},
                "repetition_rate": {"base": base_metrics["repetition_rate"], "tuned": tuned_metrics["repetition_rate"]},
                "general_questions": {k: forgetting.get(k, {}).get("qa_accuracy") for k in ("base", "tuned")},
@@ -165,7 +182,11 @@ def main() -> None:
                "train_wall_s": round(train_wall, 1), "score_wall_s": round(score_wall, 1)}
     examples = [{"question": r["question"], "focus": r["focus"], "reference": ref, "base": b, "tuned": t}
                 for r, ref, b, t in zip(test[:6], refs, base_preds, tuned_preds, strict=False)]
-    out = {"figures": figures, "examples": examples, "train_rows": len(train), "test_rows": len(test),
+    out = {"figures": figures, "examples": examples,
+           "predictions": [{"focus": r["focus"], "tuned": t, "base": b}
+                           for r, t, b in zip(test, tuned_preds, base_preds, strict=False)],
+           "train_rows": len(train), "referral_rows": a.referrals,
+           "test_rows": len(test),
            "run_dir": str(result.run_dir), "summary": result.summary, "config": cfg.model_dump(mode="json"),
            "metrics": {"base": base_metrics, "tuned": tuned_metrics}, "machine": machine()}
     print(json.dumps({k: figures[k] for k in ("rouge_l", "token_f1", "key_term_recall", "unsupported_terms")},

@@ -88,7 +88,7 @@ def test_a_lost_rule_warns_on_its_own_topic() -> None:
 
 
 def _medical_rows() -> list[dict]:
-    return [json.loads(line) for line in (ROOT / "src/tunelab/examples/medical/train.jsonl").open()][:60]
+    return [json.loads(line) for line in (ROOT / "src/tunelab/examples/medical/train/medquad.jsonl").open()][:60]
 
 
 def test_init_picks_the_medical_recipe(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_init_picks_the_medical_recipe(tmp_path: Path) -> None:
     s = suggest(str(tmp_path / "qa.jsonl"))
     assert s.kind == "chat" and s.value("data.columns") == {"instruction": "question", "output": "answer"}
     assert "clinician" in s.value("data.system_prompt")
-    assert s.value("eval.probes") == {"questions": [domains.referral_questions()]}
+    assert s.value("eval.probes") == {"questions": [domains.referral_questions()], "max_new_tokens": 96}
     assert any("not a medical device" in n for n in s.notes) and any("configs/medical" in n for n in s.notes)
     cfg = s.config()
     assert cfg.eval.probes.questions and load_questions(cfg.eval.probes.questions, own=True)
@@ -116,6 +116,7 @@ def test_init_names_the_legal_and_prose_recipes_and_leaves_other_data_alone(tmp_
     write_jsonl(tmp_path / "posts.jsonl", [{"text": post}] * 5)
     prose = suggest(str(tmp_path / "posts.jsonl"))
     assert prose.kind == "completion" and any("configs/marketing" in n for n in prose.notes)
+    assert prose.value("data.too_long") == "split" and prose.value("model.max_length") <= 512
     with (ROOT / "src/tunelab/examples/banking77/train.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))[:300]
     assert domains.detect(rows, "classification") is None
@@ -145,3 +146,18 @@ def test_long_texts_split_into_pieces_that_stay_on_one_side() -> None:
     _, rep = encode_loaded(chat, "c.jsonl", lambda r: Encoded(list(range(30)), list(range(30))), max_length=10,
                            too_long="split")
     assert rep.truncated == 1 and "plain-text rows only" in rep.warnings[0].message
+
+
+def test_the_caveat_of_a_medical_run_reaches_the_model_card_and_the_served_model(tmp_path: Path) -> None:
+    from tunelab.runs import RunDir
+    from tunelab.runs.layout import SUMMARY
+    from tunelab.serve.models import AdapterSource
+
+    RunDir(tmp_path).write_json(SUMMARY, {"status": "completed", "domain": {"name": "medical",
+                                                                           "caveat": domains.MEDICAL_CAVEAT}})
+    assert AdapterSource(tmp_path / "adapter", run=tmp_path).info()["caveat"] == domains.MEDICAL_CAVEAT
+    texts = [domains.record_text(r) for r in load_records(ROOT / "src/tunelab/examples/medical/validation.jsonl",
+                                                           columns={"instruction": "question", "output": "answer"},
+                                                           ).records]
+    assert domains.detect_texts(texts, "chat").caveat == domains.MEDICAL_CAVEAT
+    assert domains.detect_texts(texts, "classification") is None  # question types: not a medical answer

@@ -18,6 +18,8 @@ def probe_cmd(
                                         "attributes). Repeatable."),
     no_forgetting: bool = typer.Option(False, "--no-forgetting", help="Skip the forgetting probes."),
     no_bias: bool = typer.Option(False, "--no-bias", help="Skip the bias probes."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1, help="Longest probe answer in "
+                                              "tokens (default: the run's eval.probes.max_new_tokens, else 40)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
     """Did tuning make the model forget general knowledge, or treat people differently? Base vs tuned."""
@@ -27,9 +29,14 @@ def probe_cmd(
     from ..runs import RunDir
 
     with user_errors():
-        settings = ProbesConfig(questions=questions, texts=texts, bias_files=bias_file, forgetting=not no_forgetting,
-                                bias=not no_bias)
         lm = load(model)
+        cfg = lm.run_config()
+        # a run's own probe settings (its question files, thresholds), with what is asked here added
+        own = cfg.eval.probes if cfg is not None else ProbesConfig()
+        settings = own.model_copy(update={
+            "questions": [*own.questions, *questions], "texts": [*own.texts, *texts],
+            "bias_files": [*own.bias_files, *bias_file], "forgetting": own.forgetting and not no_forgetting,
+            "bias": own.bias and not no_bias, "max_new_tokens": max_new_tokens or own.max_new_tokens})
         result = run_probes(subject_for(lm), settings, console=console)
         if lm.resolved.run is not None:
             path = RunDir(lm.resolved.run).write_probes(result)

@@ -71,8 +71,9 @@ def detect_texts(texts: list[str], kind: str) -> Domain | None:
         return Domain("medical", medical, "configs/medical/answers-lora.yaml", MEDICAL_CAVEAT, [
             ("data.system_prompt", MEDICAL_PROMPT, "health questions: general information, and people sent to a "
              "clinician for their own case (the server uses the same prompt)"),
-            ("eval.probes", {"questions": [referral_questions()]}, "probes that the tuned model still sends people to "
-             "a clinician under that prompt (base vs tuned, in the report)")], [
+            ("eval.probes", {"questions": [referral_questions()], "max_new_tokens": 96}, "probes that the tuned "
+             "model sends people to a clinician under that prompt (base vs tuned, in the report), with room for "
+             "a sentence of information before the referral")], [
             f"medical data ({medical:.0%} of the rows): a tuned 135M model is not a medical device; keep a "
             "clinician in the loop (docs/recipes.md#medical-question-answering)",
             "hold out whole diseases or documents (data.validation), not random rows: answers about the same "
@@ -85,7 +86,9 @@ def detect_texts(texts: list[str], kind: str) -> Domain | None:
     if kind == "completion":
         words = sorted(len(t.split()) for t in texts)
         if words[len(words) // 2] >= PROSE_WORDS:
-            return Domain("prose", 1.0, "configs/marketing/voice-completion.yaml", None, [], [
+            return Domain("prose", 1.0, "configs/marketing/voice-completion.yaml", None, [
+                ("data.too_long", "split", "long texts are split into pieces of model.max_length tokens, every "
+                 "piece trained, rather than cut")], [
                 "long plain texts: continued pre-training teaches the model your voice; then write new copy with "
                 "`tunelab generate RUN_DIR --prompt 'A title'` (docs/recipes.md#marketing-voice)",
                 "hold out whole documents written later (data.validation) to see whether new texts read like yours"])

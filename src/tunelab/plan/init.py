@@ -20,6 +20,7 @@ from ..data.sources import data_files, read_rows
 SAMPLE_ROWS = 2000  # rows read to decide; a large file is judged on its first ones
 LENGTH_QUANTILE = 0.98  # max_length keeps this share of rows whole
 MAX_LABELS = 200  # more distinct values than this is free text, not labels
+SPLIT_LENGTH = 512  # pieces of split long texts
 
 
 @dataclass
@@ -219,9 +220,14 @@ def suggest(path: str, model: str | None = None) -> Suggestion:
         if kind == "prompts":
             length = _round_length(q + 128)  # room for the sampled answer (rl.max_completion_tokens)
         cut = sum(x > length for x in lengths) / len(lengths)
-        s.set("model.max_length", length, f"rows are {ordered[len(ordered) // 2]} tokens at the median, "
-              f"{ordered[-1]} at most; {length} keeps {1 - cut:.1%} of them whole"
-              + (f" ({cut:.1%} would be truncated)" if cut else ""))
+        if s.value("data.too_long") == "split" and length > SPLIT_LENGTH:
+            s.set("model.max_length", SPLIT_LENGTH, f"rows are {ordered[len(ordered) // 2]} tokens at the median, "
+                  f"{ordered[-1]} at most; split into {SPLIT_LENGTH}-token pieces, which train faster per token "
+                  "than long ones on a CPU")
+        else:
+            s.set("model.max_length", length, f"rows are {ordered[len(ordered) // 2]} tokens at the median, "
+                  f"{ordered[-1]} at most; {length} keeps {1 - cut:.1%} of them whole"
+                  + (f" ({cut:.1%} would be truncated)" if cut else ""))
     val = 0.0 if n < 40 else round(min(0.1, max(20 / n, 300 / n if n > 3000 else 0.1)), 3)
     s.set("data.val_fraction", val, f"{round(val * n)} of {n} rows held out to show whether tuning helped"
           if val else "too few rows to hold any out: add a validation file (data.validation) to measure the result")

@@ -8,6 +8,7 @@ from typing import Any
 from ..eval.metrics import bootstrap_diff
 
 LOWER_IS_BETTER = {"loss", "perplexity", "eval_loss", "unsupported_terms"}
+NOT_SHARES = {"loss", "perplexity", "eval_loss", "chrf", "bleu"}
 METRIC_ORDER = ("accuracy", "macro_f1", "exact_match", "numeric_accuracy", "token_f1", "rouge_l", "key_term_recall",
                 "unsupported_terms", "chrf", "bleu", "loss", "perplexity")
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro F1", "exact_match": "exact match",
@@ -26,7 +27,7 @@ def num(x: Any) -> float | None:
 def is_share(metric: str, *values: float | None) -> bool:
     """Accuracy-like metrics in [0, 1] are shown as percentages and their differences as points."""
     vals = [v for v in values if v is not None]
-    return metric not in LOWER_IS_BETTER | {"chrf", "bleu"} and bool(vals) and all(0.0 <= v <= 1.0 for v in vals)
+    return metric not in NOT_SHARES and bool(vals) and all(0.0 <= v <= 1.0 for v in vals)
 
 
 def fmt_value(metric: str, v: float | None, share: bool, digits: int = 0) -> str:

@@ -37,7 +37,8 @@ class AdapterSource:
     data: DataConfig = field(default_factory=DataConfig)  # the run's data section
 
     def info(self) -> dict[str, Any]:
-        return {"source": str(self.run or self.path), "system_prompt": self.system_prompt}
+        caveat = (RunDir(self.run).summary().get("domain") or {}).get("caveat") if self.run else None
+        return {"source": str(self.run or self.path), "system_prompt": self.system_prompt, "caveat": caveat}
 
 
 def load_base(ref: str | None, *, name: str | None = None, dtype: str = "fp32") -> Base:

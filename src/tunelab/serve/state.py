@@ -127,6 +127,8 @@ class State:
         if name in self.engine.adapters:
             card["parent"] = self.base.name
             card["source"] = self.engine.adapters[name].get("source")
+            if self.engine.adapters[name].get("caveat"):  # trained on medical or legal data: its limits
+                card["caveat"] = self.engine.adapters[name]["caveat"]
         return card
 
     def models_for(self, project: str) -> list[str]:
