@@ -30,6 +30,8 @@ def test_key_terms_are_rare_words_and_figures() -> None:
     assert {"lymphoblastic", "leukemia", "marrow", "6000", "brca1", "mutation", "platelet"} <= terms
     assert not {"bone", "doctor", "disease", "people", "the"} & terms  # common words say nothing specific
     assert key_terms("6000 people") == key_terms("6,000 people")
+    assert key_terms("Ask your doctor's nurse about fluids.") == set()  # judged as 'doctor', 'fluid'
+    assert key_terms("Steps:\n1. Rest\n2) Drink water\nTake 2 tablets") == {"2"}  # list numbering is no figure
 
 
 def test_term_overlap_by_hand() -> None:
@@ -118,6 +120,9 @@ def test_init_names_the_legal_and_prose_recipes_and_leaves_other_data_alone(tmp_
     prose = suggest(str(tmp_path / "posts.jsonl"))
     assert prose.kind == "completion" and any("configs/marketing" in n for n in prose.notes)
     assert prose.value("data.too_long") == "split" and prose.value("model.max_length") <= 512
+    long_answers = [{"prompt": "Tell me about our launch.", "completion": post}] * 5  # not plain text: no prose
+    write_jsonl(tmp_path / "qa_long.jsonl", long_answers)
+    assert suggest(str(tmp_path / "qa_long.jsonl")).value("data.too_long") is None
     with (ROOT / "src/tunelab/examples/banking77/train.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))[:300]
     assert domains.detect(rows, "classification") is None
@@ -140,6 +145,7 @@ def test_long_texts_split_into_pieces_that_stay_on_one_side() -> None:
     examples, rep = encode_loaded(loaded, "posts.jsonl", encode, max_length=10, too_long="split")
     assert [len(e.input_ids) for e in examples] == [10, 10, 5, 8, 10, 10]  # 1 token left over: nothing to learn
     assert rep.split_rows == 2 and rep.truncated == 0 and rep.completion_tokens == 53 and not rep.warnings
+    assert rep.valid_rows == 3  # rows, not pieces
     for seed in range(5):
         train, val = split_validation(examples, 0.34, seed, lambda e: e.record.where)
         assert {e.record.where for e in train}.isdisjoint({e.record.where for e in val}) and val
@@ -162,3 +168,6 @@ def test_the_caveat_of_a_medical_run_reaches_the_model_card_and_the_served_model
                                                            ).records]
     assert domains.detect_texts(texts, "chat").caveat == domains.MEDICAL_CAVEAT
     assert domains.detect_texts(texts, "classification") is None  # question types: not a medical answer
+    support = load_records(ROOT / "src/tunelab/examples/banking77/train.csv", columns={"text": "text", "label":
+                                                                                     "category"}).records[:200]
+    assert domains.detect_texts([domains.record_text(r) for r in support], "chat") is None

@@ -67,12 +67,13 @@ def check_cmd(
             fmt = cfg.data.format if format == "auto" else format
             columns, model = columns or cfg.data.columns, model or cfg.model.base
             max_length, too_long = max_length or cfg.model.max_length, too_long or cfg.data.too_long
+            system = cfg.data.system_prompt if cfg.task != "classification" else None  # as training renders rows
         else:
-            fmt = format
+            fmt, system = format, None
         if too_long not in (None, "truncate", "drop", "split"):
             raise typer.BadParameter(f"--too-long {too_long!r}: choose truncate, drop or split")
         rep = check(file, fmt=fmt, model=model, max_length=max_length or default("model.max_length"),
-                    columns=columns, too_long=too_long or default("data.too_long"))
+                    columns=columns, too_long=too_long or default("data.too_long"), system_prompt=system)
     measured = _estimate(file, model) if estimate and not rep.errors else None
     if as_json:
         out.print_json(json.dumps(rep.to_dict() | ({"estimate": measured.to_dict()} if measured else {}),

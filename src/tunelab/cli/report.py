@@ -19,7 +19,10 @@ def report_cmd(
         html_path, json_path = write_report(path)
     import json
 
-    verdict = json.loads(json_path.read_text()).get("verdict", {}).get("text")
+    facts = json.loads(json_path.read_text())
+    verdict = facts.get("verdict", {}).get("text")
+    if facts.get("caveat"):  # medical or legal data: the model's limits first
+        console.print(f"Limits: {facts['caveat']}", highlight=False, markup=False)
     if verdict:
         console.print(verdict, highlight=False, markup=False)
     out.print(str(html_path), highlight=False, markup=False)

@@ -35,11 +35,12 @@ def check(
     too_long: str = TOO_LONG,
     tokenize: bool = True,
     curate: bool = True,
+    system_prompt: str | None = None,
 ) -> DataReport | PreferenceReport:
     """Validate a data source; with tokenize, count tokens with the model's tokenizer and estimate time; with
     curate, summarise what `tunelab data curate` would find (duplicates, personal data, suspect labels...).
     Preference data (a preference format given, or detected from the first row) gets a PreferenceReport."""
-    rep = _check(path, fmt, model, max_length, columns, too_long, tokenize)
+    rep = _check(path, fmt, model, max_length, columns, too_long, tokenize, system_prompt)
     if curate and rep.rows:
         from .curate.run import preview
 
@@ -48,7 +49,7 @@ def check(
 
 
 def _check(path: str, fmt: str, model: str | None, max_length: int, columns: dict[str, str] | None, too_long: str,
-           tokenize: bool) -> DataReport | PreferenceReport:
+           tokenize: bool, system_prompt: str | None = None) -> DataReport | PreferenceReport:
     preference = fmt in PREFERENCE_FORMATS or (fmt == "auto" and is_preference_file(path, columns))
     tokenizer, tps = _tokenizer_and_speed(model) if tokenize else (None, None)
     if preference:
@@ -62,6 +63,6 @@ def _check(path: str, fmt: str, model: str | None, max_length: int, columns: dic
         def encode(rec: Record) -> Any:
             return encode_record(rec, tokenizer, label_text=humanize(rec.label) if rec.label else None)
 
-    _, rep = prepare(path, encode, fmt=fmt, columns=columns, max_length=max_length, too_long=too_long,
-                     tokens_per_second=tps)
+    _, rep = prepare(path, encode, fmt=fmt, columns=columns, system_prompt=system_prompt, max_length=max_length,
+                     too_long=too_long, tokens_per_second=tps)
     return rep

@@ -53,21 +53,25 @@ LEGAL_CAVEAT = ("Tuned on contract clauses, this model sorts and drafts text; it
 
 
 def record_text(rec: Any) -> str:
-    """The words of a data record (tunelab.data.records.Record), whatever its format."""
-    parts = [rec.text, rec.prompt, rec.completion, rec.label] + [str(m.get("content") or "") for m in rec.messages]
+    """The words of a data record (tunelab.data.records.Record), whatever its format, less its system message
+    (one medical word in a system prompt would make every row look medical)."""
+    parts = [rec.text, rec.prompt, rec.completion, rec.label] + [
+        str(m.get("content") or "") for m in rec.messages if m.get("role") != "system"]  # the rows, not the prompt
     return " ".join(p for p in parts if isinstance(p, str))
 
 
-def detect(rows: list[dict[str, Any]], kind: str) -> Domain | None:
-    """The domain of the sampled rows of a chat, completion or classification file, or None."""
-    return detect_texts([" ".join(str(v) for v in r.values() if isinstance(v, str | list)) for r in rows], kind)
+def detect(rows: list[dict[str, Any]], kind: str, plain_text: bool = False) -> Domain | None:
+    """The domain of the sampled rows of a chat, completion or classification file, or None. plain_text: the
+    rows are plain texts (no prompt), which alone can be someone's prose."""
+    return detect_texts([" ".join(str(v) for v in r.values() if isinstance(v, str | list)) for r in rows], kind,
+                        plain_text)
 
 
-def detect_texts(texts: list[str], kind: str) -> Domain | None:
+def detect_texts(texts: list[str], kind: str, plain_text: bool = False) -> Domain | None:
     if not texts:
         return None
     medical, legal = _share(_MEDICAL, texts), _share(_LEGAL, texts)
-    if kind in ("chat", "completion") and medical >= MIN_SHARE and medical > legal:
+    if kind in ("chat", "completion") and not plain_text and medical >= MIN_SHARE and medical > legal:
         return Domain("medical", medical, "configs/medical/answers-lora.yaml", MEDICAL_CAVEAT, [
             ("data.system_prompt", MEDICAL_PROMPT, "health questions: general information, and people sent to a "
              "clinician for their own case (the server uses the same prompt)"),
@@ -83,7 +87,7 @@ def detect_texts(texts: list[str], kind: str) -> Domain | None:
             f"legal text ({legal:.0%} of the rows): the model sorts clauses, it does not give legal advice "
             "(docs/recipes.md#legal-clauses)",
             "hold out whole contracts (data.validation), not random clauses: clauses of one contract are alike"])
-    if kind == "completion":
+    if kind == "completion" and plain_text:
         words = sorted(len(t.split()) for t in texts)
         if words[len(words) // 2] >= PROSE_WORDS:
             return Domain("prose", 1.0, "configs/marketing/voice-completion.yaml", None, [

@@ -40,6 +40,7 @@ class DataReport:
     truncated: int = 0
     dropped_too_long: int = 0
     split_rows: int = 0  # plain-text rows split into pieces (data.too_long: split)
+    split_pieces: int = 0  # pieces beyond one per split row: examples = valid rows + split_pieces
     max_length: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -133,8 +134,9 @@ def encode_loaded(
         if n > max_length and too_long == "split" and rec.kind == "text":
             pieces = split_pieces(enc, max_length)
             rep.split_rows += 1  # asked for, so counted rather than warned about row by row
+            rep.split_pieces += len(pieces) - 1
             for piece in pieces:
-                rep.completion_tokens += len(piece.input_ids)
+                rep.completion_tokens += piece.trained_tokens
                 lengths.append(len(piece.input_ids))
                 examples.append(Example(rec, piece.input_ids, piece.labels))
             continue
@@ -157,7 +159,7 @@ def encode_loaded(
         rep.prompt_tokens += len(enc.input_ids) - trained
         lengths.append(len(enc.input_ids))
         examples.append(Example(rec, enc.input_ids, enc.labels))
-    rep.valid_rows = len(examples)
+    rep.valid_rows = len(examples) - rep.split_pieces
     if not examples and not rep.errors:
         rep.errors.append(Problem(str(path), "no usable rows: the data is empty, or nothing is left to learn "
                                   "after truncation (raise model.max_length)"))

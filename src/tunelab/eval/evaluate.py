@@ -162,7 +162,7 @@ def _training_overlap(lm: LoadedModel, records: list[Record], console: Console) 
     cfg = lm.run_config() if lm.resolved.run is not None else None
     if cfg is None or not cfg.data.train or not Path(cfg.data.train).exists():
         return None
-    train = load_records(cfg.data.train, cfg.data.format, cfg.data.columns).records
+    train = load_records(cfg.data.train, cfg.data.format, cfg.data.columns, trained_system_prompt(cfg)).records
     found = leaks([Row(r.where, {}, r) for r in train], [Row(r.where, {}, r, "validation") for r in records],
                   (cfg.data.curate.similarity if cfg.data.curate else 0.8), "flag")
     if found:

@@ -15,6 +15,7 @@ from functools import lru_cache
 
 RARE_ZIPF = 4.0  # ~ fewer than 10 per million words: 'mutation' 3.6, 'symptoms' 4.5
 _NUMBER = r"\d+(?:[.,]\d+)*"
+_ENUMERATOR = re.compile(r"^\s*(?:\d+|[a-zA-Z])[.)]\s", re.MULTILINE)  # "1. ", "b) ": list numbering
 _TOKEN = re.compile(rf"(?P<number>{_NUMBER})|(?P<word>[A-Za-z][A-Za-z0-9'-]*[A-Za-z0-9]|[A-Za-z])")
 
 
@@ -33,13 +34,13 @@ def _normal(word: str) -> str:
 
 def key_terms(text: str) -> set[str]:
     terms = set()
-    for m in _TOKEN.finditer(text):
+    for m in _TOKEN.finditer(_ENUMERATOR.sub(" ", text)):
         number, word = m.group("number"), m.group("word")
         if number:
             terms.add(number.replace(",", "").rstrip("."))  # '6,000' and '6000' are one figure
         elif any(c.isdigit() for c in word):  # BRCA1, COVID-19, type-2
             terms.add(word.lower())
-        elif _rare(word.lower()):
+        elif _rare(_normal(word)):  # "doctor's" and "fluids" are judged as "doctor" and "fluid"
             terms.add(_normal(word))
     return terms
 

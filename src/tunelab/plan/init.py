@@ -166,10 +166,12 @@ def suggest(path: str, model: str | None = None) -> Suggestion:
     kind, columns, why = detect(path)
     rows = _rows(path)
     n = len(rows)
-    domain = domains.detect(rows, kind)
-    if domain and domain.name == "medical" and kind == "completion" and set(columns) == {"prompt", "completion"}:
+    plain = kind == "completion" and detect_format(set(rows[0])) == "text" and not columns
+    domain = domains.detect(rows, kind, plain)
+    if domain and domain.name == "medical" and kind == "completion":
         # questions and answers as a conversation: the served model is asked in chat, with the system prompt
-        kind, columns = "chat", {"instruction": columns["prompt"], "output": columns["completion"]}
+        kind = "chat"
+        columns = {"instruction": columns.get("prompt", "prompt"), "output": columns.get("completion", "completion")}
         why += ", answered as a conversation"
     s = Suggestion(path, kind, n)
     s.set("data.train", path, f"{n}{'+' if n >= SAMPLE_ROWS else ''} rows read; {why}")

@@ -148,5 +148,5 @@ def subject_for(lm: Any, *, bf16: bool = False, batch_size: int = default("eval.
         def generate_label(m: Any, texts: list[str]) -> list[str]:
             return predict_generate(m, tok, texts, all_labels, shown, prompt, batch_size, bf16)
 
-        return Subject(lm.model, tok, classify=generate_label, base_model=base_model)
+        return Subject(lm.model, tok, classify=generate_label, base_model=base_model, system_prompt=prompt)
     return Subject(lm.model, tok, system_prompt=prompt, base_model=base_model)
