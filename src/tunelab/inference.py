@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .data.templates import Message, trained_system_prompt
+from .data.templates import Message, render_chat, trained_system_prompt
 from .models.load import LoadedModel, load
 
 
@@ -31,7 +31,7 @@ def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: in
     if cfg is not None and cfg.task == "completion":  # trained on raw text: no chat template
         enc = tok(messages[-1]["content"], return_tensors="pt", add_special_tokens=False)
     else:
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        enc = render_chat(tok, messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     enc = enc.to(next(lm.model.parameters()).device)
     streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
     kwargs: dict[str, Any] = dict(**enc, max_new_tokens=max_new_tokens, streamer=streamer,

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .data.templates import render_chat
 from .runs import RunDir, layout
 
 RewardFunc = Callable[..., list[float]]
@@ -193,7 +194,7 @@ def reward_model(run: Path, batch_size: int = 8) -> RewardFunc:
     def render(prompt: Any, completion: Any) -> str:
         if isinstance(prompt, list) and getattr(tok, "chat_template", None):
             msgs = [*prompt, {"role": "assistant", "content": text_of(completion)}]
-            return str(tok.apply_chat_template(msgs, tokenize=False))
+            return str(render_chat(tok, msgs, tokenize=False))
         return text_of(prompt) + text_of(completion)
 
     @torch.no_grad()

@@ -14,13 +14,13 @@ SRC = Path(tunelab.__file__).parent
 
 # Bottom to top; a module may import from its own layer and the layers below. docs/architecture.md explains them.
 LAYERS: list[set[str]] = [
-    {"version", "errors", "atomic", "filecheck", "home", "config", "device", "runs"},
+    {"version", "errors", "atomic", "filecheck", "home", "config", "device", "distributed", "runs"},
     {"models", "data"},
     {"training"},
     {"eval", "probes", "rewards", "graders", "report"},
     {"recipes"},
     {"export", "serve", "jobs", "inference", "quickstart", "plan"},
-    {"cli", "<root>"},
+    {"cli", "<root>", "__main__"},
 ]
 
 

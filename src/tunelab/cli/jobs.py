@@ -201,6 +201,8 @@ def worker_cmd(
     data: Path = typer.Option(..., "--data", help="Where jobs keep their data and runs: the server's data "
                               "directory, shared with it (e.g. over NFS)."),
     jobs: int = typer.Option(1, "--jobs", min=1, help="Jobs trained at once on this machine."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Training processes each job runs in on this machine "
+                              "(data-parallel, as `tunelab train --nproc`)."),
 ) -> None:
     """Train queued jobs on this machine, claiming them from the server's database; Ctrl-C stops after saving."""
     from ..jobs.db import JobsDB
@@ -212,8 +214,9 @@ def worker_cmd(
             store = JobsDB(db)
         except ValueError as exc:
             raise typer.BadParameter(str(exc), param_hint="--db") from None
-        worker = Worker(store, FileStore(store, data / "files", 1 << 40), data / "jobs", max_jobs=jobs)
-    console.print(f"[bold]tunelab worker[/] {worker.identity}: up to {jobs} job(s) at once from {db}")
+        worker = Worker(store, FileStore(store, data / "files", 1 << 40), data / "jobs", max_jobs=jobs, nproc=nproc)
+    each = f", {nproc} processes each" if nproc > 1 else ""
+    console.print(f"[bold]tunelab worker[/] {worker.identity}: up to {jobs} job(s) at once{each} from {db}")
     # Ctrl-C and SIGTERM (a service manager's stop) both stop after saving, even where the worker was started
     # with SIGINT ignored (a background job of a non-interactive shell, nohup)
     signal.signal(signal.SIGINT, signal.default_int_handler)

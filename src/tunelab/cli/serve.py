@@ -43,6 +43,8 @@ def serve_cmd(
     max_file_mb: int = typer.Option(512, "--max-file-mb", min=1, help="Largest upload to /v1/files."),
     jobs: int = typer.Option(1, "--jobs", min=0, help="Fine-tuning jobs trained at once by this server; 0: none "
                              "here (run `tunelab worker` elsewhere)."),
+    job_processes: int = typer.Option(1, "--job-processes", min=1, help="Training processes each job runs in "
+                                      "here (data-parallel, as `tunelab train --nproc`)."),
     no_jobs: bool = typer.Option(False, "--no-jobs", help="Serve models only: no files or fine_tuning API."),
     no_python_graders: bool = typer.Option(False, "--no-python-graders", help="Refuse python graders (user code "
                                            "run in a limited subprocess, not a sandbox): for shared servers."),
@@ -70,8 +72,8 @@ def serve_cmd(
         keys += [ln.strip() for ln in keys_file.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     settings = ServeSettings(api_keys=keys, admin_keys=list(admin_key), log_content=log_content,
                              default_max_tokens=max_tokens, max_file_bytes=max_file_mb * 1024 * 1024,
-                             jobs=not no_jobs, worker_jobs=jobs, python_graders=not no_python_graders,
-                             url=f"http://{_local(host)}:{port}")
+                             jobs=not no_jobs, worker_jobs=jobs, job_processes=job_processes,
+                             python_graders=not no_python_graders, url=f"http://{_local(host)}:{port}")
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,

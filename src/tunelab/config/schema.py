@@ -17,11 +17,11 @@ from .base import Section
 from .classification import ClassificationConfig
 from .data import DataConfig
 from .evaluation import EvalConfig
-from .model import ModelConfig
+from .model import ModelConfig, quantize_problems
 from .peft import PeftConfig
 from .preference import PreferenceConfig, RLConfig
 from .sweep import SweepConfig
-from .train import TrainConfig
+from .train import TrainConfig, liger_problems
 
 
 class TunelabConfig(Section):
@@ -189,6 +189,7 @@ def combinations(cfg: TunelabConfig) -> list[RuleProblem]:
     if t.early_stopping.patience and not has_validation(cfg):
         out.append(("train.early_stopping.patience", "early stopping watches the validation data: set "
                     "data.validation or data.val_fraction > 0"))
+    out += quantize_problems(cfg.model.quantize, cfg.peft.method) + liger_problems(t.liger)
     if cfg.method in RL_METHODS:
         rl = cfg.rl
         if rl.max_completion_tokens >= cfg.model.max_length:

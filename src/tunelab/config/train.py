@@ -100,10 +100,23 @@ class TrainConfig(Section):
     """Padding-free batches: each batch's rows laid end to end in one row, every row attending only to itself
     (same loss as padded batches, no compute spent on padding). Off pads rows to the batch's longest."""
 
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool | Literal["auto"] = "auto"
     """Recompute each layer's activations in the backward pass instead of keeping them: much less memory for
-    long rows and large batches, about a third more time per step. train.fit: auto turns it on when the
-    estimate says memory is short."""
+    long rows and large batches, about a third more time per step (the same loss and gradients). auto: on when
+    tunelab's memory estimate says the run would not fit the device's memory without it (CPU RAM, or the GPU's
+    memory); resolved.json records what it chose."""
+
+    liger: bool | Literal["auto"] = "auto"
+    """Liger kernels (fused RMSNorm, SwiGLU and rotary embeddings in Triton) for the model's family, patched in
+    before the model loads: less GPU memory and faster steps. auto: on when liger-kernel is installed
+    (`pip install 'tunelab[gpu]'`) and the device is a CUDA GPU; true refuses to start without both."""
+
+    sharding: Literal["none", "fsdp", "fsdp_offload"] = "none"
+    """With several processes (`--nproc`, torchrun): none keeps a whole copy of the model in each (DDP, the
+    fastest); fsdp shards weights, gradients and optimizer state between them (FSDP, full shard), for full
+    fine-tuning of a model that does not fit one device; fsdp_offload also keeps the shards in CPU memory between
+    uses (slowest, least GPU memory). DeepSpeed ZeRO: through `accelerate launch` and its config
+    (docs/distributed.md)."""
 
     fit: Literal["auto", "off"] = "auto"
     """Before training, make sure the run fits in memory: auto estimates it (a few real steps, only when a
@@ -118,3 +131,14 @@ class TrainConfig(Section):
 
     log_every: int = Field(1, gt=0)
     """Log training loss every N steps."""
+
+
+def liger_problems(liger: bool | str) -> list[tuple[str, str]]:
+    """train.liger: true needs the package (the GPU is checked when the run starts: a config may be written
+    on another machine)."""
+    import importlib.util
+
+    if liger is True and importlib.util.find_spec("liger_kernel") is None:
+        return [("train.liger", "train.liger=true needs liger-kernel, which is not installed: "
+                 "pip install 'tunelab[gpu]' (on a machine with a CUDA GPU), or set train.liger: auto")]
+    return []

@@ -67,9 +67,53 @@ def _render(tokenizer: Any, messages: list[Message], gen: bool = False, tools: l
     # tools only when there are some: a template with a separate "tool_use" variant picks it when tools is given
     extra = {"tools": tools} if tools else {}
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen, **extra)
+        return render_chat(tokenizer, messages, tokenize=False, add_generation_prompt=gen, **extra)
     except Exception as exc:  # jinja errors such as "roles must alternate", or no template at all
         raise RowError(f"the model's chat template rejects this conversation: {exc}", field="messages") from None
+
+
+def fold_system(messages: list[Message]) -> list[Message]:
+    """The system prompt written at the start of the first user message, as Gemma 3's template does and Gemma's
+    documentation advises for the templates that have no system role; `messages` itself when there is none."""
+    if len(messages) < 2 or messages[0]["role"] != "system" or messages[1]["role"] != "user":
+        return messages
+    first = {**messages[1], "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+    return [first, *messages[2:]]
+
+
+_SYSTEM_ROLE: dict[tuple[str, bool], bool] = {}  # (template, with tools) -> has a system role: probed once per template
+
+
+def system_role(tokenizer: Any, with_tools: bool = False) -> bool:
+    """Whether the chat template takes a system message. False only where it refuses a system + user conversation
+    that it renders without the system message (Gemma, Gemma 2); where it renders neither, its own error is the one
+    to report."""
+    key = (repr(getattr(tokenizer, "chat_template", None)), with_tools)
+    if key not in _SYSTEM_ROLE:
+        extra = {"tools": [_PROBE_TOOL]} if with_tools else {}
+
+        def renders(messages: list[Message]) -> bool:
+            try:
+                tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, **extra)
+            except Exception:
+                return False
+            return True
+
+        user: Message = {"role": "user", "content": "probe"}
+        _SYSTEM_ROLE[key] = renders([{"role": "system", "content": "probe"}, user]) or not renders([user])
+    return _SYSTEM_ROLE[key]
+
+
+def for_template(tokenizer: Any, messages: list[Message], with_tools: bool = False) -> list[Message]:
+    """The conversation as the chat template takes it: the system prompt folded into the first user message where
+    the template has no system role. For conversations that a library renders (TRL's datasets)."""
+    return messages if system_role(tokenizer, with_tools) else fold_system(messages)
+
+
+def render_chat(tokenizer: Any, messages: list[Message], **kwargs: Any) -> Any:
+    """`tokenizer.apply_chat_template(messages, **kwargs)` for every conversation tunelab renders (training,
+    generation, serving, scoring), through `for_template`: a model is prompted exactly as it was trained."""
+    return tokenizer.apply_chat_template(for_template(tokenizer, messages, bool(kwargs.get("tools"))), **kwargs)
 
 
 # --- function calling -----------------------------------------------------------------------------
@@ -182,6 +226,16 @@ def _changed(tokenizer: Any, full: str, other: str) -> tuple[int, int] | None:
     return offsets[head][0], offsets[len(ids) - tail - 1][1]
 
 
+def _common_end(tokenizer: Any, text: str, other: str, at: int) -> int:
+    """The end of what `text` and `other` render alike from `at` on, token by token (a character comparison could
+    stop inside a token such as "<|end|>" against "<|endoftext|>"); `at` when nothing is alike."""
+    enc = tokenizer(text[at:], add_special_tokens=False, return_offsets_mapping=True)
+    ref = list(tokenizer(other[at:], add_special_tokens=False)["input_ids"])
+    same = next((k for k, (a, b) in enumerate(zip(enc["input_ids"], ref, strict=False)) if a != b),
+                min(len(ref), len(enc["input_ids"])))
+    return at + (enc["offset_mapping"][same - 1][1] if same else 0)
+
+
 def _call_span(tokenizer: Any, messages: list[Message], i: int, full: str, from_pos: int,
                tools: list[Tool] | None) -> tuple[int, int]:
     """Where reply i and its tool calls are in `full`, for templates that render prefixes inconsistently: the
@@ -234,6 +288,11 @@ def assistant_spans(tokenizer: Any, messages: list[Message],
         after = _render(tokenizer, messages[: i + 1], tools=tools)
         if i and full.startswith(after) and after.startswith(before):
             start, end = len(before), len(after)
+            if i == len(messages) - 1:  # not what a finished conversation adds after it (Phi-3's end-of-text)
+                more = _try_render(tokenizer, [*messages, {"role": "user", "content": "more"}], tools=tools)
+                if more is not None and more.startswith(full[:start]):
+                    common = _common_end(tokenizer, full, more, start)
+                    end = common if m["content"].strip() in full[start:common] else end
         else:  # template does not render prefixes consistently: locate the content after what precedes it
             prefix = _render(tokenizer, messages[:i], tools=tools) if i else ""
             from_pos = max(cursor, len(prefix) if full.startswith(prefix) else cursor)
@@ -245,6 +304,10 @@ def assistant_spans(tokenizer: Any, messages: list[Message],
                     raise RowError(f"messages[{i}]: the chat template changes this assistant reply, so its tokens "
                                    "can't be found; use a template that renders replies verbatim", field="messages")
                 end = start + len(m["content"])
+                # the end-of-turn tokens, as the reply is followed when it ends the conversation (Phi-3: <|end|>)
+                at = after.rfind(m["content"]) if m["content"] else -1
+                if at >= 0:
+                    end += _common_end(tokenizer, full[end:], after[at + len(m["content"]):], 0)
             eos = tokenizer.eos_token or ""
             if eos and full.startswith(eos, end):
                 end += len(eos)

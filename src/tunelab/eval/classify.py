@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from ..config import default
-from ..data.templates import IGNORE, classification_messages
+from ..data.templates import IGNORE, classification_messages, render_chat
 
 BATCH_SIZE: int = default("eval.batch_size")
 
@@ -64,8 +64,8 @@ def predict_generate(
         dev = next(model.parameters()).device
         for i in range(0, len(texts), batch_size):
             chunk = texts[i : i + batch_size]
-            prompts = [tokenizer.apply_chat_template(classification_messages(t, None, system_prompt), tokenize=False,
-                                                     add_generation_prompt=True) for t in chunk]
+            prompts = [render_chat(tokenizer, classification_messages(t, None, system_prompt), tokenize=False,
+                                   add_generation_prompt=True) for t in chunk]
             enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
             start = enc["input_ids"].shape[1]
 

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from ..data.records import Message, Record
-from ..data.templates import IGNORE, encode_record
+from ..data.templates import IGNORE, encode_record, render_chat
 from ..training.collate import PadCollator
 from .classify import BATCH_SIZE, left_padding
 
@@ -28,8 +28,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[Prompt], max_new_
     with left_padding(tokenizer):
         for i in range(0, len(prompts), batch_size):
             chunk = prompts[i : i + batch_size]
-            texts = [p if isinstance(p, str) else tokenizer.apply_chat_template(p, tokenize=False,
-                                                                              add_generation_prompt=True)
+            texts = [p if isinstance(p, str) else render_chat(tokenizer, p, tokenize=False, add_generation_prompt=True)
                      for p in chunk]
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(dev)
             gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=bool(sampling),

@@ -2,22 +2,29 @@
 
 Formats: `hf` (adapters merged into the base, a plain transformers directory), `adapter` (the PEFT
 adapter alone) and `gguf` (one file for llama.cpp / Ollama, plus a Modelfile). Every format is written
-to `OUT.partial` and renamed into place at the end, so an interrupted export never looks complete.
+to `OUT.partial` and renamed into place at the end, so an interrupted export never looks complete. Before the
+rename, the parity check (parity.py) runs the export against the trained model, and MANIFEST records the files
+and what the check found: an export that would answer differently from the run is never kept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from ..errors import DiskFullError, is_disk_full, size_text, writing
-from .source import ExportError, Log, source
+from .source import ExportError, Log, Source, source
 
 FORMATS = ("hf", "adapter", "gguf")
 DTYPES = ("f32", "f16", "bf16")
 QUANTIZATIONS = ("q8_0",)
+MANIFEST = "tunelab-export.json"  # beside the exported files, written last: what was exported and how it was checked
 
 
 def check_options(fmt: str, dtype: str | None, quantize: str | None) -> None:
@@ -77,28 +84,68 @@ def staged_dir(out: Path, *, force: bool, protect: list[Path] | None = None) -> 
         tmp.rename(out)
 
 
+def _files(folder: Path) -> dict[str, dict[str, Any]]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            digest = hashlib.sha256()
+            with p.open("rb") as f:
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
+            out[str(p.relative_to(folder))] = {"bytes": p.stat().st_size, "sha256": digest.hexdigest()}
+    return out
+
+
+def write_manifest(folder: Path, src: Source, fmt: str, precision: str, parity: dict[str, Any]) -> Path:
+    from ..version import __version__
+
+    manifest = {"format": fmt, "precision": precision, "source": src.ref, "run": str(src.run) if src.run else None,
+                "base": src.base, "tunelab": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "files": _files(folder), "parity": parity}
+    path = folder / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2) + "\n")  # plain write: staged_dir handles a full disk
+    return path
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """An export's manifest, or None for an export written before there was one."""
+    path = folder / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def export(ref: str, fmt: str, out: str | Path, *, dtype: str | None = None, quantize: str | None = None,
-           force: bool = False, log: Log | None = None) -> Path:
-    """Export `ref` as `fmt` into the directory `out`; returns the directory (for gguf, the .gguf file)."""
+           force: bool = False, parity: bool = True, log: Log | None = None) -> Path:
+    """Export `ref` as `fmt` into the directory `out`; returns the directory (for gguf, the .gguf file).
+
+    parity: run the export against the trained model before it is kept (parity.py); an export that
+    differs raises ExportError and leaves nothing behind. Turning it off is not recommended."""
     check_options(fmt, dtype, quantize)
     log = log or (lambda _msg: None)
     out = Path(out)
     src = source(ref)
     protect = [p for p in (src.run, Path(src.resolved.path)) if p is not None and p.exists()]
+    precision = {"hf": dtype or "f32", "adapter": dtype or "f32",
+                 "gguf": (quantize or "").lower() or dtype or "f16"}[fmt]
     with staged_dir(out, force=force, protect=protect) as tmp:
+        written: Path | None = None
         if fmt == "hf":
             from .hf import export_hf
 
             export_hf(src, tmp, dtype=dtype or "f32", log=log)
-            result = out
         elif fmt == "adapter":
             from .hf import export_adapter
 
             export_adapter(src, tmp, dtype=dtype, log=log)
-            result = out
         else:
             from .gguf import export_gguf
 
             written = export_gguf(src, tmp, dtype=dtype or "f16", quantize=quantize, log=log)
-            result = out / written.name
+        if parity:
+            from .parity import check
+
+            report = check(src, fmt, tmp, written, precision, log)
+        else:
+            report = {"checked": False, "reason": "turned off (--no-parity-check)"}
+        write_manifest(tmp, src, fmt, precision, report)
+    result = out / written.name if written is not None else out
     return result.expanduser().resolve()

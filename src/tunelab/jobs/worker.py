@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import ctypes
 import json
 import logging
 import os
@@ -31,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from .. import distributed
 from ..runs import RunDir, layout, observe
 from .db import CheckpointRow, FileRow, JobRow, JobsDB, now
 from .files import FileStore
@@ -51,8 +51,7 @@ QUIET_ENV = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": 
 def die_with_parent() -> None:
     """In the job's process before it starts. Linux: the job's process is killed when its worker dies (kill -9
     included), so that a job taken over by another worker never has two processes training it."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    distributed.end_with_parent()
     # cancel and pause are SIGINTs: never inherit an ignored SIGINT (a worker started in the background)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -70,9 +69,10 @@ def _pid_alive(pid: int) -> bool:
 class Worker:
     def __init__(self, db: JobsDB, files: FileStore, root: Path, *, max_jobs: int = 1, poll_s: float = 0.5,
                  env: dict[str, str] | None = None,
-                 job_env: Callable[[JobRow], dict[str, str]] | None = None) -> None:
+                 job_env: Callable[[JobRow], dict[str, str]] | None = None, nproc: int = 1) -> None:
         self.db, self.files, self.root = db, files, root
         self.max_jobs, self.poll_s = max_jobs, poll_s
+        self.nproc = nproc  # training processes a job runs in (tunelab train --nproc)
         self.env = os.environ | QUIET_ENV | (env or {})
         self.job_env = job_env  # per job: e.g. where its graders reach the server's models, with its key
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -285,6 +285,7 @@ class Worker:
                 os.kill(pid, signal.SIGKILL)
         resume = bool(job.resume) or (seen is not None and seen.status not in (None, "completed"))
         args = ["-m", "tunelab.cli.main", "train", str(work / JOB_CONFIG)] + (["--resume"] if resume else [])
+        args += ["--nproc", str(self.nproc)] if self.nproc > 1 else []
         add_event(self.db, job.id, "Fine-tuning job started" if not resume else
                   "Fine-tuning job continues from its last checkpoint")
         asked, code = self._drive(job, args, work / "train.log", _Tail(self.db, job, run, work))

@@ -165,21 +165,67 @@ def load(ref: str | None = None, *, dtype: Any = None) -> LoadedModel:
     return LoadedModel(model, tok, res, labels)
 
 
-def starting_model(base: ModelRef, *, labels: list[str] | None = None, pad_token_id: int | None = None) -> Any:
+def quantization_config(quantize: str) -> Any:
+    """model.quantize -> transformers' BitsAndBytesConfig (None for none). 4bit: NF4, double quantization (the
+    block scales quantized too), bf16 compute: QLoRA's recipe."""
+    if quantize == "none":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        from ..config import ConfigError
+
+        raise ConfigError(f"model.quantize={quantize} needs bitsandbytes, which is not installed: "
+                          "pip install 'tunelab[gpu]'")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def apply_liger(path: str) -> str:
+    """Patch transformers' modelling code for this model's family with Liger's kernels (RMSNorm, SwiGLU, rotary
+    embeddings), before the model is built; the loss stays tunelab's (chunked, label positions only). Returns
+    the family patched; a ModelError for a family Liger does not cover."""
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+    from transformers import AutoConfig
+
+    family = AutoConfig.from_pretrained(path).model_type
+    patch = MODEL_TYPE_TO_APPLY_LIGER_FN.get(family)
+    if patch is None:
+        raise ModelError(f"train.liger: Liger has no kernels for this model's family ({family}); set train.liger "
+                         f"to auto or false")
+    patch(rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False)
+    return family
+
+
+def starting_model(base: ModelRef, *, labels: list[str] | None = None, pad_token_id: int | None = None,
+                   quantize: str = "none", liger: bool = False) -> Any:
     """The weights a training run starts from, in fp32 on this machine's device: the base with the adapters of
-    the runs it continues merged in; with labels, a sequence-classification head on top (new, untrained)."""
+    the runs it continues merged in; with labels, a sequence-classification head on top (new, untrained).
+    quantize (model.quantize): the frozen base in 4 or 8 bits through bitsandbytes, placed on the device as it
+    loads; liger: Liger's kernels patched in first (training/auto.py decides both)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if liger:
+        apply_liger(base.path)
+    quant = quantization_config(quantize)
+    # a quantized model is placed while it loads (bitsandbytes quantizes on the way to the device)
+    kw: dict[str, Any] = {"quantization_config": quant, "device_map": {"": device()}} if quant else {}
     if labels is not None:
         model = AutoModelForSequenceClassification.from_pretrained(base.path, num_labels=len(labels),
-                                                                   dtype=torch.float32)
+                                                                   dtype=torch.float32, **kw)
         model.config.pad_token_id = pad_token_id
         model.config.id2label = dict(enumerate(labels))
         model.config.label2id = {lab: i for i, lab in enumerate(labels)}
     else:
-        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)  # autocast does the rest
-    return merge_adapters(model, base.adapters).to(device())
+        model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32, **kw)  # autocast does the rest
+    model = merge_adapters(model, base.adapters)
+    return model if quant else model.to(device())
 
 
 def param_count(path: str) -> int:

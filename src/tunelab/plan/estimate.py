@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..config import TunelabConfig
 from ..config.schema import PAIR_METHODS, REFERENCE_FREE, RL_METHODS
 from ..errors import TunelabError
@@ -138,7 +139,8 @@ def rehearse(cfg: TunelabConfig) -> dict[str, Any]:
         cfg_file.write_text(json.dumps(cfg.model_dump(mode="json")))
         flags = ["--no-probes"] if known is not None else []
         proc = subprocess.Popen([sys.executable, "-m", "tunelab.plan.rehearsal", str(cfg_file), str(out_file),
-                                 *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                                 *flags], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=distributed.alone_env())  # one process, also when started by one of several
         try:
             output = _wait(proc, CANCEL.get())
         except BaseException:  # Ctrl-C (or cancelled): the rehearsal ends with the command

@@ -58,7 +58,7 @@ def ladder(cfg: TunelabConfig, batch_size: int) -> list[Rung]:
         add(f"smaller micro-batches (batch {batch_size}x{t.grad_accum} -> {smaller}x"
             f"{t.grad_accum * batch_size // smaller}, the same examples per step)",
             **{"train.batch_size": smaller, "train.grad_accum": t.grad_accum * batch_size // smaller})
-    if not t.gradient_checkpointing:
+    if t.gradient_checkpointing is not True:
         add("gradient checkpointing (train.gradient_checkpointing true)", **{"train.gradient_checkpointing": True})
     if p.method == "full":
         add("LoRA instead of full fine-tuning (peft.method lora, r 16)", **{"peft.method": "lora", "peft.r": 16,
@@ -141,11 +141,12 @@ def fitter(console: Console) -> Callable[[TunelabConfig, Any], tuple[TunelabConf
         lengths = [row_length(r) for r in prepared.data.train]
         bound = quick_bound_mib(cfg, param_count(resolve(cfg.model.base).path), lengths)
         if bound <= QUICK_BOUND_SHARE * limit:
-            return cfg, {}
+            return checkpointing(cfg, bound, limit, {})
         console.print(f"Memory may be short ({mib(limit)} from {source}): measuring a few steps first")
         first = estimate(cfg)
-        if first.fits:
-            return cfg, {"fit": {"peak_memory_mib": first.peak_memory_mib, "limit_mib": limit, "changed": []}}
+        if first.fits or cfg.train.fit == "off":  # fit off: here for train.gradient_checkpointing: auto only
+            noted = {"fit": {"peak_memory_mib": first.peak_memory_mib, "limit_mib": limit, "changed": []}}
+            return checkpointing(cfg, first.peak_memory_mib, limit, noted if cfg.train.fit == "auto" else {})
         console.print(f"[yellow]As configured the run needs about {mib(first.peak_memory_mib)}, over the "
                       f"{mib(limit)} it may use; trying the ladder[/]")
         rungs = climb(cfg, first, console)
@@ -158,11 +159,22 @@ def fitter(console: Console) -> Callable[[TunelabConfig, Any], tuple[TunelabConf
         console.print(f"[yellow]train.fit: applied {changed[-1]} (and the rungs before it): about "
                       f"{mib(chosen.peak_memory_mib)} of {mib(limit)}[/]")
         fitted = apply(cfg, chosen.overrides)
-        return fitted, {"fit": {"peak_memory_mib": chosen.peak_memory_mib, "limit_mib": limit,
-                                "before_mib": first.peak_memory_mib, "changed": changed,
-                                "overrides": chosen.overrides}}
+        noted = {"fit": {"peak_memory_mib": chosen.peak_memory_mib, "limit_mib": limit,
+                         "before_mib": first.peak_memory_mib, "changed": changed, "overrides": chosen.overrides}}
+        return checkpointing(fitted, chosen.peak_memory_mib, limit, noted)
 
     return fit
+
+
+def checkpointing(cfg: TunelabConfig, need_mib: float, limit_mib: int,
+                  noted: dict[str, Any]) -> tuple[TunelabConfig, dict[str, Any]]:
+    """train.gradient_checkpointing: auto settled from the memory estimate without it (training/auto.py's rule);
+    the summary says what it chose and why, resolved.json records the choice."""
+    if cfg.train.gradient_checkpointing != "auto":
+        return cfg, noted
+    on = auto.gradient_checkpointing(cfg, need_mib, limit_mib)
+    return apply(cfg, {"train.gradient_checkpointing": on}), noted | {"gradient_checkpointing": {
+        "auto": on, "estimate_mib": round(need_mib, 1), "limit_mib": limit_mib}}
 
 
 def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = None,
@@ -171,5 +183,6 @@ def run(cfg: TunelabConfig, *, resume: bool = False, console: Console | None = N
     from ..recipes import dispatch
 
     console = console or Console(stderr=True)
-    hook = fitter(console) if cfg.train.fit == "auto" and not resume else None
+    settle = cfg.train.fit == "auto" or cfg.train.gradient_checkpointing == "auto"
+    hook = fitter(console) if settle and not resume else None
     return dispatch.run(cfg, resume=resume, console=console, callbacks=callbacks, before_open=hook)

@@ -16,6 +16,7 @@ from ..data.formats import detect_format
 from ..data.preference import detect_preference_format, detect_prompt_format, final_number
 from ..data.records import DataError, Problem
 from ..data.sources import data_files, read_rows
+from ..data.templates import render_chat
 
 SAMPLE_ROWS = 2000  # rows read to decide; a large file is judged on its first ones
 LENGTH_QUANTILE = 0.98  # max_length keeps this share of rows whole
@@ -145,8 +146,8 @@ def _lengths(path: str, kind: str, columns: dict[str, str], model: str | None,
         from ..data.preference import load_prompts
 
         prompts, _ = load_prompts(path, "auto", columns, None, answer_field)
-        return [len(tokenizer.apply_chat_template(p.prompt, tokenize=True, add_generation_prompt=True,
-                                                  return_dict=True)["input_ids"]) for p in prompts[:SAMPLE_ROWS]]
+        return [len(render_chat(tokenizer, p.prompt, tokenize=True, add_generation_prompt=True,
+                                return_dict=True)["input_ids"]) for p in prompts[:SAMPLE_ROWS]]
     from ..data.load import load_records
     from ..data.templates import encode_record, humanize
 

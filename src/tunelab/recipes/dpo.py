@@ -12,8 +12,9 @@ from typing import Any
 from ..config import TunelabConfig
 from ..config.schema import REFERENCE_FREE
 from ..models.load import starting_model
+from ..training import auto
 from ..training.setup import wrap_model
-from ..training.trl_common import SeenTokens, conversational, eval_metrics, final_eval, pair_lengths, quiet, trl_kwargs
+from ..training.trl_common import conversational, eval_metrics, final_eval, pair_lengths, quiet, trl_kwargs
 from .lifecycle import Prepared, Session, Start
 from .pairs import prepare_pairs
 
@@ -22,10 +23,10 @@ def prepare(start: Start) -> Prepared:
     return prepare_pairs(start.cfg)
 
 
-def _dataset(cfg: TunelabConfig, pairs: list[Any]) -> Any:
+def _dataset(cfg: TunelabConfig, pairs: list[Any], tokenizer: Any) -> Any:
     from datasets import Dataset
 
-    rows = [conversational(p) for p in pairs]
+    rows = [conversational(p, tokenizer) for p in pairs]
     if cfg.method == "kto":  # unpaired: the chosen answer is desirable, the rejected one is not
         rows = [{"prompt": r["prompt"], "completion": r[side], "label": side == "chosen"}
                 for r in rows for side in ("chosen", "rejected")]
@@ -61,7 +62,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     cfg, console = session.cfg, session.console
     train_pairs, val = prepared.data.train, prepared.data.val
     set_seed(cfg.train.seed)
-    model = starting_model(session.start.base)
+    model = starting_model(session.start.base, **auto.loading(cfg))
     n_params = sum(p.numel() for p in model.parameters())
     # full fine-tuning needs the starting weights beside the policy; LoRA switches its adapter off instead
     needs_ref = cfg.method in ("dpo", "kto") and cfg.peft.method == "full"
@@ -73,11 +74,12 @@ def train(session: Session, prepared: Prepared) -> Any:
                      what=f"{cfg.method}  pairs {len(train_pairs)} train / {len(val)} validation")
     trainer_cls, config_cls, method_args = _trainer_class(cfg)
     args = config_cls(**trl_kwargs(cfg, hp, session.run.checkpoints, has_val=bool(val)), **method_args,
-                      bf16=session.bf16, include_num_input_tokens_seen="non_padding")
+                      bf16=session.bf16)
     extra = {"ref_model": ref} if cfg.method in ("dpo", "kto") else {}
-    trainer = quiet(trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train_pairs),
-                                eval_dataset=_dataset(cfg, val) if val else None, processing_class=session.tokenizer,
-                                callbacks=session.callbacks(SeenTokens(session.counter)), **extra))
+    trainer = quiet(trainer_cls(model=model, args=args, train_dataset=_dataset(cfg, train_pairs, session.tokenizer),
+                                eval_dataset=_dataset(cfg, val, session.tokenizer) if val else None,
+                                processing_class=session.tokenizer,
+                                callbacks=session.callbacks(), **extra))
     summary = session.summary
     summary.update(method=cfg.method, task="chat", base_model=cfg.model.base, train_pairs=len(train_pairs),
                    validation_pairs=len(val), precision=session.precision)

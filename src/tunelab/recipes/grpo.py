@@ -15,15 +15,16 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .. import graders, rewards
+from .. import distributed, graders, rewards
 from ..config import TunelabConfig
 from ..data.records import DataError, Problem
 from ..data.split import sample_limit, split_validation
+from ..data.templates import for_template, render_chat
 from ..models.load import starting_model
 from ..runs import RunDir
 from ..training import auto
 from ..training.setup import peft_config, wrap_model
-from ..training.trl_common import SeenTokens, messages, quiet, trl_kwargs
+from ..training.trl_common import messages, quiet, trl_kwargs
 from .lifecycle import Prepared, Session, Start
 
 
@@ -102,16 +103,16 @@ def _prompts(cfg: TunelabConfig, tokenizer: Any) -> tuple[list[Any], list[Any], 
 
 
 def _prompt_tokens(tokenizer: Any, prompt: list[dict[str, Any]]) -> int:
-    return len(tokenizer.apply_chat_template(messages(prompt), tokenize=True, add_generation_prompt=True,
-                                             return_dict=True)["input_ids"])
+    return len(render_chat(tokenizer, messages(prompt), tokenize=True, add_generation_prompt=True,
+                           return_dict=True)["input_ids"])
 
 
-def _dataset(rows: list[Any], with_items: bool) -> Any:
-    """TRL's conversational prompt format; `answer` (and a grader's `item`) reach the reward functions as keyword
-    arguments."""
+def _dataset(rows: list[Any], with_items: bool, tokenizer: Any) -> Any:
+    """TRL's conversational prompt format, written as the chat template takes it (TRL renders it); `answer` (and a
+    grader's `item`) reach the reward functions as keyword arguments."""
     from datasets import Dataset
 
-    return Dataset.from_list([{"prompt": messages(r.prompt), "answer": r.answer}
+    return Dataset.from_list([{"prompt": for_template(tokenizer, messages(r.prompt)), "answer": r.answer}
                               | ({"item": graders.item_column(r.item)} if with_items else {}) for r in rows])
 
 
@@ -191,7 +192,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     cfg, tokenizer, console, run = session.cfg, session.tokenizer, session.console, session.run
     data: Prompts = prepared.data
     set_seed(cfg.train.seed)
-    model = starting_model(session.start.base)
+    model = starting_model(session.start.base, **auto.loading(cfg))
     n_params = sum(p.numel() for p in model.parameters())
     grader = data.reward_funcs[0] if cfg.rl.grader is not None else None
     # a grader scores every held-out prompt (it reads the row's item); numeric needs a reference answer
@@ -206,7 +207,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     if grader is not None:  # base_reward / tuned_reward are the grader's mean reward, not a share answered right
         summary.update(eval_metric="grader_mean_reward", grader=grader.grader.name, grader_type=grader.grader.type,
                        pass_threshold=graders.pass_threshold(grader.grader))
-    if scored and not session.resume:
+    if scored and not session.resume and session.main:
         t0 = time.perf_counter()
         session.phase("scoring base model")
         base_scores, base_answers = _score(model, tokenizer, scored, cfg, grader)
@@ -227,16 +228,18 @@ def train(session: Session, prepared: Prepared) -> Any:
     G = cfg.rl.num_generations
     hp = session.hyperparams(n_params=n_params, lengths=[0] * len(data.train))
     prompts_per_step = hp.batch_size
+    per_process = prompts_per_step // distributed.world_size() * G  # each process samples answers to its prompts
     kwargs = trl_kwargs(cfg, hp, run.checkpoints, has_val=False)
-    kwargs.update(per_device_train_batch_size=prompts_per_step * G, per_device_eval_batch_size=prompts_per_step * G,
+    kwargs.update(per_device_train_batch_size=per_process, per_device_eval_batch_size=per_process,
                   max_steps=hp.total_steps)  # counted in prompts, not in sampled answers: steps are exact
     trainer_cls, config_cls = _trainer_class(cfg)
     args = config_cls(**kwargs, bf16=session.bf16, num_generations=G,
                       max_completion_length=cfg.rl.max_completion_tokens, temperature=cfg.rl.temperature,
                       beta=cfg.rl.kl_beta, reward_weights=cfg.rl.reward_weights, log_completions=False)
     trainer = quiet(trainer_cls(model=model, reward_funcs=data.reward_funcs, args=args,
-                                train_dataset=_dataset(data.train, grader is not None), processing_class=tokenizer,
-                                callbacks=session.callbacks(SeenTokens(session.counter)),
+                                train_dataset=_dataset(data.train, grader is not None, tokenizer),
+                                processing_class=tokenizer,
+                                callbacks=session.callbacks(),
                                 peft_config=peft_config(cfg, "CAUSAL_LM") if lora else None))
     if ref is not None:
         _use_reference(trainer, ref)
@@ -255,7 +258,7 @@ def train(session: Session, prepared: Prepared) -> Any:
         if grader is not None:  # answers the grader failed on scored 0: how many, so that it is seen
             summary.update(grader_graded=grader.graded, grader_failed=grader.failed)
     session.save(trainer.model)
-    if scored:
+    if scored and session.main:
         t0 = time.perf_counter()
         session.phase("scoring tuned model")
         merged = lora and hasattr(trainer.model, "merge_adapter")

@@ -23,14 +23,14 @@ from typing import Any, Literal, Protocol
 
 from rich.console import Console
 
-from .. import atomic
+from .. import atomic, distributed
 from ..config import ConfigError, TunelabConfig
 from ..data.records import DataError, Problem
 from ..device import peak_rss_mib
 from ..errors import DiskFullError
 from ..models.integrity import record_adapter
 from ..models.load import LoadedModel, ModelRef, load_tokenizer, resolve, tokenizer_path
-from ..runs import Reporter, RunDir, RunDirError, RunResult, checkpoint_step, open_run
+from ..runs import Reporter, RunDir, RunDirError, RunResult, SilentReporter, checkpoint_step, open_run
 from ..runs.checkpoint import TRAINER_STATE, set_aside
 from ..runs.disk import stopped_by_full_disk
 from ..training import auto
@@ -41,6 +41,7 @@ from ..training.callbacks import (
     MetricsLogger,
     RichProgress,
     RunProgress,
+    SeenTokens,
     TokenCounter,
 )
 
@@ -132,6 +133,12 @@ class Session:
     def precision(self) -> str:
         return "bf16" if self.bf16 else "fp32"
 
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run (the only one, or rank 0 of several): the others train beside it
+        and leave scoring, saving and every file of the run to it."""
+        return distributed.is_main()
+
     def phase(self, name: str, total: int | None = None) -> None:
         self.reporter.phase(name, done=0 if total is not None else None, total=total)
 
@@ -139,11 +146,13 @@ class Session:
         self.reporter.event(message, **data)
 
     def callbacks(self, *extra: Any) -> list[Any]:
-        """metrics.jsonl, the console bar, progress.json and a clean Ctrl-C, plus the method's own."""
+        """Tokens seen, metrics.jsonl, the console bar, progress.json and a clean Ctrl-C, plus the method's own.
+        Beside main, a process keeps only what takes part in the training's decisions."""
         self._interrupt = GracefulInterrupt(self.console)
-        return [*extra, MetricsLogger(self.run, self.counter), RichProgress(self.counter, self.console),
-                CheckpointManifest(self.run), RunProgress(self.reporter, self.counter), self._interrupt,
-                *self.extra_callbacks]
+        written = ([MetricsLogger(self.run, self.counter), RichProgress(self.counter, self.console),
+                    RunProgress(self.reporter, self.counter)] if self.main else [])
+        return [SeenTokens(self.counter), *extra, *written[:2], CheckpointManifest(self.run), *written[2:],
+                self._interrupt, *self.extra_callbacks]
 
     def hyperparams(self, *, n_params: int, lengths: list[int], head: bool = False) -> Hyperparams:
         if self.rehearsal is not None:  # the whole run's batch, for a few steps
@@ -153,9 +162,15 @@ class Session:
     def announce(self, hp: Hyperparams, *, n_params: int, trainable: int, what: str, batch: str | None = None,
                  **resolved: Any) -> None:
         """resolved.json (what `auto` became) and the run's one-line description on the console."""
+        if not self.main:
+            return
+        world = distributed.world_size()
+        processes = {"processes": world} if world > 1 else {}
         self.run.write_resolved(hp.to_dict() | {"trainable_params": trainable, "total_params": n_params,
-                                                "bf16": self.bf16, **resolved})
+                                                "bf16": self.bf16, **processes, **resolved})
         batch = batch or f"batch {hp.batch_size}x{self.cfg.train.grad_accum}"
+        if world > 1:
+            batch += f" ({hp.batch_size // world} a process x {world} processes)"
         self.console.print(f"[bold]Run[/] {self.run.path}  {what}  epochs {hp.epochs}  lr {hp.learning_rate:g}  "
                            f"{batch}  steps {hp.total_steps}  trainable {trainable / 1e6:.2f}M of "
                            f"{n_params / 1e6:.0f}M  {self.precision}")
@@ -163,13 +178,7 @@ class Session:
     def fit(self, trainer: Any) -> Any:
         """trainer.train(), from the last checkpoint when resuming; the training numbers go into the summary.
         Raises Interrupted after Ctrl-C (the checkpoint is saved)."""
-        passed_over: list[tuple[Path, str]] = []
-        checkpoint = self.run.last_checkpoint(passed_over) if self.resume else None
-        for damaged, why in passed_over:
-            self._set_aside(damaged, why, checkpoint)
-        if self.resume and checkpoint is None and not passed_over:
-            self.console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
-        self.run.trim_metrics(checkpoint_step(checkpoint) if checkpoint else 0)
+        checkpoint = distributed.on_main(self._resume_from)  # every process resumes from main's choice
         t0 = time.perf_counter()
         if checkpoint is not None and _final(checkpoint, trainer.args.max_steps, trainer.args.num_train_epochs):
             out = _trained_already(trainer, checkpoint)
@@ -183,6 +192,17 @@ class Session:
         if self._interrupt is not None and self._interrupt.requested:
             raise Interrupted(trainer.state.global_step)
         return out
+
+    def _resume_from(self) -> Path | None:
+        """The checkpoint to resume from, damaged ones set aside; metrics.jsonl trimmed to it."""
+        passed_over: list[tuple[Path, str]] = []
+        checkpoint = self.run.last_checkpoint(passed_over) if self.resume else None
+        for damaged, why in passed_over:
+            self._set_aside(damaged, why, checkpoint)
+        if self.resume and checkpoint is None and not passed_over:
+            self.console.print("[yellow]No checkpoint in this run yet: starting it from the beginning[/]")
+        self.run.trim_metrics(checkpoint_step(checkpoint) if checkpoint else 0)
+        return checkpoint
 
     def _set_aside(self, damaged: Path, why: str, instead: Path | None) -> None:
         """A checkpoint a resume must not load (cut short by a killed process, or damaged since): said, and moved
@@ -199,7 +219,9 @@ class Session:
         self.event(message, level="warn")
 
     def save(self, model: Any, *, labels: list[str] | None = None) -> None:
-        """The adapter in standard PEFT format (or the whole model), the tokenizer, a head's labels."""
+        """The adapter in standard PEFT format (or the whole model), the tokenizer, a head's labels (main only)."""
+        if not self.main:
+            return
         self.phase("saving")
         final = self.run.full_model if self.cfg.peft.method == "full" else self.run.adapter
         model.save_pretrained(str(final))
@@ -308,24 +330,37 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
     ladder that fits) and add to the summary; it runs before the run directory exists, so a run that fits
     nowhere leaves nothing behind."""
     console = console or Console(stderr=True)
-    unreported = _unreported(cfg) if resume else None
+    distributed.init()  # one of several processes (torchrun): join them before anything else
+    unreported = distributed.on_main(_unreported, cfg) if resume else None
     if unreported is not None:  # stopped while writing the report: the run itself is complete
-        return _report_again(unreported, console)
+        return _report_again(unreported, console) if distributed.is_main() else RunResult(unreported.path,
+                                                                                           "completed", {})
     if cfg.train.threads:
         import torch
 
         torch.set_num_threads(cfg.train.threads)
-    start, prepared = _inputs(cfg, recipe, console)  # every problem is found before anything is written
+    with distributed.main_first():  # the data check, tokenisation cache and model conversion once, by main
+        start, prepared = _inputs(cfg, recipe, console)  # every problem is found before anything is written
     noted: dict[str, Any] = {}
     if before_open is not None:
-        cfg, noted = before_open(cfg, prepared)
+        cfg, noted = distributed.on_main(before_open, cfg, prepared)
         start.cfg = cfg
     if rehearsal is not None:
         prepared = rehearsal.trim(prepared)
     kind = probed(cfg)
-    run = open_run(cfg, resume)
-    reporter = Reporter(run)
+    run_path = distributed.on_main(_open, cfg, resume)
+    run = RunDir(run_path)
+    cfg.name = run_path.name  # name-2 when a completed run had the name
+    reporter = Reporter(run) if distributed.is_main() else SilentReporter(run)
     session = Session(run, start, resume, reporter, list(callbacks or []), rehearsal=rehearsal)
+    if not distributed.is_main():
+        try:
+            recipe.train(session, prepared)  # beside main: saving, probes, status and report are main's
+        except (Interrupted, KeyboardInterrupt):
+            return RunResult(run.path, "interrupted", {})
+        finally:
+            distributed.close()
+        return RunResult(run.path, "completed", {})
     session.summary.update(noted)
     if rehearsal is not None:
         reporter.on_phase.append(rehearsal.on_phase)
@@ -351,21 +386,38 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
         return RunResult(run.path, "interrupted", summary)
     except BaseException as exc:  # whatever happens after the run directory exists, it says so
         full = stopped_by_full_disk(run, exc, reporter.state.get("phase"))  # frees a half-written checkpoint
-        said = full or exc
+        lost = distributed.lost_peer(exc)
+        said = full or lost or exc
         with contextlib.suppress(OSError):  # a disk still full must not hide the error that says so
             run.set_status("failed", error=f"{type(said).__name__}: {said}")
             reporter.event(f"Failed: {type(said).__name__}: {said}", level="error", kind="failed")
             reporter.phase("failed")
-        if full is not None:
-            raise full from exc
+        if full is not None or lost is not None:
+            raise (full or lost) from exc
         raise
     finally:
         signal.signal(signal.SIGINT, sigint)  # the trainer's Ctrl-C handler never outlives the run
     reporter.event("Completed", kind="completed")
+    distributed.close()  # the others are done: what is left (the report) is main's alone
     reporter.phase("reporting")
     _report(run, console)
     reporter.phase("done")
     return RunResult(run.path, "completed", summary)
+
+
+def _open(cfg: TunelabConfig, resume: bool) -> Path:
+    """The run directory, opened (main only). Resuming with another process count is refused before anything
+    changes: the checkpoints hold each process's place in the data and its random state."""
+    if resume:
+        resolved = RunDir(Path(cfg.output_dir) / str(cfg.name)).resolved()  # none yet: no checkpoint either
+        trained_with, now = int(resolved.get("processes", 1)), distributed.world_size()
+        if resolved and trained_with != now:
+            raise RunDirError(
+                f"{Path(cfg.output_dir) / str(cfg.name)} was trained with {trained_with} process(es) and is resumed "
+                f"with {now}: its checkpoints hold each process's place in the data and random state, so it can't "
+                f"go on exactly. Resume it with `--nproc {trained_with}`, or train it again from the start with "
+                f"{now} (name=<new-name>)")
+    return open_run(cfg, resume).path
 
 
 def _probe(session: Session, model: Any) -> None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..models.load import starting_model
+from ..training import auto
 from ..training.setup import wrap_model
-from ..training.trl_common import SeenTokens, conversational, eval_metrics, final_eval, pair_lengths, quiet, trl_kwargs
+from ..training.trl_common import conversational, eval_metrics, final_eval, pair_lengths, quiet, trl_kwargs
 from .lifecycle import Prepared, Session, Start
 from .pairs import prepare_pairs
 
@@ -28,7 +29,8 @@ def train(session: Session, prepared: Prepared) -> None:
     cfg, console = session.cfg, session.console
     train_pairs, val = prepared.data.train, prepared.data.val
     set_seed(cfg.train.seed)
-    model = starting_model(session.start.base, labels=LABELS, pad_token_id=session.tokenizer.pad_token_id)
+    model = starting_model(session.start.base, labels=LABELS, pad_token_id=session.tokenizer.pad_token_id,
+                           **auto.loading(cfg))
     n_params = sum(p.numel() for p in model.parameters())
     model = wrap_model(model, cfg, "SEQ_CLS")  # LoRA on the body; the new head is trained whole
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -36,15 +38,14 @@ def train(session: Session, prepared: Prepared) -> None:
     session.announce(hp, n_params=n_params, trainable=trainable, method="reward",
                      what=f"reward model  pairs {len(train_pairs)} train / {len(val)} validation")
     args = RewardConfig(**trl_kwargs(cfg, hp, session.run.checkpoints, has_val=bool(val)), bf16=session.bf16,
-                        max_length=cfg.model.max_length,
-                        include_num_input_tokens_seen="non_padding")
+                        max_length=cfg.model.max_length)
 
     def dataset(pairs: list[Any]) -> Any:
-        return Dataset.from_list([conversational(p) for p in pairs])
+        return Dataset.from_list([conversational(p, session.tokenizer) for p in pairs])
 
     trainer = quiet(RewardTrainer(model=model, args=args, train_dataset=dataset(train_pairs),
                                   eval_dataset=dataset(val) if val else None, processing_class=session.tokenizer,
-                                  callbacks=session.callbacks(SeenTokens(session.counter))))
+                                  callbacks=session.callbacks()))
     summary = session.summary
     summary.update(method="reward", task="reward", base_model=cfg.model.base, train_pairs=len(train_pairs),
                    validation_pairs=len(val), precision=session.precision)

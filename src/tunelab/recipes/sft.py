@@ -263,7 +263,7 @@ def train(session: Session, prepared: Prepared) -> Any:
         session.console.print(f"[yellow]{rows.overlap} validation row(s) also appear in the training data[/]")
 
     set_seed(cfg.train.seed)
-    model = starting_model(session.start.base, labels=task.labels if task.head else None,
+    model = starting_model(session.start.base, labels=task.labels if task.head else None, **auto.loading(cfg),
                            pad_token_id=tokenizer.pad_token_id)
     n_params = sum(p.numel() for p in model.parameters())
     scored = _scored(val_ex, cfg, task) if task.labels else []
@@ -276,7 +276,7 @@ def train(session: Session, prepared: Prepared) -> Any:
         session.summary["domain"] = {"name": domain.name, "caveat": domain.caveat}
     base_preds: list[str] = []
     # A head starts untrained: its base score is what a fresh head does, measured like the rest.
-    if scored and cfg.eval.compare_base and not session.resume:
+    if scored and cfg.eval.compare_base and not session.resume and session.main:
         session.summary["base_accuracy"], base_preds = _accuracy(session, model, task, scored, "base model")
 
     model = wrap_model(model, cfg, "SEQ_CLS" if task.head else "CAUSAL_LM")
@@ -299,7 +299,7 @@ def train(session: Session, prepared: Prepared) -> Any:
         data_collator=PackCollator() if packed else PadCollator(tokenizer.pad_token_id),
         callbacks=session.callbacks(*early), bf16=bf16, token_level=not task.head,
         label_only_logits=cfg.train.label_only_logits, loss_chunk=cfg.train.loss_chunk_tokens,
-        max_batch_tokens=cfg.train.max_batch_tokens, counter=session.counter,
+        max_batch_tokens=cfg.train.max_batch_tokens,
         task_metric=_task_metric(tokenizer, task, val_ex, cfg, bf16) if during else None,
     )
     trainer.remove_callback(PrinterCallback)  # progress and metrics.jsonl replace its raw dict prints
@@ -319,6 +319,8 @@ def train(session: Session, prepared: Prepared) -> Any:
     if trainer.state.best_model_checkpoint:
         summary["best_checkpoint"] = trainer.state.best_model_checkpoint
     model = trainer.model
+    if not session.main:  # scoring the trained model is main's
+        return model
     if scored:
         model.eval()
         summary["tuned_accuracy"], preds = _accuracy(session, model, task, scored, "tuned model")

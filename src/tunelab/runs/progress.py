@@ -64,6 +64,23 @@ class Reporter:
         atomic.write_json(self.run.file(layout.PROGRESS), self.state | {"updated": now(), "time": time.time()})
 
 
+class SilentReporter(Reporter):
+    """The reporter of a process that trains beside the one that writes the run (rank > 0 of several): it keeps
+    the phase for its own use and writes nothing."""
+
+    def __init__(self, run: RunDir) -> None:  # unlike Reporter: reads and writes no file
+        self.run = run
+        self.state = {"phase": "starting", "pid": os.getpid()}
+        self._written, self._next_id = 0.0, 0
+        self.on_phase = []
+
+    def event(self, message: str, *, level: str = "info", kind: str = "message", **data: Any) -> None:
+        pass
+
+    def write(self, force: bool = False) -> None:
+        pass
+
+
 @dataclass
 class Observation:
     """What another process can tell about a run from its directory alone."""

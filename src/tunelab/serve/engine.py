@@ -144,7 +144,8 @@ class Engine:
         # called with the seconds from a request's cancel() to its rows leaving the batch (for /metrics)
         self.on_release: Callable[[float], None] | None = None
         with torch.inference_mode():  # refuse at start, not at the first request, a cache we can't batch
-            probe = model(input_ids=torch.tensor([[tokenizer.eos_token_id or 0]], device=self.device), use_cache=True)
+            probe = model(input_ids=torch.tensor([[tokenizer.eos_token_id or 0]], device=self.device), use_cache=True,
+                          **{self._cache_arg: _full_cache()})
         _check_cache(_cache_of(probe))
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -175,7 +176,9 @@ class Engine:
             before = self.model
             try:
                 if isinstance(self.model, PeftModel):
-                    missing = list(self.model.load_adapter(str(path), adapter_name=name).missing_keys)
+                    # peft lists the adapters already loaded as missing too: only this one's own keys count
+                    missing = [k for k in self.model.load_adapter(str(path), adapter_name=name).missing_keys
+                               if f".{name}." in k]
                 else:
                     with warnings.catch_warnings(record=True) as caught:  # peft only warns of missing weights
                         warnings.simplefilter("always")
@@ -376,7 +379,7 @@ class Engine:
             mask[i, width - len(r.prompt):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self._forward(rows, input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=positions.to(self.device))
+                            position_ids=positions.to(self.device), **{self._cache_arg: _full_cache()})
         return out, mask.to(self.device)
 
     def _join(self, rows: list[_Row], out: Any, mask: torch.Tensor) -> None:
@@ -510,6 +513,15 @@ class Engine:
         return vec.cpu().tolist()
 
 
+def _full_cache() -> Any:
+    """A cache that keeps every position: sliding-window layers (Gemma 2, Gemma 3) would otherwise get caches that
+    drop old positions, which can't be padded and merged across rows; their attention masks still apply the window,
+    so the logits are the same."""
+    from transformers import DynamicCache
+
+    return DynamicCache()
+
+
 def _cache_of(out: Any) -> Any:
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -530,8 +542,10 @@ def _check_cache(cache: Any) -> None:
 
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
-        raise ValueError("tunelab serve batches models whose KV cache is a plain dynamic cache (full "
-                         "attention: llama, qwen2, mistral without sliding windows, ...)")
+        kinds = sorted({type(layer).__name__ for layer in layers or []}) or [type(cache).__name__]
+        raise ValueError(f"tunelab serve batches models whose KV cache is a plain dynamic cache (transformer "
+                         f"families such as llama, qwen2, qwen3, mistral, gemma2, gemma3, phi3); this model keeps "
+                         f"{', '.join(kinds)}")
 
 
 def _sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

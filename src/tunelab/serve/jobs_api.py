@@ -47,7 +47,8 @@ class JobsRuntime:
         self.files = FileStore(self.db, data / "files", state.settings.max_file_bytes)
         self.service = JobsService(self.db, self.files, data / "jobs")
         self.exports = Exports(data / "exports", env=QUIET_ENV)
-        self.worker = (Worker(self.db, self.files, data / "jobs", max_jobs=worker_jobs, job_env=self.job_env)
+        self.worker = (Worker(self.db, self.files, data / "jobs", max_jobs=worker_jobs, job_env=self.job_env,
+                              nproc=state.settings.job_processes)
                        if worker_jobs else None)
         self._stop = threading.Event()
         self.estimates: set[threading.Event] = set()  # the rehearsals under way: stopped with the server

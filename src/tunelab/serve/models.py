@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config.data import DataConfig
+from ..data.templates import render_chat
 from ..models.integrity import check_adapter
 from ..models.load import ModelError, ModelRef, load_tokenizer, merge_adapters, resolve, tokenizer_path
 from ..models.registry import ALIASES
@@ -119,8 +120,8 @@ def training_prompts(src: AdapterSource, tokenizer: Any, limit: int = 500, seed:
             msgs = [{"role": m["role"], "content": m["content"]} for m in rec.messages[:last]]
             if not msgs or tokenizer.chat_template is None:
                 continue
-            out.append(list(tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True,
-                                                          return_dict=True)["input_ids"]))
+            out.append(list(render_chat(tokenizer, msgs, add_generation_prompt=True, tokenize=True,
+                                        return_dict=True)["input_ids"]))
         elif rec.kind == "completion":
             out.append(tokenizer(rec.prompt, add_special_tokens=True)["input_ids"])
         else:

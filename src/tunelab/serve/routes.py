@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
+from ..data.templates import render_chat
 from .deletion import add_deletion_routes, request_visible
 from .generation import run_generation
 from .jobs_api import add_jobs_routes
@@ -103,8 +104,9 @@ def create_app(state: State) -> FastAPI:
             raise APIError(400, f"the model {body.model!r} has no chat template: use /v1/completions",
                            param="messages")
         try:
-            ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                               return_dict=True)["input_ids"])
+            # as training rendered it: a template with no system role gets the system prompt in the first user turn
+            ids = list(render_chat(tok, messages, add_generation_prompt=True, tokenize=True,
+                                   return_dict=True)["input_ids"])
         except Exception as exc:  # the template rejects the conversation (e.g. roles out of order)
             raise APIError(400, f"the chat template can't render these messages: {exc}", param="messages") from None
         max_tokens = body.max_completion_tokens or body.max_tokens  # None: the default, cut to fit the context

@@ -40,6 +40,7 @@ class ServeSettings:
     default_max_tokens: int = 256
     jobs: bool = True  # the files and fine_tuning.jobs API
     worker_jobs: int = 1  # jobs this server trains at once; 0: none (workers run elsewhere)
+    job_processes: int = 1  # training processes each of those jobs runs in (tunelab train --nproc)
     python_graders: bool = True  # user code run by python graders (a subprocess with limits, not a sandbox)
     url: str | None = None  # where this server answers (set by `tunelab serve`): jobs' graders call its models
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..config import ConfigError
 from ..config.schema import PAIR_METHODS, RL_METHODS
 from ..device import use_bf16
+from ..distributed import world_size
 
 if TYPE_CHECKING:
     from ..config import TunelabConfig
@@ -30,6 +32,7 @@ class Hyperparams:
     total_steps: int
     warmup_steps: int
     order: str | None = None  # how rows are drawn, when not the method's own way (a rehearsal: "sequential")
+    gradient_checkpointing: bool | None = None  # train.gradient_checkpointing as resolved (recorded in resolved.json)
 
     def to_dict(self) -> dict[str, float | int]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -97,9 +100,24 @@ def hyperparams(cfg: TunelabConfig, *, n_params: int, lengths: list[int], head: 
         bs = rl_prompts_per_step(cfg.rl.num_generations)
     else:
         bs = batch_size(lengths)
+    bs = _split_between_processes(bs, auto=t.batch_size == "auto", rl=cfg.method in RL_METHODS)
     per_epoch = max(1, math.ceil(len(lengths) / (bs * t.grad_accum)))
     total = t.max_steps or per_epoch * ep
-    return Hyperparams(ep, lr, bs, per_epoch, total, math.ceil(t.warmup_ratio * total))
+    return Hyperparams(ep, lr, bs, per_epoch, total, math.ceil(t.warmup_ratio * total),
+                       gradient_checkpointing=gradient_checkpointing(cfg))
+
+
+def _split_between_processes(bs: int, *, auto: bool, rl: bool) -> int:
+    """The global batch, split evenly between the processes (torchrun, --nproc): `auto` rounds it up to a
+    multiple of their number; a set batch that does not split is an error that says what would."""
+    n = world_size()
+    if bs % n == 0:
+        return bs
+    if auto:
+        return -(-bs // n) * n
+    what = "prompts a step" if rl else "rows a step"
+    raise ConfigError(f"train.batch_size={bs} ({what}, for all processes together) can't be split evenly between "
+                      f"{n} processes: set it to a multiple of {n} (e.g. {-(-bs // n) * n}), or to auto")
 
 
 def bf16(cfg: TunelabConfig) -> bool:
@@ -117,3 +135,43 @@ def scored_rows(cfg: TunelabConfig, classification: bool) -> int | None:
     """How many validation rows a task metric scores: eval.limit, else all for classification and
     GENERATION_ROWS for generated answers."""
     return cfg.eval.limit or (None if classification else GENERATION_ROWS)
+
+
+MEMORY_MARGIN = 1.10  # as plan/estimate.py: a run fits when its estimated peak plus this margin is within the limit
+
+
+def gradient_checkpointing(cfg: TunelabConfig, need_mib: float | None = None, limit_mib: float | None = None) -> bool:
+    """train.gradient_checkpointing: true/false as set; auto turns it on when the memory estimate without it
+    (need_mib, from plan/: the quick bound or a rehearsal) does not fit the device's limit_mib. With no estimate
+    (a run started without plan.fit, a rehearsal measuring the run as configured) auto stays off."""
+    setting = cfg.train.gradient_checkpointing
+    if setting != "auto":
+        return bool(setting)
+    return need_mib is not None and limit_mib is not None and need_mib * MEMORY_MARGIN > limit_mib
+
+
+def liger(cfg: TunelabConfig) -> bool:
+    """train.liger: auto is on when liger-kernel is installed and the device is a CUDA GPU; true without either is
+    a ConfigError that says what to install."""
+    import importlib.util
+
+    from ..config import ConfigError
+    from ..device import device
+
+    setting = cfg.train.liger
+    installed = importlib.util.find_spec("liger_kernel") is not None
+    if setting is False:
+        return False
+    if setting == "auto":
+        return installed and device() == "cuda"
+    if not installed:
+        raise ConfigError("train.liger=true needs liger-kernel, which is not installed: pip install 'tunelab[gpu]'")
+    if device() != "cuda":
+        raise ConfigError("train.liger=true needs a CUDA GPU (Liger's kernels are written in Triton for GPUs), and "
+                          "this machine has none: set train.liger to auto or false")
+    return True
+
+
+def loading(cfg: TunelabConfig) -> dict[str, Any]:
+    """models.load.starting_model's options for this run: the quantized base (model.quantize) and Liger's kernels."""
+    return {"quantize": cfg.model.quantize, "liger": liger(cfg)}

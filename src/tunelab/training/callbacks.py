@@ -10,13 +10,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from transformers import TrainerCallback
 
+from .. import distributed
 from ..runs import Reporter, RunDir
 from ..runs.checkpoint import write_manifest
 
 
 class TokenCounter:
-    """Real (non-padding) tokens seen in training steps, shared with the trainer; at_start: the count when this
-    process began training (a resumed TRL run restores the count of the steps before)."""
+    """Real (non-padding) tokens seen in training steps, by all processes together (the trainer's
+    num_input_tokens_seen, through SeenTokens); at_start: the count when this process began training (a resumed run
+    restores the count of the steps before)."""
 
     def __init__(self) -> None:
         self.tokens = 0
@@ -96,8 +98,9 @@ class CheckpointManifest(TrainerCallback):
         self.run = run
 
     def on_save(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        distributed.barrier()  # every process has written its part (its RNG state) before the manifest lists them
         saved = self.run.checkpoint(state.global_step)
-        if saved.is_dir():
+        if distributed.is_main() and saved.is_dir():
             write_manifest(saved)
 
 
@@ -143,8 +146,23 @@ class RunProgress(TrainerCallback):
         self.reporter.update(step=state.global_step, force=True)
 
 
+class SeenTokens(TrainerCallback):
+    """The trainer counts input tokens itself (`num_input_tokens_seen`, summed over processes): feed them to
+    progress and logs. First among the callbacks, so that the others see this step's count."""
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self.counter = counter
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.counter.tokens = self.counter.at_start = int(state.num_input_tokens_seen or 0)  # restored on resume
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+        self.counter.tokens = int(state.num_input_tokens_seen or 0)
+
+
 class GracefulInterrupt(TrainerCallback):
-    """First Ctrl-C: finish the step, save a checkpoint, stop. A second one aborts at once."""
+    """First Ctrl-C: finish the step, save a checkpoint, stop. A second one aborts at once. With several processes
+    they all stop after the same step (a Ctrl-C that reached any of them counts for all)."""
 
     def __init__(self, console: Console | None = None) -> None:
         self.requested = False
@@ -162,6 +180,7 @@ class GracefulInterrupt(TrainerCallback):
         self._previous = signal.signal(signal.SIGINT, self._handler)
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> Any:
+        self.requested = distributed.any_true(self.requested)
         if self.requested:  # save and stop; an evaluation would only delay the stop
             control.should_save = True
             control.should_training_stop = True

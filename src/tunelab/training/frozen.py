@@ -17,7 +17,8 @@ import torch
 def frozen_linears(model: Any) -> dict[str, torch.nn.Linear]:
     """peft's wrapped base layers whose weights are frozen: {name in the peft model: module}."""
     return {name: mod for name, mod in model.named_modules()
-            if name.endswith(".base_layer") and isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad}
+            if name.endswith(".base_layer") and isinstance(mod, torch.nn.Linear) and not mod.weight.requires_grad
+            and mod.weight.is_floating_point()}  # bitsandbytes' quantized layers (model.quantize) stay as they are
 
 
 def to_bf16(model: Any) -> dict[str, torch.nn.Parameter]:

@@ -4,6 +4,10 @@ transformers' sdpa path turns packed position_ids into a block-diagonal mask ove
 costs attention over every pair of tokens in it (measured 0.3-0.7x the padded speed on a CPU). The attention
 registered here instead runs causal attention on each row's own slice, so the work is what the rows need and
 the result is what each row gives alone.
+
+On a CUDA GPU the packed row goes to a varlen kernel instead, picked by what is installed (packed_attention):
+flash_attention_2 (the flash-attn package) gets each row's boundaries, FlexAttention (torch >= 2.5) a document
+block mask built from the rows' positions; without either, the per-row attention here runs there too.
 """
 
 from __future__ import annotations
@@ -66,11 +70,56 @@ def register_varlen_attention() -> None:
     AttentionMaskInterface.register(VARLEN, sdpa_mask)
 
 
-def use_varlen_attention(model: Any) -> None:
-    """Switch a (possibly peft-wrapped) causal LM to the per-row attention above; other calls stay sdpa."""
-    register_varlen_attention()
+FLASH, FLEX = "flash_attention_2", "flex_attention"
+
+
+def packed_attention(device: str, *, flash_attn: bool, flex: bool) -> str:
+    """The attention that keeps packed rows apart, for a device and what is installed: on CUDA flash-attn's varlen
+    kernel, else FlexAttention's document mask, else the per-row attention here; on a CPU always the per-row
+    attention (FlexAttention has no backward pass on a CPU, and the per-row matmuls measured fastest there)."""
+    if device != "cuda":
+        return VARLEN
+    return FLASH if flash_attn else FLEX if flex else VARLEN
+
+
+def available_packed_attention() -> str:
+    """packed_attention for this machine."""
+    from transformers.utils import is_flash_attn_2_available, is_torch_flex_attn_available
+
+    from ..device import device
+
+    return packed_attention(device(), flash_attn=is_flash_attn_2_available(), flex=is_torch_flex_attn_available())
+
+
+def _packed_kwargs(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict]:
+    """Before the decoder runs a packed batch (cu_seq_lens_q from PackCollator): no padding mask, so that
+    transformers builds the mask from the rows' reset positions (FlexAttention: a document block mask), and
+    flash-attn's varlen boundaries and longest row given once instead of found again in every layer."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None:
+        return args, kwargs
+    kwargs = dict(kwargs, attention_mask=None)
+    if module.config._attn_implementation == FLASH:
+        longest = int((cu[1:] - cu[:-1]).max())
+        cu = cu.to(torch.int32)
+        kwargs.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=longest, max_length_k=longest)
+    return args, kwargs
+
+
+def use_varlen_attention(model: Any, implementation: str | None = None) -> str:
+    """Switch a (possibly peft-wrapped) causal LM to an attention that keeps packed rows apart (implementation,
+    or this machine's available_packed_attention); batches without row boundaries (evaluation, generation)
+    attend as usual. Returns the implementation."""
+    impl = implementation or available_packed_attention()
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    lm.set_attn_implementation(VARLEN)
+    if impl == VARLEN:
+        register_varlen_attention()
+    lm.set_attn_implementation(impl)
+    decoder = lm.get_decoder()
+    if impl != VARLEN and not getattr(decoder, "_tunelab_packed_hook", False):
+        decoder.register_forward_pre_hook(_packed_kwargs, with_kwargs=True)
+        decoder._tunelab_packed_hook = True
+    return impl
 
 
 class PackCollator:

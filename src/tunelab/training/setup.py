@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import distributed
 from ..config import TunelabConfig
 from . import auto
 from .auto import Hyperparams
+
+# non-reentrant: works with frozen inputs (LoRA) without forcing input gradients
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
 def peft_config(cfg: TunelabConfig, task_type: str) -> Any:
@@ -22,8 +26,11 @@ def wrap_model(model: Any, cfg: TunelabConfig, task_type: str) -> Any:
     if cfg.peft.method == "full":
         model.requires_grad_(True)
         return model
-    from peft import get_peft_model
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
+    if getattr(model, "is_quantized", False):  # QLoRA: norms and embeddings in fp32, input grads for checkpointing
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=auto.gradient_checkpointing(cfg),
+                                                gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
     return get_peft_model(model, peft_config(cfg, task_type))
 
 
@@ -41,8 +48,11 @@ def training_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_
     t = cfg.train
     every = "steps" if t.eval_every else "epoch"
     kw: dict[str, Any] = {}
-    if t.gradient_checkpointing:  # non-reentrant: works with frozen inputs (LoRA) without forcing input gradients
-        kw.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
+    if auto.gradient_checkpointing(cfg):
+        kw.update(gradient_checkpointing=True, gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
+    if t.sharding != "none":  # FSDP2 through accelerate: each transformer layer a shard unit
+        kw.update(fsdp=True, fsdp_config={"version": 2, "cpu_offload": t.sharding == "fsdp_offload",
+                                          "state_dict_type": "FULL_STATE_DICT"})
     if has_val:
         kw.update(eval_strategy=every, save_strategy=every, load_best_model_at_end=True,
                   metric_for_best_model=f"eval_{t.monitor}", greater_is_better=t.monitor != "loss")
@@ -54,8 +64,10 @@ def training_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_
             kw.update(save_steps=t.save_every)
     return dict(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=hp.batch_size,
-        per_device_eval_batch_size=hp.batch_size,
+        # the batch is the global one: N processes split it, and train the same model as one (auto.hyperparams
+        # made it a multiple of N)
+        per_device_train_batch_size=hp.batch_size // distributed.world_size(),
+        per_device_eval_batch_size=hp.batch_size // distributed.world_size(),
         gradient_accumulation_steps=t.grad_accum,
         num_train_epochs=hp.epochs,
         max_steps=t.max_steps or -1,
@@ -76,5 +88,7 @@ def training_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, has_
         train_sampling_strategy=hp.order or ("group_by_length" if auto.group_by_length(cfg, packed) else "random"),
         use_cpu=not torch.cuda.is_available(),
         dataloader_num_workers=0,
+        include_num_input_tokens_seen="non_padding",  # summed over processes: the run's tokens/s (SeenTokens)
+        ddp_find_unused_parameters=False,  # every trainable weight takes part in each step: no graph search
         **kw,
     )

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer
 
+from .. import distributed
 from ..data.templates import IGNORE
-from .callbacks import TokenCounter
 from .chunked_ce import linear_cross_entropy
 from .collate import split_by_tokens
 
@@ -30,6 +30,34 @@ def supports_label_only_logits(model: Any) -> bool:
     return hasattr(lm, "get_decoder") and lm.get_output_embeddings() is not None and not odd
 
 
+def _sharded_or_wrapped(model: Any) -> bool:
+    """DDP wraps the model (`.module`); FSDP2 shards it in place, and only its own forward gathers the weights."""
+    if hasattr(model, "module"):
+        return True
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def _decoder_states(model: Any, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor]:
+    """The language model and its decoder's last hidden states. A model wrapped for several processes (DDP, FSDP)
+    must run its own forward, which sets up the gradients' exchange: its decoder's output is caught on the way,
+    and the head is asked for one position's logits only."""
+    if not _sharded_or_wrapped(model):
+        lm = _unwrap(model)
+        return lm, lm.get_decoder()(**kwargs, use_cache=False).last_hidden_state
+    lm = _unwrap(getattr(model, "module", model))
+    seen: list[torch.Tensor] = []
+    hook = lm.get_decoder().register_forward_hook(lambda _m, _i, out: seen.append(out.last_hidden_state))
+    try:
+        model(**kwargs, use_cache=False, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return lm, seen[0]
+
+
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids", "cu_seq_lens_q")  # the last two from packing
 
 
@@ -44,8 +72,7 @@ def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any, 
     denom = num_items if num_items is not None else keep.sum().clamp(min=1)
     kwargs = {k: inputs[k] for k in MODEL_INPUTS if k in inputs}
     if label_only:
-        lm = _unwrap(model)
-        hidden = lm.get_decoder()(**kwargs, use_cache=False).last_hidden_state  # [B, T, H]
+        lm, hidden = _decoder_states(model, kwargs)  # [B, T, H]
         hidden, head = hidden[:, :-1][keep], lm.get_output_embeddings()  # [N, H], N = label tokens
         if chunk:
             return linear_cross_entropy(hidden, head, labels[keep], chunk) / denom
@@ -57,7 +84,7 @@ def causal_lm_loss(model: Any, inputs: dict[str, torch.Tensor], num_items: Any, 
 
 class TunelabTrainer(Trainer):
     def __init__(self, *args: Any, bf16: bool, token_level: bool, label_only_logits: bool,
-                 loss_chunk: int, max_batch_tokens: int | None, counter: TokenCounter,
+                 loss_chunk: int, max_batch_tokens: int | None,
                  task_metric: Callable[[Any], dict[str, float]] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.bf16_autocast = bf16
@@ -65,7 +92,6 @@ class TunelabTrainer(Trainer):
         self.label_only = label_only_logits and token_level and supports_label_only_logits(self.model)
         self.loss_chunk = loss_chunk
         self.max_batch_tokens = max_batch_tokens
-        self.counter = counter
         self.task_metric = task_metric
         # Our loss is already normalised by the accumulated batch's label count.
         self.model_accepts_loss_kwargs = token_level
@@ -82,12 +108,29 @@ class TunelabTrainer(Trainer):
         if self.task_metric is not None:
             prefix = kwargs.get("metric_key_prefix", args[4] if len(args) > 4 else "eval")
             t0 = time.perf_counter()
-            with self._autocast():  # frozen weights may be held in bf16 while training
-                scores = self.task_metric(self.model)
+            # main scores, the others take its figures: best-checkpoint and early-stopping decisions must agree
+            scores = distributed.on_main(self._task_scores)
             for key, value in scores.items():
                 out.metrics[f"{prefix}_{key}"] = value
             out.metrics[f"{prefix}_task_metric_runtime"] = round(time.perf_counter() - t0, 4)  # beside eval_runtime
         return out
+
+    def _task_scores(self) -> dict[str, float]:
+        assert self.task_metric is not None
+        with self._autocast():  # frozen weights may be held in bf16 while training
+            return self.task_metric(self.model)
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        """Length-grouped batches drawn as one process would draw the global batch: N processes then split each
+        global batch between them and train the same model as one (the trainer groups by one process's batch)."""
+        world = self.args.world_size
+        if self.args.train_sampling_strategy != "group_by_length" or world <= 1:
+            return super()._get_train_sampler(train_dataset)
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        data = train_dataset if train_dataset is not None else self.train_dataset
+        return LengthGroupedSampler(self.args.train_batch_size * world * self.args.gradient_accumulation_steps,
+                                    dataset=data, model_input_name="input_ids")
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         """A batch larger than train.max_batch_tokens runs in pieces, forward and backward each, so activation
@@ -104,6 +147,8 @@ class TunelabTrainer(Trainer):
                 loss = causal_lm_loss(model, inputs, num_items_in_batch, self.label_only, self.loss_chunk)
             else:
                 loss = model(**inputs).loss
-        if model.training:
-            self.counter.tokens += int(inputs["attention_mask"].sum())
+        if self.token_level and num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # num_items_in_batch counts every process's labels and DDP averages gradients over processes: scaled
+            # back, the step is the same as one process's over the global batch (as Trainer.compute_loss does)
+            loss = loss * self.accelerator.num_processes
         return (loss, {}) if return_outputs else loss

@@ -6,26 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from transformers import TrainerCallback
-
 from ..config import TunelabConfig
+from ..data.templates import for_template
 from ..runs import checkpoint_step
 from .auto import Hyperparams
-from .callbacks import TokenCounter
 from .setup import training_kwargs
-
-
-class SeenTokens(TrainerCallback):
-    """TRL trainers count input tokens themselves (`num_input_tokens_seen`): feed them to progress and logs."""
-
-    def __init__(self, counter: TokenCounter) -> None:
-        self.counter = counter
-
-    def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.counter.tokens = self.counter.at_start = int(state.num_input_tokens_seen or 0)  # restored on resume
-
-    def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-        self.counter.tokens = int(state.num_input_tokens_seen or 0)
 
 
 def trl_kwargs(cfg: TunelabConfig, hp: Hyperparams, checkpoints: Path, *, has_val: bool) -> dict[str, Any]:
@@ -49,9 +34,11 @@ def messages(msgs: list[dict[str, Any]]) -> list[dict[str, str]]:
     return [{"role": m["role"], "content": m["content"]} for m in msgs]
 
 
-def conversational(pair: Any) -> dict[str, Any]:
-    """A pair in TRL's conversational preference format; TRL renders it with the chat template."""
-    return {"prompt": messages(pair.prompt), "chosen": [{"role": "assistant", "content": pair.chosen}],
+def conversational(pair: Any, tokenizer: Any) -> dict[str, Any]:
+    """A pair in TRL's conversational preference format; TRL renders it with the chat template, so the prompt is
+    written as that template takes it (a system prompt folded where it has no system role, as SFT writes it)."""
+    return {"prompt": for_template(tokenizer, messages(pair.prompt)),
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
             "rejected": [{"role": "assistant", "content": pair.rejected}]}
 
 
