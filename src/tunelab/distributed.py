@@ -23,10 +23,11 @@ TIMEOUT = datetime.timedelta(hours=2)
 
 
 class StoppedElsewhere(SystemExit):
-    """Main failed at a step the others wait for: they end quietly, main reports the error."""
+    """Main failed at a step the others wait for: they end quietly (status 0, so that the launcher waits for main
+    and leaves with its status), and main reports the error."""
 
     def __init__(self) -> None:
-        super().__init__(1)
+        super().__init__(0)
 
 
 class PeerLost(TunelabError):
@@ -101,13 +102,33 @@ def _dist() -> Any:
     return dist if active() and dist.is_available() and dist.is_initialized() else None
 
 
+def _device(dist: Any) -> Any:
+    """Where a collective's tensors live: nccl exchanges CUDA tensors only."""
+    import torch
+
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+
+
+@contextlib.contextmanager
+def _said_plainly() -> Iterator[None]:
+    """A collective step that fails because another process is gone raises PeerLost, which says so."""
+    try:
+        yield
+    except RuntimeError as exc:
+        lost = lost_peer(exc)
+        if lost is None:
+            raise
+        raise lost from exc
+
+
 def broadcast(value: Any) -> Any:
     """Main's value, on every process (a picklable object)."""
     dist = _dist()
     if dist is None:
         return value
     box = [value]
-    dist.broadcast_object_list(box, src=0)
+    with _said_plainly():
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 
@@ -118,8 +139,9 @@ def any_true(flag: bool) -> bool:
         return flag
     import torch
 
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = torch.tensor([int(flag)], device=_device(dist))
+    with _said_plainly():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 
@@ -130,15 +152,17 @@ def total(n: int) -> int:
         return n
     import torch
 
-    t = torch.tensor([n], dtype=torch.long)
-    dist.all_reduce(t)
+    t = torch.tensor([n], dtype=torch.long, device=_device(dist))
+    with _said_plainly():
+        dist.all_reduce(t)
     return int(t.item())
 
 
 def barrier() -> None:
     dist = _dist()
     if dist is not None:
-        dist.barrier()
+        with _said_plainly():
+            dist.barrier()
 
 
 @contextlib.contextmanager

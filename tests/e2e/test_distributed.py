@@ -29,8 +29,9 @@ TOLERANCE = 1e-3
 def write_config(work: Path, tiny_model: Path, name: str, **train: Any) -> Path:
     cfg = {"name": name, "output_dir": "runs", "model": {"base": str(tiny_model), "precision": "fp32"},
            "data": {"train": "train.jsonl", "val_fraction": 0}, "peft": {"dropout": 0},
+           # max_batch_tokens: batches cut into pieces, a different number in each process (one gradient exchange)
            "train": {"max_steps": STEPS, "batch_size": 4, "learning_rate": 1e-2, "log_every": 1, "save_every": 2,
-                     "threads": 1} | train,
+                     "threads": 1, "max_batch_tokens": 24} | train,
            "eval": {"probes": {"enabled": False}}}
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -136,6 +137,7 @@ def test_dpo_in_two_processes_matches_one(work: Path, tiny_model: Path) -> None:
     pairs = Path(__file__).parents[1] / "data" / "preference" / "hh_rlhf_sample.jsonl"
     cfg = write_config(work, tiny_model, "dpo", max_steps=3, save_every=3)
     data = yaml.safe_load(cfg.read_text())
+    del data["train"]["max_batch_tokens"]  # SFT's: TRL batches pairs itself
     cfg.write_text(yaml.safe_dump(data | {"method": "dpo", "data": {"train": str(pairs), "val_fraction": 0}}))
     r = tunelab_cli("train", "dpo.yaml", "name=dpo-one", cwd=work)
     assert r.returncode == 0, r.stderr

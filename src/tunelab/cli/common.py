@@ -10,6 +10,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from .. import distributed
+
 console = Console(stderr=True, soft_wrap=True)  # long file:line paths stay on one line in logs
 out = Console(soft_wrap=True)  # results meant for stdout (JSON, replies)
 
@@ -32,7 +34,10 @@ def user_errors() -> Iterator[None]:
     try:
         yield
     except (TunelabError, FileNotFoundError) as exc:
-        console.print(f"[red bold]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        # a process beside main keeps its console quiet, not its errors (on another machine they are all it says)
+        where = Console(stderr=True, soft_wrap=True) if console.quiet else console
+        who = f" (training process {distributed.rank()})" if not distributed.is_main() else ""
+        where.print(f"[red bold]error{who}:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         raise typer.Exit(2) from None
 
 

@@ -38,9 +38,12 @@ def launch(argv: list[str], nproc: int) -> int:
     except SignalException as exc:
         return 128 + int(exc.sigval) if exc.sigval != signal.SIGINT else 130
     except ChildFailedError as exc:
+        main = exc.failures.get(0)
+        if main is not None and main.exitcode in (1, 2, 130):  # main said what happened (an error, a Ctrl-C)
+            return main.exitcode
         rank, failure = exc.get_first_failure()
         code = failure.exitcode
-        if rank == 0 and code in (1, 2, 130):  # the main process said what happened (an error, a Ctrl-C)
+        if code == 2:  # a user error, which that process printed
             return code
         how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
         console.print(f"[red bold]error:[/] training process {rank} of {nproc} stopped ({how}), and the others "

@@ -215,7 +215,9 @@ def starting_model(base: ModelRef, *, labels: list[str] | None = None, pad_token
         apply_liger(base.path)
     quant = quantization_config(quantize)
     # a quantized model is placed while it loads (bitsandbytes quantizes on the way to the device)
-    kw: dict[str, Any] = {"quantization_config": quant, "device_map": {"": device()}} if quant else {}
+    # on this process's own GPU when there are several (LOCAL_RANK: torchrun's number for it on this machine)
+    where: Any = int(os.environ.get("LOCAL_RANK", "0")) if device() == "cuda" else device()
+    kw: dict[str, Any] = {"quantization_config": quant, "device_map": {"": where}} if quant else {}
     if labels is not None:
         model = AutoModelForSequenceClassification.from_pretrained(base.path, num_labels=len(labels),
                                                                    dtype=torch.float32, **kw)

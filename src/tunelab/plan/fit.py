@@ -19,6 +19,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .. import distributed
 from ..config import ConfigError, TunelabConfig
 from ..config.load import apply_overrides
 from ..errors import TunelabError
@@ -54,7 +55,8 @@ def ladder(cfg: TunelabConfig, batch_size: int) -> list[Rung]:
     elif cfg.method == "sft" and not t.max_batch_tokens:
         add("smaller micro-batches (train.max_batch_tokens 128)", **{"train.max_batch_tokens": 128})
     elif cfg.method != "sft" and batch_size > 1:
-        smaller = max(1, batch_size // 4)
+        n = distributed.world_size()  # a batch the processes can still split evenly
+        smaller = max(n, batch_size // 4 // n * n)
         add(f"smaller micro-batches (batch {batch_size}x{t.grad_accum} -> {smaller}x"
             f"{t.grad_accum * batch_size // smaller}, the same examples per step)",
             **{"train.batch_size": smaller, "train.grad_accum": t.grad_accum * batch_size // smaller})
@@ -140,7 +142,7 @@ def fitter(console: Console) -> Callable[[TunelabConfig, Any], tuple[TunelabConf
         limit, source = memory_limit(cfg)
         lengths = [row_length(r) for r in prepared.data.train]
         bound = quick_bound_mib(cfg, param_count(resolve(cfg.model.base).path), lengths)
-        if bound <= QUICK_BOUND_SHARE * limit:
+        if bound <= QUICK_BOUND_SHARE * limit or cfg.train.fit == "off":  # off: no rehearsal, the bound decides
             return checkpointing(cfg, bound, limit, {})
         console.print(f"Memory may be short ({mib(limit)} from {source}): measuring a few steps first")
         first = estimate(cfg)

@@ -284,6 +284,11 @@ def _trained_already(trainer: Any, checkpoint: Path) -> Any:
 def _start(cfg: TunelabConfig, console: Console) -> Start:
     if not cfg.data.train:
         raise DataError([Problem("config", "data.train is empty: set it to your training file")])
+    if cfg.train.sharding != "none" and not distributed.active():
+        raise ConfigError(f"train.sharding={cfg.train.sharding} shards the model between several training "
+                          f"processes, and this is one: add --nproc N (or start it with torchrun), or set "
+                          f"train.sharding: none")
+    auto.liger(cfg)  # train.liger=true on a machine without a GPU or the package: said now
     base = resolve(cfg.model.base)
     tokenizer = load_tokenizer(tokenizer_path(base))
     if cfg.method != "sft" and tokenizer.chat_template is None:
@@ -358,6 +363,10 @@ def execute(cfg: TunelabConfig, recipe: Recipe, *, resume: bool = False, console
             recipe.train(session, prepared)  # beside main: saving, probes, status and report are main's
         except (Interrupted, KeyboardInterrupt):
             return RunResult(run.path, "interrupted", {})
+        except Exception as exc:  # main stopped (Ctrl-C before training, an error): it says why
+            if not isinstance(exc, distributed.PeerLost) and distributed.lost_peer(exc) is None:
+                raise
+            raise distributed.StoppedElsewhere from None
         finally:
             distributed.close()
         return RunResult(run.path, "completed", {})

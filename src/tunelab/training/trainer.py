@@ -41,6 +41,23 @@ def _sharded_or_wrapped(model: Any) -> bool:
     return isinstance(model, FSDPModule)
 
 
+@contextlib.contextmanager
+def _no_gradient_sync(accelerator: Any, model: Any) -> Any:
+    """Backward without exchanging gradients between processes (they add up, exchanged at the next one that does):
+    DDP's no_sync, or FSDP2's switch; nothing to hold back in one process."""
+    if accelerator.num_processes <= 1:
+        yield
+    elif hasattr(model, "set_requires_gradient_sync"):  # FSDP2
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        with accelerator.no_sync(model):
+            yield
+
+
 def _decoder_states(model: Any, kwargs: dict[str, Any]) -> tuple[Any, torch.Tensor]:
     """The language model and its decoder's last hidden states. A model wrapped for several processes (DDP, FSDP)
     must run its own forward, which sets up the gradients' exchange: its decoder's output is caught on the way,
@@ -138,7 +155,13 @@ class TunelabTrainer(Trainer):
         if not (self.token_level and self.max_batch_tokens and num_items_in_batch is not None):
             return super().training_step(model, inputs, num_items_in_batch)
         pieces = split_by_tokens(inputs, self.max_batch_tokens)
-        return sum(super(TunelabTrainer, self).training_step(model, p, num_items_in_batch) for p in pieces)
+        loss = 0
+        for i, piece in enumerate(pieces):
+            # with several processes each may cut its share into a different number of pieces: gradients are
+            # exchanged at the last piece's backward only, so every process makes the same collective calls
+            with contextlib.nullcontext() if i == len(pieces) - 1 else _no_gradient_sync(self.accelerator, model):
+                loss += super().training_step(model, piece, num_items_in_batch)
+        return loss
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
