@@ -29,14 +29,19 @@ setup: $(STAMP)
 quickstart: setup
 	TUNELAB_QUICKSTART_SINCE=$(STARTED) $(VENV)/bin/tunelab quickstart
 
+# Tests run in TEST_WORKERS processes (pytest-xdist), one torch thread each; each test file runs whole in one of
+# them (its module fixtures, e.g. a server, start once), the longest files first (tests/conftest.py).
+TEST_WORKERS ?= 2
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 # Everything, as CI runs it; the slowest tests are listed at the end.
 test: setup
 	$(VENV)/bin/ruff check src tests bench
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) --durations=15
 
 # The edit-test loop: the same suite without the end-to-end and real-model tests.
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow and not e2e" --durations=10
+	$(PY) -m pytest -q $(PYTEST_PARALLEL) -m "not slow and not e2e" --durations=10
 
 docs: setup
 	$(VENV)/bin/tunelab config reference > docs/config.md

@@ -179,11 +179,15 @@ def test_a_sweep_job_pauses_resumes_and_serves_its_best_trial(server: str, tmp_p
         c.fine_tuning.jobs.create(model="tiny", training_file=f.id, extra_body={"tunelab": {"sweep": {"trials": 0}}})
     assert bad.value.body["param"] == "tunelab.sweep.trials"  # type: ignore[index]
     sweep = {"trials": 2, "space": {"train.learning_rate": [0.02, 0.005]}}
+    # 128 steps a trial (seconds): the pause, a SIGINT at the worker's next heartbeat (2 s), lands while trial 0 trains
     job = c.fine_tuning.jobs.create(model="tiny", training_file=f.id, suffix="swept", extra_body={"tunelab": {
-        "config": QUICK | {"train.epochs": 2, "train.batch_size": 2}, "sweep": sweep}})
+        "config": QUICK | {"train.epochs": 8, "train.batch_size": 2}, "sweep": sweep}})
+    # paused once trial 0 has logged a step: its run's own Ctrl-C handler then finishes the step and stops it; a
+    # SIGINT that lands while the trial still loads (Python's KeyboardInterrupt) can be lost in a finalizer
     deadline = time.time() + 120
-    while not any(e.message.startswith("Trial 0 started") for e in c.fine_tuning.jobs.list_events(job.id).data):
-        assert time.time() < deadline, "the sweep's first trial never started"
+    while not any(e.type == "metrics" and (e.data or {}).get("trial") == 0
+                  for e in c.fine_tuning.jobs.list_events(job.id, limit=100).data):
+        assert time.time() < deadline, "the sweep's first trial never trained"
         time.sleep(0.2)
     assert wait(c, c.fine_tuning.jobs.pause(job.id).id, until=("paused",)).status == "paused"
     c.fine_tuning.jobs.resume(job.id)
