@@ -367,6 +367,12 @@ def tiny_lora(tiny_model: Path) -> Any:
     return model
 
 
+def chat_and_text_rows(tokenizer: Any) -> list[dict[str, Any]]:
+    """Chat rows (loss on replies) plus a plain-text row whose every token carries a label."""
+    text = tokenizer("the quick brown fox jumps over the lazy dog again", add_special_tokens=False)["input_ids"]
+    return [*conversation_rows(tokenizer), {"input_ids": list(text), "labels": list(text)}]
+
+
 def loss_and_grads(model: Any, batches: list[Any], num_items: Any,
                    label_only: bool) -> tuple[float, dict[str, torch.Tensor]]:
     from tunelab.training.trainer import causal_lm_loss

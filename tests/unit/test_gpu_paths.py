@@ -18,8 +18,9 @@ from tests.helpers import (
     CLI_ENV,
     REPO,
     assert_grads_close,
-    conversation_rows,
+    chat_and_text_rows,
     label_tokens,
+    loss_and_grads,
     tiny_lora,
 )
 from tunelab.config import ConfigError, load_config
@@ -34,18 +35,9 @@ BNB = importlib.util.find_spec("bitsandbytes") is not None
 BNB_DIR = Path(os.environ.get("TUNELAB_BNB_PATH", REPO / ".venv" / "extras" / "bnb"))  # where `make test` puts it
 
 
-def _grads(model, batch, n, label_only=True) -> tuple[float, dict[str, torch.Tensor]]:  # noqa: ANN001
-    model.zero_grad(set_to_none=True)
-    loss = causal_lm_loss(model, batch, n, label_only)
-    loss.backward()
-    return loss.item(), {k: p.grad.detach().clone() for k, p in model.named_parameters()
-                         if p.requires_grad and p.grad is not None}
-
-
 @pytest.fixture(scope="module")
 def rows(tiny_tokenizer) -> list[dict]:  # noqa: ANN001
-    text = tiny_tokenizer("the quick brown fox jumps over the lazy dog again", add_special_tokens=False)["input_ids"]
-    return [*conversation_rows(tiny_tokenizer), {"input_ids": list(text), "labels": list(text)}]
+    return chat_and_text_rows(tiny_tokenizer)
 
 
 # --- QLoRA -------------------------------------------------------------------------------------------
@@ -115,10 +107,10 @@ def test_checkpointing_gives_the_same_loss_and_gradients(tiny_model: Path, tiny_
     batch = PadCollator(tiny_tokenizer.pad_token_id)(rows)
     n = label_tokens(batch)
     model.train()  # checkpointing only recomputes in training mode (the model has no dropout)
-    ref, g_ref = _grads(model, batch, n)
+    ref, g_ref = loss_and_grads(model, [batch], n, True)
     model.get_base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     assert model.get_base_model().model.gradient_checkpointing
-    got, g_got = _grads(model, batch, n)
+    got, g_got = loss_and_grads(model, [batch], n, True)
     assert got == pytest.approx(ref, rel=1e-6)
     assert_grads_close(g_got, g_ref)
 
@@ -173,9 +165,11 @@ def _packed_vs_padded(tiny_model: Path, tokenizer, rows, impl: str | None, devic
     packed = {k: v.to(device) for k, v in PackCollator()(rows).items()}
     n = label_tokens(pad)
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16), torch.set_grad_enabled(grads):
-        ref, g_ref = _grads(model, pad, n) if grads else (causal_lm_loss(model, pad, n, True).item(), {})
+        ref, g_ref = (loss_and_grads(model, [pad], n, True) if grads
+                      else (causal_lm_loss(model, pad, n, True).item(), {}))
         chosen = use_varlen_attention(model, impl)
-        got, g_got = _grads(model, packed, n) if grads else (causal_lm_loss(model, packed, n, True).item(), {})
+        got, g_got = (loss_and_grads(model, [packed], n, True) if grads
+                      else (causal_lm_loss(model, packed, n, True).item(), {}))
         again = causal_lm_loss(model, pad, n, True).item()  # padded batches still attend as before
     assert impl is None or chosen == impl
     rel = 2e-2 if bf16 else 1e-5

@@ -10,7 +10,7 @@ import torch
 
 from tests.helpers import (
     assert_grads_close,
-    conversation_rows,
+    chat_and_text_rows,
     label_tokens,
     loss_and_grads,
     tiny_base,
@@ -34,9 +34,7 @@ def _grads(model, batch, num_items=None, label_only=True, chunk=0) -> tuple[floa
 
 @pytest.fixture(scope="module")
 def rows(tiny_tokenizer) -> list[dict]:  # noqa: ANN001
-    """Chat rows (loss on replies) plus a plain-text row whose every token carries a label."""
-    text = tiny_tokenizer("the quick brown fox jumps over the lazy dog again", add_special_tokens=False)["input_ids"]
-    return [*conversation_rows(tiny_tokenizer), {"input_ids": list(text), "labels": list(text)}]
+    return chat_and_text_rows(tiny_tokenizer)
 
 
 # --- chunked LM head + cross-entropy ---------------------------------------------------------------
