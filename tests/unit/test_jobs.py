@@ -102,3 +102,32 @@ def test_a_claim_is_exclusive_and_a_dead_workers_job_is_taken_back(tmp_path: Pat
     taken = service.get("p", job.id)
     assert (taken.status, taken.worker, taken.resume, taken.attempts) == ("queued", None, 1, 1)
     assert two.claim().status == "running" and one.claim() is None
+
+
+@pytest.mark.parametrize(("trained_with", "worker_nproc", "expected"), [
+    (None, 2, ["--nproc", "2"]),  # a new job: as many as this worker runs
+    (2, 1, ["--nproc", "2"]),     # resumed elsewhere: as many as its checkpoints were written by
+    (1, 4, []),
+])
+def test_a_job_resumes_with_the_processes_it_was_trained_with(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                              trained_with: int | None, worker_nproc: int,
+                                                              expected: list[str]) -> None:
+    from types import SimpleNamespace
+
+    from tunelab.config import load_config
+    from tunelab.runs import RunDir
+
+    db = JobsDB(f"sqlite:///{tmp_path / 'jobs.db'}")
+    worker = Worker(db, FileStore(db, tmp_path / "files", 1 << 20), tmp_path / "jobs", nproc=worker_nproc)
+    run = RunDir(tmp_path / "jobs" / "ftjob-1" / "run")
+    if trained_with is not None:  # an earlier attempt's run, interrupted after writing what `auto` became
+        run.path.mkdir(parents=True)
+        run.write_config(load_config(None, ["data.train=t.jsonl"]))
+        run.set_status("interrupted", name="run")
+        run.write_resolved({"batch_size": 4} | ({"processes": trained_with} if trained_with > 1 else {}))
+    seen: list[list[str]] = []
+    monkeypatch.setattr(Worker, "_drive", lambda self, job, args, log, tail: (seen.append(args), (None, 0))[1])
+    monkeypatch.setattr(Worker, "_finish", lambda *a, **k: None)
+    monkeypatch.setattr("tunelab.jobs.worker.add_event", lambda *a, **k: None)
+    worker._train(SimpleNamespace(id="ftjob-1", sweep=None, run_dir=str(run.path), resume=int(bool(trained_with))))
+    assert seen[0][seen[0].index("--nproc"):] == expected if expected else "--nproc" not in seen[0]

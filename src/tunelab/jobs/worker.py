@@ -285,7 +285,10 @@ class Worker:
                 os.kill(pid, signal.SIGKILL)
         resume = bool(job.resume) or (seen is not None and seen.status not in (None, "completed"))
         args = ["-m", "tunelab.cli.main", "train", str(work / JOB_CONFIG)] + (["--resume"] if resume else [])
-        args += ["--nproc", str(self.nproc)] if self.nproc > 1 else []
+        # a checkpoint holds each process's place in the data: a resumed job goes on with as many as it had
+        resolved = run.resolved() if resume and run.is_run() else {}
+        nproc = int(resolved.get("processes", 1)) if resolved else self.nproc
+        args += ["--nproc", str(nproc)] if nproc > 1 else []
         add_event(self.db, job.id, "Fine-tuning job started" if not resume else
                   "Fine-tuning job continues from its last checkpoint")
         asked, code = self._drive(job, args, work / "train.log", _Tail(self.db, job, run, work))
