@@ -62,6 +62,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launched() -> bool:
+    """Whether a launcher (torchrun, accelerate) started this process, even as its only one."""
+    return "WORLD_SIZE" in os.environ
+
+
 def active() -> bool:
     """Whether this process is one of several (launched by torchrun or accelerate)."""
     return world_size() > 1

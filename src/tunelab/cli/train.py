@@ -28,8 +28,9 @@ def train_cmd(
             from ..runs.directory import resume_config
 
             cfg = resume_config(cfg, overrides or [])
-        if nproc > 1:
-            if distributed.active():
+        # FSDP (train.sharding) needs a process group, also for one process (a GPU with its shards offloaded)
+        if nproc > 1 or (cfg.train.sharding != "none" and not distributed.launched()):
+            if distributed.launched():
                 raise ConfigError(f"--nproc {nproc} given to a process that a launcher started already (as one of "
                                   f"{distributed.world_size()}): leave --nproc out, the launcher sets the count")
             from .launch import launch

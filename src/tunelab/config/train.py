@@ -115,8 +115,8 @@ class TrainConfig(Section):
     """With several processes (`--nproc`, torchrun): none keeps a whole copy of the model in each (DDP, the
     fastest); fsdp shards weights, gradients and optimizer state between them (FSDP, full shard), for full
     fine-tuning of a model that does not fit one device; fsdp_offload also keeps the shards in CPU memory between
-    uses (slowest, least GPU memory). DeepSpeed ZeRO: through `accelerate launch` and its config
-    (docs/distributed.md)."""
+    uses (slowest, least GPU memory; worth it on one GPU too: a run with one process is started under torchrun
+    all the same). DeepSpeed ZeRO: through `accelerate launch` and its config (docs/distributed.md)."""
 
     fit: Literal["auto", "off"] = "auto"
     """Before training, make sure the run fits in memory: auto estimates it (a few real steps, only when a

@@ -284,10 +284,10 @@ def _trained_already(trainer: Any, checkpoint: Path) -> Any:
 def _start(cfg: TunelabConfig, console: Console) -> Start:
     if not cfg.data.train:
         raise DataError([Problem("config", "data.train is empty: set it to your training file")])
-    if cfg.train.sharding != "none" and not distributed.active():
-        raise ConfigError(f"train.sharding={cfg.train.sharding} shards the model between several training "
-                          f"processes, and this is one: add --nproc N (or start it with torchrun), or set "
-                          f"train.sharding: none")
+    if cfg.train.sharding != "none" and not distributed.launched():
+        raise ConfigError(f"train.sharding={cfg.train.sharding} shards the model between training processes that "
+                          f"torchrun starts, and this process was not started so: use `tunelab train CONFIG "
+                          f"--nproc N` (or torchrun / accelerate launch), or set train.sharding: none")
     auto.liger(cfg)  # train.liger=true on a machine without a GPU or the package: said now
     base = resolve(cfg.model.base)
     tokenizer = load_tokenizer(tokenizer_path(base))
