@@ -4,6 +4,7 @@ OpenAI job request becomes the tunelab config it should, and what can't be honou
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -131,3 +132,26 @@ def test_a_job_resumes_with_the_processes_it_was_trained_with(tmp_path: Path, mo
     monkeypatch.setattr("tunelab.jobs.worker.add_event", lambda *a, **k: None)
     worker._train(SimpleNamespace(id="ftjob-1", sweep=None, run_dir=str(run.path), resume=int(bool(trained_with))))
     assert seen[0][seen[0].index("--nproc"):] == expected if expected else "--nproc" not in seen[0]
+
+
+def test_a_sweep_that_finished_before_its_pause_landed_is_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pause reached the sweep after its last trial (exit 0): the job is finished, with the best trial's model,
+    not paused with nothing left to resume."""
+    from types import SimpleNamespace
+
+    from tunelab.jobs import worker as worker_module
+
+    db = JobsDB(f"sqlite:///{tmp_path / 'jobs.db'}")
+    worker = Worker(db, FileStore(db, tmp_path / "files", 1 << 20), tmp_path / "jobs")
+    best = {"run_dir": str(tmp_path / "trial-1"), "number": 1, "objective": "eval_loss", "value": 0.5,
+            "shown": "train.learning_rate=0.005"}
+    finished: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(Worker, "_drive", lambda self, job, args, log, tail: ("pause", 0))
+    monkeypatch.setattr(Worker, "_finish", lambda self, job, run, work, asked, code, sweep=None:
+                        finished.append((run.path, asked, code)))
+    monkeypatch.setattr(Worker, "_update", lambda self, jid, **fields: None)
+    monkeypatch.setattr(worker_module, "add_event", lambda *a, **k: None)
+    monkeypatch.setattr(worker_module, "_best_trial", lambda sweep: best)
+    job = SimpleNamespace(id="ftjob-2", sweep={"trials": 2}, run_dir=None, resume=0)
+    worker._sweep(job)
+    assert finished == [(Path(best["run_dir"]), "pause", 0)] and job.run_dir == best["run_dir"]

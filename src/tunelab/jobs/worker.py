@@ -305,7 +305,7 @@ class Worker:
         asked, code = self._drive(job, ["-m", "tunelab.cli.main", "sweep", str(work / JOB_CONFIG)],
                                   work / "train.log", tail)
         best = _best_trial(sweep)
-        if asked is None and code == 0 and best is not None:
+        if code == 0 and best is not None:  # finished, also when a pause or stop came too late to stop it
             self._update(job.id, run_dir=best["run_dir"])
             job.run_dir = best["run_dir"]
             add_event(self.db, job.id, f"Best: trial {best['number']}, {best['objective']} {best['value']:.4f} "
