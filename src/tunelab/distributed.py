@@ -150,19 +150,6 @@ def any_true(flag: bool) -> bool:
     return bool(t.item())
 
 
-def total(n: int) -> int:
-    """The sum of `n` over all processes."""
-    dist = _dist()
-    if dist is None:
-        return n
-    import torch
-
-    t = torch.tensor([n], dtype=torch.long, device=_device(dist))
-    with _said_plainly():
-        dist.all_reduce(t)
-    return int(t.item())
-
-
 def barrier() -> None:
     dist = _dist()
     if dist is not None:
