@@ -3,8 +3,11 @@
 Trains on a seeded sample of the `train` split (--per-intent rows of each of the 150 intents, plus all
 100 out-of-scope rows, labelled "oos"); a seeded 2% of that is the validation split for the loss.
 Scores the `val` split (never trained on: --test-per-intent of the 20 rows per intent, seeded, plus all
-100 out-of-scope rows) with the base and the tuned model, answers constrained to the 151 labels:
-    python bench/quality_clinc150.py [--per-intent 40] [--epochs 1] [--test-per-intent 10] [--quick] [--json PATH]
+100 out-of-scope rows) with the base and the tuned model, answers constrained to the 151 labels. The tuned
+model answers oos when its best intent's probability is below the threshold calibrated on the validation split
+(classification.unsure_label=oos; --no-unsure turns it off); the figures without it are reported beside:
+    python bench/quality_clinc150.py [--per-intent 40] [--epochs 1] [--test-per-intent 10] [--quick]
+                                     [--no-unsure] [--unsure-budget 0.02] [--json PATH]
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=1)
     ap.add_argument("--test-per-intent", type=int, default=10, help="scored val rows per intent (of 20)")
     ap.add_argument("--quick", action="store_true", help="8 rows per intent, 1 epoch, every 5th val row scored")
+    ap.add_argument("--no-unsure", action="store_true", help="answer the best label even when unsure")
+    ap.add_argument("--unsure-budget", type=float, help="classification.unsure_budget (default: the config's)")
     ap.add_argument("--work", default="runs/bench-quality-clinc150")
     ap.add_argument("--json", default="bench/results/quality_clinc150.json")
     a = ap.parse_args()
@@ -55,9 +60,19 @@ def main() -> None:
     if a.quick:
         test = test[::5]
     overrides = [f"train.epochs={epochs}", "train.batch_size=16", "eval.probes.enabled=false"]
+    if not a.no_unsure:
+        overrides.append("classification.unsure_label=oos")
+        if a.unsure_budget is not None:
+            overrides.append(f"classification.unsure_budget={a.unsure_budget}")
     res = train_and_score("bench-clinc150", train, test, Path(a.work), overrides, PROMPT)
     ev = res["eval"]
     tuned = scope_figures(ev["confusion"])
+    unsure = ev.get("unsure")
+    if unsure:  # the figures without the threshold, and the threshold itself
+        raw = scope_figures(unsure["raw"]["confusion"])
+        tuned |= {f"raw_{k}": v for k, v in raw.items()} | {
+            "raw_accuracy": unsure["raw"]["accuracy"], "unsure_threshold": unsure["threshold"],
+            "unsure_rows_turned": unsure["rows_turned"]}
     res["figures"] = {**tuned, "accuracy": ev["model"]["accuracy"], "macro_f1": ev["model"]["macro_f1"],
                       "base_accuracy": ev["base"]["accuracy"], "ci95_diff": ev["comparison"]["ci95"],
                       "train_seconds": res["summary"]["train_seconds"], "tokens_per_s": res["summary"]["tokens_per_s"]}

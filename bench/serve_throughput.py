@@ -3,7 +3,8 @@ unmerged) with 1, 4 and 16 concurrent clients against plain `model.generate` one
 same customer-support prompts, in one run; llama.cpp (llama-cpp-python) one stream at a time beside them
 when it is installed, on the model exported to GGUF by `tunelab export` and on the shipped Q4_1 file.
 
-    python bench/serve_throughput.py [--prompts 16] [--new-tokens 64] [--clients 1,4,16] [--bf16] [--json PATH]
+    python bench/serve_throughput.py [--prompts 16] [--new-tokens 64] [--clients 1,4,16] [--dtypes fp32,int8]
+                                     [--bf16] [--json PATH]
 
 Tokens/s = generated tokens of all requests / wall time of the whole wave. Latency and time to first
 token (TTFT) are per request, as a client sees them (streaming, with usage in the last chunk).
@@ -197,6 +198,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32, help="requests per wave (1 client sends a quarter)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
+    ap.add_argument("--dtypes", default="fp32,int8", help="serve --dtype values, each a server of its own")
     ap.add_argument("--bf16", action="store_true", help="also serve with bf16 weights at the largest client count")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -215,15 +217,17 @@ def main() -> None:
         result["sequential_generate"] = {k: v for k, v in seq.items() if k != "answers"}
         print(f"  {seq['tok_s']} tok/s", flush=True)
         waves = []
-        with Server(work, adapter, "fp32", max(clients)) as server:
-            for c in clients:
-                w = wave(server.url, single if c == 1 else chats, c, args.new_tokens)
-                ref = seq["answers"][: len(w["answers"])]
-                w["same_answers_as_sequential"] = same(w.pop("answers"), ref)
-                w["vs_sequential"] = round(w["tok_s"] / seq["tok_s"], 2)
-                waves.append(w | {"dtype": "fp32"})
-                print(f"  tunelab serve fp32, {c} clients: {w['tok_s']} tok/s ({w['vs_sequential']}x), p50 "
-                      f"{w['latency_p50_s']} s, TTFT p50 {w['ttft_p50_s']} s", flush=True)
+        for dtype in args.dtypes.split(","):
+            with Server(work, adapter, dtype, max(clients)) as server:
+                for c in clients:
+                    w = wave(server.url, single if c == 1 else chats, c, args.new_tokens)
+                    ref = seq["answers"][: len(w["answers"])]
+                    w["same_answers_as_sequential"] = same(w.pop("answers"), ref)
+                    w["vs_sequential"] = round(w["tok_s"] / seq["tok_s"], 2)
+                    waves.append(w | {"dtype": dtype})
+                    print(f"  tunelab serve {dtype}, {c} clients: {w['tok_s']} tok/s ({w['vs_sequential']}x), p50 "
+                          f"{w['latency_p50_s']} s, TTFT p50 {w['ttft_p50_s']} s, same answers "
+                          f"{w['same_answers_as_sequential']:.0%}", flush=True)
         if args.bf16:
             with Server(work, adapter, "bf16", max(clients)) as server:
                 w = wave(server.url, chats, max(clients), args.new_tokens)
@@ -249,10 +253,12 @@ def main() -> None:
                 print(f"  llama.cpp {gguf.name}: {r['tok_s']} tok/s one stream", flush=True)
             result["llama_cpp"] = runs
             best = max(runs, key=lambda r: r["tok_s"])
-            top = max(w["tok_s"] for w in waves if w["dtype"] == "fp32")
-            one = next(w["tok_s"] for w in waves if w["clients"] == 1)
-            result["vs_llama_cpp"] = {"reference": best["gguf"], "aggregate_16": round(top / best["tok_s"], 2),
-                                      "single_stream": round(one / best["tok_s"], 2)}
+            result["vs_llama_cpp"] = {"reference": best["gguf"]} | {
+                dtype: {"aggregate_top": round(max(w["tok_s"] for w in waves if w["dtype"] == dtype)
+                                               / best["tok_s"], 2),
+                        "single_stream": round(next(w["tok_s"] for w in waves if w["dtype"] == dtype
+                                                    and w["clients"] == 1) / best["tok_s"], 2)}
+                for dtype in args.dtypes.split(",")}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -23,10 +23,14 @@ def stream_reply(lm: LoadedModel, messages: list[Message], *, max_new_tokens: in
 
         raise ModelError(f"{lm.resolved.run} is a reward model: it scores answers and writes none. Use it in "
                          f"rl.rewards for GRPO, or load it with tunelab.load() to score text")
-    if lm.labels:  # classification head: the reply is the predicted label
-        from .eval.classify import predict_head
+    if lm.labels:  # classification head: the reply is the predicted label (or the run's unsure label)
+        from .eval.classify import scored_head
+        from .eval.unsure import for_run
+        from .runs import RunDir
 
-        yield predict_head(lm.model, tok, [messages[-1]["content"]], lm.labels)[0]
+        preds, probs = scored_head(lm.model, tok, [messages[-1]["content"]], lm.labels)
+        unsure = for_run(cfg, RunDir(lm.resolved.run).summary()) if lm.resolved.run is not None else None
+        yield (unsure.apply(preds, probs) if unsure else preds)[0]
         return
     if cfg is not None and cfg.task == "completion":  # trained on raw text: no chat template
         enc = tok(messages[-1]["content"], return_tensors="pt", add_special_tokens=False)

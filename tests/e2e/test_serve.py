@@ -203,6 +203,22 @@ def test_dora_adapters_get_batches_of_their_own(chatty: Path, adapters: dict[str
     assert together == alone
 
 
+def test_int8_base_serves_adapters_unmerged_and_batches_without_changing_answers(
+        chatty: Path, adapters: dict[str, Path], tmp_path: Path) -> None:
+    """--dtype int8: said in /v1/models; concurrent requests get their one-at-a-time answers."""
+    app = build(str(chatty), name="base", adapters=[("support", str(adapters["support"]))], data=str(tmp_path),
+                dtype="int8")
+    with BackgroundServer(app) as url:
+        cards = client(url).models.list().data
+        assert {c.id: c.model_extra["dtype"] for c in cards} == {"base": "int8", "support": "int8"}
+        jobs = [(["base", "support"][i % 2], p) for i, p in enumerate(PROMPTS[:8])]
+        alone = [chat(client(url), m, p).choices[0].message.content for m, p in jobs]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            together = list(pool.map(lambda job: chat(client(url), *job).choices[0].message.content, jobs))
+    assert together == alone
+    assert len(set(alone)) > 4
+
+
 def test_errors_come_back_in_openai_shape(server: Any) -> None:
     url, _ = server
     c = client(url)

@@ -35,8 +35,9 @@ def serve_cmd(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     log_content: bool = typer.Option(False, "--log-content", help="Also store prompt and completion text "
                                      "(needed by `tunelab feedback export`)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (answers match evaluation) or bf16 (faster on "
-                              "CPUs with fast bf16, answers can differ)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (answers match evaluation), bf16 (faster on CPUs "
+                              "with fast bf16) or int8 (the base's weights int8, adapters fp32: fastest for few "
+                              "clients on a CPU); answers can differ from fp32's in bf16 and int8."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences generated together."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests allowed to wait; more get 429."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens for chat requests."),
@@ -56,8 +57,8 @@ def serve_cmd(
     from ..serve.server import build, serve
     from ..serve.state import ServeSettings
 
-    if dtype not in ("fp32", "bf16", "fp16"):
-        raise typer.BadParameter(f"{dtype!r}: expected fp32, bf16 or fp16", param_hint="--dtype")
+    if dtype not in ("fp32", "bf16", "fp16", "int8"):
+        raise typer.BadParameter(f"{dtype!r}: expected fp32, bf16, fp16 or int8", param_hint="--dtype")
     pairs = []
     for spec in adapter:
         adapter_name, sep, ref = spec.partition("=")

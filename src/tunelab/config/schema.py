@@ -189,6 +189,12 @@ def combinations(cfg: TunelabConfig) -> list[RuleProblem]:
     if t.early_stopping.patience and not has_validation(cfg):
         out.append(("train.early_stopping.patience", "early stopping watches the validation data: set "
                     "data.validation or data.val_fraction > 0"))
+    c = cfg.classification
+    if c.unsure_label is not None and cfg.task != "classification":
+        out.append(("classification.unsure_label", "classification.unsure_label needs task: classification"))
+    elif c.unsure_label is not None and c.unsure_below == "auto" and not has_validation(cfg):
+        out.append(("classification.unsure_below", "classification.unsure_below=auto is calibrated on the "
+                    "validation rows: set data.validation or data.val_fraction > 0, or give a number (0..1)"))
     out += quantize_problems(cfg.model.quantize, cfg.peft.method) + liger_problems(t.liger)
     if cfg.method in RL_METHODS:
         rl = cfg.rl

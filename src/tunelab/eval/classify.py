@@ -1,4 +1,4 @@
-"""Classification accuracy: answers constrained to the label set (generation) or a head's argmax."""
+"""Classification answers: constrained to the label set (generation) or a head's argmax, with their probabilities."""
 
 from __future__ import annotations
 
@@ -48,19 +48,30 @@ def _trie(seqs: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
     return {k: sorted(v) for k, v in nxt.items()}
 
 
-@torch.no_grad()
 def predict_generate(
     model: Any, tokenizer: Any, texts: list[str], labels: list[str], display: list[str],
     system_prompt: str | None, batch_size: int = BATCH_SIZE, bf16: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy answers restricted, token by token, to the label set."""
+    return scored_generate(model, tokenizer, texts, labels, display, system_prompt, batch_size, bf16, progress)[0]
+
+
+@torch.no_grad()
+def scored_generate(
+    model: Any, tokenizer: Any, texts: list[str], labels: list[str], display: list[str],
+    system_prompt: str | None, batch_size: int = BATCH_SIZE, bf16: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[str], list[float]]:
+    """predict_generate's answers and each answer's probability among the labels: the product of its tokens'
+    probabilities, each a softmax over the tokens the label trie allows at that step."""
     seqs = label_token_ids(tokenizer, display, system_prompt)
     trie, by_seq = _trie(seqs), {s: lab for s, lab in zip(seqs, labels, strict=True)}
     pad = tokenizer.pad_token_id
     eos_stop = sorted({s[-1] for s in seqs})
+    preds: list[str] = []
+    probs: list[float] = []
     with left_padding(tokenizer):
-        preds: list[str] = []
         dev = next(model.parameters()).device
         for i in range(0, len(texts), batch_size):
             chunk = texts[i : i + batch_size]
@@ -75,24 +86,41 @@ def predict_generate(
             ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else torch.autocast(dev.type, enabled=False)
             with ctx:
                 out = model.generate(**enc, max_new_tokens=max(map(len, seqs)), do_sample=False,
-                                     prefix_allowed_tokens_fn=allowed, pad_token_id=pad, eos_token_id=eos_stop)
-            for row in out[:, start:].tolist():
+                                     prefix_allowed_tokens_fn=allowed, pad_token_id=pad, eos_token_id=eos_stop,
+                                     output_scores=True, return_dict_in_generate=True)
+            new = out.sequences[:, start:]
+            # out.scores: one (batch, vocab) per step, after the trie's mask (-inf outside the allowed tokens)
+            step_logp = torch.stack([s.float().log_softmax(-1).gather(-1, new[:, t : t + 1]).squeeze(-1)
+                                     for t, s in enumerate(out.scores)], 1)  # (batch, steps)
+            for b, row in enumerate(new.tolist()):
                 while row and row[-1] == pad and tuple(row) not in by_seq:
                     row.pop()
-                preds.append(by_seq.get(tuple(row), labels[0]))
+                label = by_seq.get(tuple(row))
+                preds.append(label if label is not None else labels[0])
+                # the steps after the label's own tokens are padding of a finished row: not part of its probability
+                probs.append(float(step_logp[b, : len(row)].sum().exp()) if label is not None else 0.0)
             if progress:
                 progress(len(chunk))
-    return preds
+    return preds, probs
 
 
-@torch.no_grad()
 def predict_head(
     model: Any, tokenizer: Any, texts: list[str], labels: list[str], batch_size: int = BATCH_SIZE, bf16: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Argmax of a sequence-classification head."""
+    return scored_head(model, tokenizer, texts, labels, batch_size, bf16, progress)[0]
+
+
+@torch.no_grad()
+def scored_head(
+    model: Any, tokenizer: Any, texts: list[str], labels: list[str], batch_size: int = BATCH_SIZE, bf16: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[list[str], list[float]]:
+    """predict_head's answers and each answer's softmax probability."""
     eos = tokenizer.eos_token or ""
     preds: list[str] = []
+    probs: list[float] = []
     dev = next(model.parameters()).device
     for i in range(0, len(texts), batch_size):
         chunk = texts[i : i + batch_size]
@@ -100,7 +128,9 @@ def predict_head(
         ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else torch.autocast(dev.type, enabled=False)
         with ctx:
             logits = model(**enc).logits
-        preds += [labels[j] for j in logits.argmax(-1).tolist()]
+        best = logits.float().softmax(-1).max(-1)
+        preds += [labels[j] for j in best.indices.tolist()]
+        probs += best.values.tolist()
         if progress:
             progress(len(chunk))
-    return preds
+    return preds, probs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +26,10 @@ from ..models.load import LoadedModel, ModelError, load
 from ..runs import RunDir
 from ..training.collate import PadCollator
 from ..training.trainer import causal_lm_loss
-from .classify import BATCH_SIZE, predict_generate, predict_head
+from .classify import BATCH_SIZE, scored_generate, scored_head
 from .metrics import bootstrap_diff, classification_metrics, generation_metrics, per_example_generation
 from .scoring import generate_answers
+from .unsure import Unsure, for_run
 
 N_EXAMPLES = 12
 MAX_NEW_TOKENS: int = default("eval.max_new_tokens")
@@ -43,6 +44,7 @@ class EvalTask:
     labels: list[str] = field(default_factory=list)
     system_prompt: str | None = None
     display: list[str] = field(default_factory=list)  # labels as the model answers them (generate mode)
+    unsure: Unsure | None = None  # the run's classification.unsure_label rule, applied to its answers
 
 
 def _task(lm: LoadedModel, records: list[Record]) -> EvalTask:
@@ -57,7 +59,11 @@ def _task(lm: LoadedModel, records: list[Record]) -> EvalTask:
         cfg = lm.run_config()
         humanize = cfg.classification.humanize_labels if cfg is not None else True
         prompt = trained_system_prompt(cfg) or DEFAULT_CLASSIFY_PROMPT
-        return EvalTask("classification", records, list(labels), prompt, label_display(list(labels), humanize))
+        unsure = for_run(cfg, run.summary() if run else {})
+        if unsure is not None and unsure.label not in labels:
+            unsure = None
+        return EvalTask("classification", records, list(labels), prompt, label_display(list(labels), humanize),
+                        unsure)
     if kinds <= {"chat", "completion"}:
         return EvalTask("generation", records)
     return EvalTask("text", records)
@@ -108,10 +114,16 @@ def score(lm: LoadedModel, task: EvalTask, *, max_new_tokens: int, max_length: i
     if task.kind == "classification":
         texts, gold = [r.text for r in task.records], [r.label for r in task.records]
         if lm.labels:
-            preds = predict_head(lm.model, lm.tokenizer, texts, lm.labels, batch_size)
+            preds, probs = scored_head(lm.model, lm.tokenizer, texts, lm.labels, batch_size)
         else:
-            preds = predict_generate(lm.model, lm.tokenizer, texts, task.labels, task.display, task.system_prompt,
-                                     batch_size)
+            preds, probs = scored_generate(lm.model, lm.tokenizer, texts, task.labels, task.display,
+                                           task.system_prompt, batch_size)
+        if task.unsure is not None:  # the run answers with its unsure rule; the figures without it are kept too
+            raw = classification_metrics(gold, preds, task.labels)
+            metrics["unsure"] = {"label": task.unsure.label, "threshold": task.unsure.threshold,
+                                 "rows_turned": task.unsure.turned(preds, probs),
+                                 "raw": {k: raw[k] for k in ("accuracy", "macro_f1", "confusion")}}
+            preds = task.unsure.apply(preds, probs)
         metrics |= classification_metrics(gold, preds, task.labels)
         return metrics, preds, [float(g == p) for g, p in zip(gold, preds, strict=True)]
     if task.kind == "generation":
@@ -189,13 +201,23 @@ def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, 
                               "skipped_rows": [p.to_dict() for p in skipped], "model": metrics}
     if "confusion" in metrics:
         result["confusion"] = metrics.pop("confusion")
+    if "unsure" in metrics:
+        result["unsure"] = u = metrics.pop("unsure")
+        console.print(f"Answering {u['label']} when the best label's probability is below {u['threshold']:.3g} "
+                      f"(the run's classification.unsure_below): {u['rows_turned']} of {len(records)} answers "
+                      f"turned; accuracy {u['raw']['accuracy']:.1%} without it", highlight=False)
+    elif task.kind == "classification" and task.unsure is None and _unsure_uncalibrated(lm):
+        console.print("[yellow]warning: the run sets classification.unsure_label, but it has no calibrated "
+                      "threshold (did it score validation rows?): answers are the best labels as they are[/]")
     base_preds: list[str] = []
     if compare_base:
         with lm.model.disable_adapter():
             base_lm = LoadedModel(lm.model, lm.tokenizer, lm.resolved, lm.labels)
             console.print("Scoring the base model on the same rows")
-            base_metrics, base_preds, base_per_ex = score(base_lm, task, max_new_tokens=max_new_tokens,
-                                                          max_length=max_length, batch_size=batch_size)
+            # the threshold was calibrated for the tuned model: the base answers its best labels
+            base_metrics, base_preds, base_per_ex = score(base_lm, replace(task, unsure=None),
+                                                          max_new_tokens=max_new_tokens, max_length=max_length,
+                                                          batch_size=batch_size)
         base_metrics.pop("confusion", None)
         result["base"] = base_metrics
         if per_ex:
@@ -209,6 +231,11 @@ def evaluate_records(lm: LoadedModel, records: list[Record], *, data_name: str, 
                         | ({"base": base_preds[i]} if base_preds else {}))
     result["examples"] = examples
     return result
+
+
+def _unsure_uncalibrated(lm: LoadedModel) -> bool:
+    cfg = lm.run_config()
+    return cfg is not None and cfg.task == "classification" and cfg.classification.unsure_label is not None
 
 
 def _comparison(task: EvalTask, metrics: dict[str, Any], per_ex: list[float],

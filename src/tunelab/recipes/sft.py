@@ -18,7 +18,8 @@ from ..data.records import DataError, Problem, RowError
 from ..data.report import DataReport, Example, encode_loaded
 from ..data.split import overlap, sample_limit, split_validation
 from ..data.templates import Encoded, encode_record, label_display
-from ..eval.classify import predict_generate, predict_head
+from ..eval.classify import scored_generate, scored_head
+from ..eval.unsure import Unsure, calibrate
 from ..models.load import LoadedModel, starting_model
 from ..runs import checkpoint_step
 from ..training import auto
@@ -65,6 +66,11 @@ def _task(cfg: TunelabConfig, loaded: Loaded) -> TaskLabels:
     if not labels:
         raise DataError([Problem(cfg.data.train, "task is classification but no row has a label; map your "
                                  "columns with data.columns (e.g. {text: text, label: category})")])
+    unsure = cfg.classification.unsure_label
+    if unsure is not None and unsure not in labels:
+        shown = f"{list(labels)[:10]}{'...' if len(labels) > 10 else ''}"
+        raise ConfigError(f"classification.unsure_label={unsure!r} is not among the labels of {cfg.data.train} "
+                          f"{shown}: name one of them, or give it some training rows")
     return TaskLabels(list(labels), label_display(labels, cfg.classification.humanize_labels),
                       head=cfg.classification.mode == "head")
 
@@ -175,11 +181,12 @@ def prepare(start: Start) -> Prepared:
 # --- scoring ---------------------------------------------------------------------------------------
 
 def _predict(model: Any, tokenizer: Any, task: TaskLabels, texts: list[str], cfg: TunelabConfig, bf16: bool,
-             step: Any = None) -> list[str]:
+             step: Any = None) -> tuple[list[str], list[float]]:
+    """The best label of each text and its probability."""
     if task.head:
-        return predict_head(model, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16, step)
-    return predict_generate(model, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
-                            cfg.eval.batch_size, bf16, step)
+        return scored_head(model, tokenizer, texts, task.labels, cfg.eval.batch_size, bf16, step)
+    return scored_generate(model, tokenizer, texts, task.labels, task.display, cfg.data.system_prompt,
+                           cfg.eval.batch_size, bf16, step)
 
 
 def _scored(val: list[Example], cfg: TunelabConfig, task: TaskLabels) -> list[Example]:
@@ -187,18 +194,46 @@ def _scored(val: list[Example], cfg: TunelabConfig, task: TaskLabels) -> list[Ex
     return val[:limit] if limit else val
 
 
+def _share_right(rows: list[Example], preds: list[str]) -> float:
+    return sum(e.record.label == p for e, p in zip(rows, preds, strict=True)) / max(len(rows), 1)
+
+
 def _accuracy(session: Session, model: Any, task: TaskLabels, rows: list[Example], what: str
-              ) -> tuple[float, list[str]]:
-    gold = [e.record.label for e in rows]
+              ) -> tuple[float, list[str], list[float]]:
+    """(accuracy, answers, their probabilities): the model's best labels, before any unsure rule."""
     t0 = time.perf_counter()
     with session.scoring(what, len(rows)) as advance:
-        preds = _predict(model, session.tokenizer, task, [e.record.text for e in rows], session.cfg, session.bf16,
-                         advance)
-    acc = sum(g == p for g, p in zip(gold, preds, strict=True)) / max(len(gold), 1)
+        preds, probs = _predict(model, session.tokenizer, task, [e.record.text for e in rows], session.cfg,
+                                session.bf16, advance)
+    acc = _share_right(rows, preds)
     session.console.print(f"{what} accuracy: [bold]{acc:.1%}[/] on {len(rows)} rows "
                           f"({time.perf_counter() - t0:.0f} s)")
     session.event(f"{what} accuracy {acc:.1%} on {len(rows)} validation rows", kind="metrics", accuracy=acc)
-    return acc, preds
+    return acc, preds, probs
+
+
+def _unsure(session: Session, rows: list[Example], preds: list[str], probs: list[float]) -> Unsure | None:
+    """classification.unsure_label's rule for this run: the set threshold, or (auto) the one calibrated on the
+    scored validation rows, kept in the summary for `tunelab eval` and the run's other answers."""
+    c = session.cfg.classification
+    if c.unsure_label is None:
+        return None
+    gold = [str(e.record.label) for e in rows]
+    auto = c.unsure_below == "auto"
+    threshold = calibrate(gold, preds, probs, c.unsure_label, c.unsure_budget) if auto else float(c.unsure_below)
+    rule = Unsure(c.unsure_label, threshold)
+    final = rule.apply(preds, probs)
+    turned = rule.turned(preds, probs)
+    kept = {"label": rule.label, "threshold": threshold, "calibrated": auto, "rows_turned": turned,
+            "rows": len(rows), "raw_accuracy": _share_right(rows, preds), "accuracy": _share_right(rows, final)}
+    session.summary["unsure"] = kept | ({"budget": c.unsure_budget} if auto else {})
+    how = f"calibrated on {len(rows)} validation rows, budget {c.unsure_budget:.0%}" if auto else "set"
+    session.console.print(f"Answering [bold]{rule.label}[/] when the best label's probability is below "
+                          f"[bold]{threshold:.3g}[/] ({how}): {turned} of {len(rows)} answers turned; accuracy "
+                          f"{kept['raw_accuracy']:.1%} -> [bold]{kept['accuracy']:.1%}[/]", highlight=False)
+    session.event(f"unsure label {rule.label} below probability {threshold:.3g} ({how})", kind="metrics",
+                  unsure_threshold=threshold)
+    return rule
 
 
 def _task_metric(tokenizer: Any, task: TaskLabels, val: list[Example], cfg: TunelabConfig, bf16: bool) -> Any:
@@ -207,8 +242,9 @@ def _task_metric(tokenizer: Any, task: TaskLabels, val: list[Example], cfg: Tune
     rows = _scored(val, cfg, task)
 
     def accuracy(model: Any) -> dict[str, float]:
-        preds = _predict(model, tokenizer, task, [e.record.text for e in rows], cfg, bf16)
-        return {"accuracy": sum(e.record.label == p for e, p in zip(rows, preds, strict=True)) / len(rows)}
+        # the best labels as they are: an unsure threshold is calibrated only once training has ended
+        preds = _predict(model, tokenizer, task, [e.record.text for e in rows], cfg, bf16)[0]
+        return {"accuracy": _share_right(rows, preds)}
 
     def generated(model: Any) -> dict[str, float]:
         from ..eval.evaluate import prompt_and_reference
@@ -277,7 +313,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     base_preds: list[str] = []
     # A head starts untrained: its base score is what a fresh head does, measured like the rest.
     if scored and cfg.eval.compare_base and not session.resume and session.main:
-        session.summary["base_accuracy"], base_preds = _accuracy(session, model, task, scored, "base model")
+        session.summary["base_accuracy"], base_preds, _ = _accuracy(session, model, task, scored, "base model")
 
     model = wrap_model(model, cfg, "SEQ_CLS" if task.head else "CAUSAL_LM")
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -323,10 +359,15 @@ def train(session: Session, prepared: Prepared) -> Any:
         return model
     if scored:
         model.eval()
-        summary["tuned_accuracy"], preds = _accuracy(session, model, task, scored, "tuned model")
+        summary["tuned_accuracy"], raw, probs = _accuracy(session, model, task, scored, "tuned model")
+        rule = _unsure(session, scored, raw, probs)
+        preds = rule.apply(raw, probs) if rule else raw
+        if rule:  # the run's answers are the thresholded ones (the base's stay as they were)
+            summary["tuned_accuracy"] = _share_right(scored, preds)
         session.run.write_predictions([
-            {"where": e.record.where, "text": e.record.text, "label": e.record.label, "predicted": p}
-            | ({"base_predicted": base_preds[i]} if base_preds else {})
+            {"where": e.record.where, "text": e.record.text, "label": e.record.label, "predicted": p,
+             "probability": probs[i]}
+            | ({"raw_predicted": raw[i]} if rule else {}) | ({"base_predicted": base_preds[i]} if base_preds else {})
             for i, (e, p) in enumerate(zip(scored, preds, strict=True))])
     elif _generation_rows(val_ex):
         summary |= _score_generation(session, model, _scored(val_ex, cfg, task))

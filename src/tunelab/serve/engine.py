@@ -1,6 +1,10 @@
 """The serving engine: one base model, any number of LoRA adapters, continuous batching.
 
-A single thread owns the model. Requests wait in a bounded queue; at every decoding step the engine
+A single thread owns the model: every computation on it (adapter loads and prompt embeddings too) runs there,
+because libgomp slows every thread's small parallel regions once two threads keep thread pools (more pool
+threads than cores: it stops spinning and sleeps between regions; one decoding token took 1.7x as long).
+
+Requests wait in a bounded queue; at every decoding step the engine
 admits waiting ones (their prompts are prefilled together, left-padded) and merges their KV cache into
 the running batch, so requests that arrive while others are generating share the next forward passes.
 Rows that finish, or whose client went away, leave the batch at once. Rows for different adapters run
@@ -13,6 +17,7 @@ answers are those of the same prompt run alone (a test checks it with 16 concurr
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import inspect
 import math
 import re
@@ -24,10 +29,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from ..models.weight_int8 import is_quantized
+
+T = TypeVar("T")
 BASE = "__base__"  # peft's name for "no adapter" in a mixed batch
 
 
@@ -135,7 +143,9 @@ class Engine:
         self._cache: Any = None
         self._mask: torch.Tensor | None = None
         self._cv = threading.Condition()
+        self._calls: deque[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = deque()
         self._model_lock = threading.RLock()
+        self._layers_on: bool | None = None  # the adapters' LoRA layers switched on (None: unknown, set it)
         self._stop = False
         self._thread: threading.Thread | None = None
         self.tokens_generated = 0
@@ -143,10 +153,13 @@ class Engine:
         self._avg_request_s = 2.0
         # called with the seconds from a request's cancel() to its rows leaving the batch (for /metrics)
         self.on_release: Callable[[float], None] | None = None
-        with torch.inference_mode():  # refuse at start, not at the first request, a cache we can't batch
-            probe = model(input_ids=torch.tensor([[tokenizer.eos_token_id or 0]], device=self.device), use_cache=True,
-                          **{self._cache_arg: _full_cache()})
-        _check_cache(_cache_of(probe))
+        _check_cache(self._owned(self._probe_cache))  # refused at start, not at the first request
+
+    def _probe_cache(self) -> Any:
+        with torch.inference_mode():
+            probe = self.model(input_ids=torch.tensor([[self.tokenizer.eos_token_id or 0]], device=self.device),
+                               use_cache=True, **{self._cache_arg: _full_cache()})
+        return _cache_of(probe)
 
     # ---- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,9 +173,35 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=30)
 
+    def _owned(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` run on the engine's thread (or, before it starts, on a thread of its own), waited for."""
+        if threading.current_thread() is self._thread:
+            return fn(*args)
+        if self._thread is None or not self._thread.is_alive():
+            return on_fresh_thread(fn, *args)
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._cv:
+            self._calls.append((lambda: fn(*args), done))
+            self._cv.notify_all()
+        return done.result()
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._cv:
+                if not self._calls:
+                    return
+                fn, done = self._calls.popleft()
+            try:
+                done.set_result(fn())
+            except BaseException as exc:  # the caller gets it; the engine goes on
+                done.set_exception(exc)
+
     # ---- adapters --------------------------------------------------------------------------------
     def add_adapter(self, name: str, path: Path, info: dict[str, Any]) -> None:
         """Load an adapter beside the others. On failure the model is left as it was."""
+        self._owned(self._add_adapter, name, path, info)
+
+    def _add_adapter(self, name: str, path: Path, info: dict[str, Any]) -> None:
         from peft import PeftModel
 
         with self._model_lock:
@@ -193,17 +232,24 @@ class Engine:
                 self._roll_back(before, name)
                 raise
             config = self.model.peft_config[name]
+            if getattr(config, "use_dora", False) and is_quantized(self.model):
+                self._roll_back(before, name)  # DoRA rescales the base weight itself: int8 weights would be wrong
+                raise ValueError(f"{path}: a DoRA adapter needs the base's float weights; serve it with --dtype "
+                                 f"fp32 or bf16 (this server holds the base in int8)")
             dtype = self.model.get_input_embeddings().weight.dtype
             for param_name, param in self.model.named_parameters():
                 if f".{name}." in param_name and param.dtype != dtype:
                     # peft keeps adapters in fp32 on a bf16 base: every LoRA matmul would cast (2x slower)
                     param.data = param.data.to(dtype)
             self.model.eval()
+            self._layers_on = None
             # peft can't mix DoRA adapters with others in one forward pass: they get batches of their own
             self.adapters[name] = info | {"solo": bool(getattr(config, "use_dora", False))}
 
     def _roll_back(self, before: Any, name: str) -> None:
         from peft import PeftModel
+
+        self._layers_on = None
 
         if isinstance(before, PeftModel):
             if name in before.peft_config:
@@ -243,6 +289,7 @@ class Engine:
                     self.model = self.model.unload()
                 elif name in loaded:
                     self.model.delete_adapter(name)
+            self._layers_on = None
         with self._cv:
             self._removing -= ready
 
@@ -286,10 +333,12 @@ class Engine:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                if not self._rows and not self._waiting and not self._stop:
+                if not self._rows and not self._waiting and not self._stop and not self._calls:
                     self._cv.wait(timeout=0.5)
                 if self._stop:
                     break
+            self._run_calls()
+            with self._cv:
                 if not self._rows and self._waiting and self.batch_wait_s:
                     # idle: give requests sent together a moment to arrive, so they prefill together
                     self._cv.wait(timeout=self.batch_wait_s)
@@ -299,6 +348,10 @@ class Engine:
                 self._fail(self._rows, exc)
                 self._rows, self._cache, self._mask = [], None, None
         self._fail(self._rows, RuntimeError("the server is shutting down"))
+        with self._cv:
+            calls, self._calls = list(self._calls), deque()
+        for _, done in calls:
+            done.set_exception(RuntimeError("the server is shutting down"))
 
     def _step(self) -> None:
         if self._removing:
@@ -358,15 +411,21 @@ class Engine:
 
         if isinstance(self.model, PeftModel):
             names = [r.req.adapter or BASE for r in rows]
+            self._adapter_layers(on=names != [BASE] * len(names))
             if len(set(names)) > 1:  # mixed batch: peft runs each adapter on its own rows
                 kwargs["adapter_names"] = names
-            elif names[0] == BASE:
-                with self.model.disable_adapter():
-                    return self.model(use_cache=True, logits_to_keep=1, **kwargs)
-            else:  # one adapter for all rows: the plain LoRA path, without per-adapter row gathering
-                if self.model.active_adapter != names[0]:
-                    self.model.set_adapter(names[0])
+            elif names[0] != BASE and self.model.active_adapter != names[0]:
+                # one adapter for all rows: the plain LoRA path, without per-adapter row gathering
+                self.model.set_adapter(names[0])
         return self.model(use_cache=True, logits_to_keep=1, **kwargs)
+
+    def _adapter_layers(self, *, on: bool) -> None:
+        """Switch the LoRA layers on or off only when the batch's kind changes: peft's `disable_adapter()` walks
+        every module (27 ms a step with the default model, as long as the step itself)."""
+        if self._layers_on is not on:
+            tuner = self.model.base_model
+            tuner.enable_adapter_layers() if on else tuner.disable_adapter_layers()
+            self._layers_on = on
 
     def _prefill(self, rows: list[_Row]) -> tuple[Any, torch.Tensor]:
         """The newcomers' forward pass on their own; nothing shared is touched yet."""
@@ -505,12 +564,34 @@ class Engine:
         self._mask = torch.cat([_pad_left(self._mask, width), _pad_left(mask, width)], dim=0)
 
     # ---- helpers for the API layer ---------------------------------------------------------------
-    @torch.inference_mode()
     def prompt_embedding(self, ids: list[int]) -> list[float]:
         """Mean input embedding of a prompt: what drift monitoring compares, with no text kept."""
+        return self._owned(self._prompt_embedding, ids)
+
+    @torch.inference_mode()
+    def _prompt_embedding(self, ids: list[int]) -> list[float]:
         emb = self.model.get_input_embeddings()
         vec = emb(torch.tensor(ids[-2048:], device=self.device)).float().mean(0)
         return vec.cpu().tolist()
+
+
+def on_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn` run on a short-lived thread: its torch thread pool ends with it (see the module's docstring)."""
+    result: list[T] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(*args, **kwargs))
+        except BaseException as exc:
+            error.append(exc)
+
+    thread = threading.Thread(target=run, name="tunelab-model-setup")
+    thread.start()
+    thread.join()
+    if error:
+        raise error[0]
+    return result[0]
 
 
 def _full_cache() -> Any:

@@ -27,6 +27,7 @@ class Base:
     name: str
     resolved: ModelRef
     system_prompt: str | None = None
+    dtype: str = "fp32"
 
 
 @dataclass
@@ -53,14 +54,18 @@ def load_base(ref: str | None, *, name: str | None = None, dtype: str = "fp32") 
     if run is not None and run.labels():
         raise ModelError(f"{res.run}: a classification-head run answers with labels, not text; serve a "
                          f"generative model (train with task: generate) or use `tunelab eval` for this one")
-    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}[dtype]
     tokenizer = load_tokenizer(tokenizer_path(res))
     model = AutoModelForCausalLM.from_pretrained(res.path, dtype=torch.float32)
     model = merge_adapters(model, res.adapters)  # a run served as the base: its adapters folded in
     model.to(device(), dtype=torch_dtype)
+    if dtype == "int8":  # the base's linear layers int8; norms, embeddings and adapters stay fp32
+        from ..models.weight_int8 import quantize_linears
+
+        quantize_linears(model)
     model.eval()
     system = run.config().data.system_prompt if run is not None else None
-    return Base(model, tokenizer, name or default_name(ref), res, system)
+    return Base(model, tokenizer, name or default_name(ref), res, system, dtype)
 
 
 def default_name(ref: str | None) -> str:

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from . import request_log
-from .engine import Engine
+from .engine import Engine, on_fresh_thread
 from .models import load_base
 from .routes import create_app
 from .schemas import APIError
@@ -27,7 +27,7 @@ def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = 
     from ..models.load import ModelError
     from ..models.registry import DEFAULT_MODEL
 
-    base = load_base(model, name=name, dtype=dtype)
+    base = on_fresh_thread(load_base, model, name=name, dtype=dtype)  # no torch thread pool left on this thread
     store = Store(database_url(data_dir(data), db_url), busy_timeout_s=request_log.BUSY_S)
     engine = Engine(base.model, base.tokenizer, base_name=base.name, max_batch=max_batch, max_queue=max_queue)
     state = State(base, engine, store, settings or ServeSettings())

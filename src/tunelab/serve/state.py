@@ -124,7 +124,8 @@ class State:
         self.metrics.adapter.remove(name)
 
     def model_card(self, name: str) -> dict[str, Any]:
-        card = {"id": name, "object": "model", "created": self.started, "owned_by": self.owners.get(name, "tunelab")}
+        card = {"id": name, "object": "model", "created": self.started, "owned_by": self.owners.get(name, "tunelab"),
+                "dtype": self.base.dtype}  # the base's weights as served: answers differ from fp32's in bf16 and int8
         if name in self.engine.adapters:
             card["parent"] = self.base.name
             card["source"] = self.engine.adapters[name].get("source")
