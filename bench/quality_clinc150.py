@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 rows per intent, 1 epoch, every 5th val row scored")
     ap.add_argument("--no-unsure", action="store_true", help="answer the best label even when unsure")
     ap.add_argument("--unsure-budget", type=float, help="classification.unsure_budget (default: the config's)")
+    ap.add_argument("--val-fraction", type=float, default=0.05,
+                    help="validation split (the threshold is calibrated on its in-scope rows)")
     ap.add_argument("--work", default="runs/bench-quality-clinc150")
     ap.add_argument("--json", default="bench/results/quality_clinc150.json")
     a = ap.parse_args()
@@ -59,7 +61,8 @@ def main() -> None:
     test += [(t, "oos") for t, _ in d["oos_val"]]
     if a.quick:
         test = test[::5]
-    overrides = [f"train.epochs={epochs}", "train.batch_size=16", "eval.probes.enabled=false"]
+    overrides = [f"train.epochs={epochs}", "train.batch_size=16", "eval.probes.enabled=false",
+                 f"data.val_fraction={a.val_fraction}"]
     if not a.no_unsure:
         overrides.append("classification.unsure_label=oos")
         if a.unsure_budget is not None:
