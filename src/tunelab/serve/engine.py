@@ -181,6 +181,8 @@ class Engine:
             return on_fresh_thread(fn, *args)
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
         with self._cv:
+            if self._stop:  # the loop may already have failed its last calls: this one would wait forever
+                raise RuntimeError("the server is shutting down")
             self._calls.append((lambda: fn(*args), done))
             self._cv.notify_all()
         return done.result()
