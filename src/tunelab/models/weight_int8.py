@@ -18,8 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-QUANTIZED = "int8"
-
 
 class Int8Linear(nn.Linear):
     """`nn.Linear` whose weight is int8 (symmetric, per output channel) and frozen."""

@@ -252,7 +252,6 @@ class Engine:
         from peft import PeftModel
 
         self._layers_on = None
-
         if isinstance(before, PeftModel):
             if name in before.peft_config:
                 before.delete_adapter(name)
@@ -425,8 +424,10 @@ class Engine:
         """Switch the LoRA layers on or off only when the batch's kind changes: peft's `disable_adapter()` walks
         every module (27 ms a step with the default model, as long as the step itself)."""
         if self._layers_on is not on:
-            tuner = self.model.base_model
-            tuner.enable_adapter_layers() if on else tuner.disable_adapter_layers()
+            if on:
+                self.model.base_model.enable_adapter_layers()
+            else:
+                self.model.base_model.disable_adapter_layers()
             self._layers_on = on
 
     def _prefill(self, rows: list[_Row]) -> tuple[Any, torch.Tensor]:
@@ -579,21 +580,8 @@ class Engine:
 
 def on_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """`fn` run on a short-lived thread: its torch thread pool ends with it (see the module's docstring)."""
-    result: list[T] = []
-    error: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            result.append(fn(*args, **kwargs))
-        except BaseException as exc:
-            error.append(exc)
-
-    thread = threading.Thread(target=run, name="tunelab-model-setup")
-    thread.start()
-    thread.join()
-    if error:
-        raise error[0]
-    return result[0]
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tunelab-model-setup") as pool:
+        return pool.submit(fn, *args, **kwargs).result()
 
 
 def _full_cache() -> Any:
