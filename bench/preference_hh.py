@@ -8,8 +8,11 @@
 2. `method: reward` trains a reward model; reported: pairwise accuracy on held-out pairs (goal >= 60%).
 3. `method: dpo` trains from the base; reported: held-out preference accuracy, i.e. the share of pairs
    whose implicit reward ranks the chosen answer first (goal >= 58%).
+   With --online, `method: online_dpo` instead: the base answers each training prompt twice (temperature
+   --temperature), the reward model of step 2 scores both, and DPO's loss trains the better one as preferred;
+   the human pairs' answers are not used, only their prompts.
 4. Greedy answers of the base and of the DPO model to held-out prompts, scored by the trained reward
-   model: the DPO model's win rate (ties count half; goal >= 55%).
+   model: the DPO model's win rate (ties count half; goal >= 55% with the Wilson interval above 50%).
 Each step runs through tunelab's own API (`tunelab.train`), as `tunelab train` would. With --work, a training
 that completed there with the same arguments is reused (its figures are read back), so a long run that was
 stopped continues where it was.
@@ -94,6 +97,11 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--online", action="store_true", help="online DPO on the training prompts, judged by the "
+                    "reward model, instead of DPO on the human pairs")
+    ap.add_argument("--temperature", type=float, default=0.7, help="--online: sampling temperature")
+    ap.add_argument("--lr", type=float, help="DPO learning rate (default: the recipe's auto)")
+    ap.add_argument("--beta", type=float, help="DPO beta (default 0.1)")
     ap.add_argument("--quick", action="store_true", help="a few minutes: 64 pairs, 32 held out, 16 prompts")
     ap.add_argument("--work", type=Path, help="keep runs here (default: a temporary directory)")
     ap.add_argument("--json", type=Path)
@@ -126,10 +134,21 @@ def main() -> None:
             "pairwise_accuracy", "base_pairwise_accuracy", "eval_margin", "pairs_dropped_too_long", "train_loss",
             "steps", "train_seconds", "tokens_seen", "precision", "wall_s", "reused")}
         print(f"  held-out pairwise accuracy {reward.get('pairwise_accuracy')}", flush=True)
-        print(f"DPO from the base on {len(dpo_rows)} pairs ...", flush=True)
-        dpo = train("hh-dpo", "dpo", work, "train_dpo.jsonl", common)
+        tuning = [*([f"train.learning_rate={args.lr}"] if args.lr else []),
+                  *([f"preference.beta={args.beta}"] if args.beta else [])]
+        if args.online:
+            (work / "prompts.jsonl").write_text("".join(json.dumps({"messages": p.prompt}) + "\n" for p in
+                                                        load_pairs(work / "train_dpo.jsonl")[0]))
+            print(f"online DPO from the base on the prompts of {len(dpo_rows)} pairs ...", flush=True)
+            dpo = train("hh-online-dpo", "online_dpo", work, "prompts.jsonl", [
+                *common, *tuning, f"rl.rewards=[{reward['run_dir']}]", f"rl.max_completion_tokens={args.new_tokens}",
+                f"rl.temperature={args.temperature}", "data.validation=null", "data.val_fraction=0"])
+        else:
+            print(f"DPO from the base on {len(dpo_rows)} pairs ...", flush=True)
+            dpo = train("hh-dpo", "dpo", work, "train_dpo.jsonl", [*common, *tuning])
         result["dpo"] = {k: dpo.get(k) for k in (
-            "preference_accuracy", "eval_rewards_margins", "eval_rewards_chosen", "eval_rewards_rejected",
+            "method", "preference_accuracy", "eval_rewards_margins", "eval_rewards_chosen", "eval_rewards_rejected",
+            "reward_first", "reward_last", "kl_last", "train_prompts", "learning_rate",
             "train_loss", "eval_loss", "steps", "train_seconds", "tokens_seen", "precision", "wall_s", "reused")}
         print(f"  held-out preference accuracy {dpo.get('preference_accuracy')}", flush=True)
 
@@ -143,7 +162,9 @@ def main() -> None:
         base_scores = reward_scores(reward["run_dir"], prompts, base_answers)
         dpo_scores = reward_scores(reward["run_dir"], prompts, dpo_answers)
         wins = sum(1.0 if d > b else 0.5 if d == b else 0.0 for d, b in zip(dpo_scores, base_scores, strict=True))
-        result["win_rate"] = {"prompts": len(prompts), "dpo_over_base": round(wins / max(len(prompts), 1), 3),
+        rate = wins / max(len(prompts), 1)
+        result["win_rate"] = {"prompts": len(prompts), "dpo_over_base": round(rate, 3),
+                              "ci95": [round(x, 3) for x in wilson(rate, len(prompts))],
                               "identical_answers": sum(a == b for a, b in zip(base_answers, dpo_answers,
                                                                               strict=True)),
                               "mean_reward_base": round(sum(base_scores) / len(base_scores), 4),
@@ -161,8 +182,11 @@ def main() -> None:
                 result[part]["ci95"] = [round(x, 3) for x in wilson(result[part][key], n)]
         print(f"  DPO win rate over base (reward model judge): {result['win_rate']['dpo_over_base']}", flush=True)
         result["goals"] = {"reward_pairwise_accuracy>=0.60": (reward.get("pairwise_accuracy") or 0) >= 0.60,
-                           "dpo_preference_accuracy>=0.58": (dpo.get("preference_accuracy") or 0) >= 0.58,
-                           "dpo_win_rate>=0.55": result["win_rate"]["dpo_over_base"] >= 0.55}
+                           **({} if args.online else {  # online DPO trains on no human pair: nothing to rank
+                               "dpo_preference_accuracy>=0.58": (dpo.get("preference_accuracy") or 0) >= 0.58}),
+                           "dpo_win_rate>=0.55": result["win_rate"]["dpo_over_base"] >= 0.55,
+                           "win_rate_ci_above_0.5": result["win_rate"]["ci95"][0] > 0.5,
+                           "win_prompts>=150": len(prompts) >= 150}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -92,6 +92,39 @@ def test_online_rl_trains_an_adapter(varied_model: Path, tmp_path: Path, method:
     assert hasattr(loaded.model, "disable_adapter")
 
 
+def test_online_dpo_trains_on_its_own_answer_pairs(varied_model: Path, tmp_path: Path) -> None:
+    """method online_dpo: two sampled answers per prompt, the better-scored one trained as preferred (DPO loss,
+    preference.beta); logged under GRPO's names, summarised, reported and loadable as the others."""
+    write_prompts(tmp_path / "data" / "train.jsonl")
+    cfg_path = write_config(tmp_path, varied_model, "online_dpo")
+    cfg = yaml.safe_load(cfg_path.read_text())
+    del cfg["rl"]["num_generations"]  # online DPO always samples two
+    cfg["preference"] = {"beta": 0.2}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    r = tunelab_cli("train", cfg_path, cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "online_dpo"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 3 and summary["method"] == "online_dpo"
+    assert 0.0 <= summary["base_reward"] <= 1.0 and 0.0 <= summary["tuned_reward"] <= 1.0
+    assert math.isfinite(summary["reward_first"]) and math.isfinite(summary["reward_last"])
+    rewarded = [m for m in metrics(run) if m.get("reward") is not None]
+    assert len(rewarded) == 3 and all("kl" in m and "rewards/margins" in m for m in rewarded)
+    assert all(m["beta"] == 0.2 for m in rewarded)
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert any(bool(v.abs().sum() > 0) for k, v in weights.items() if "lora_B" in k)
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["preference"]["kind"] == "online_rl" and rep["preference"]["method"] == "online_dpo"
+
+    # GRPO's group size and KL weight are not online DPO's: said before any run exists
+    cfg["name"], cfg["rl"]["num_generations"], cfg["rl"]["kl_beta"] = "refused", 4 + 2, 0.5
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    r = tunelab_cli("train", cfg_path, cwd=tmp_path, timeout=120)
+    assert r.returncode != 0 and "rl.num_generations is not used by method online_dpo" in r.stderr
+    assert "rl.kl_beta is not used by method online_dpo" in r.stderr and "preference.beta" in r.stderr
+    assert not (tmp_path / "runs" / "refused").exists()
+
+
 def test_full_fine_tuning_keeps_the_start_as_reference(varied_model: Path, tmp_path: Path) -> None:
     """peft.method full: every weight trains, against a frozen copy of the starting model (KL reference)."""
     import torch

@@ -1,4 +1,4 @@
-"""Settings for preference tuning (reward models, DPO and relatives) and online RL (GRPO, RLOO)."""
+"""Settings for preference tuning (reward models, DPO and relatives) and online RL (GRPO, RLOO, online DPO)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ DPO_LOSSES = Literal["sigmoid", "ipo", "hinge", "robust", "exo_pair", "nca_pair"
 
 class PreferenceConfig(Section):
     beta: float = Field(0.1, gt=0)
-    """Strength of the pull towards the reference model (DPO, KTO, CPO/SimPO beta; ORPO's lambda)."""
+    """Strength of the pull towards the reference model (DPO, online DPO, KTO, CPO/SimPO beta; ORPO's lambda)."""
 
     loss_type: DPO_LOSSES = "sigmoid"
     """method dpo: sigmoid is DPO; ipo and hinge are the IPO and SLiC variants; the rest as TRL names them."""
@@ -33,7 +33,7 @@ class PreferenceConfig(Section):
 
 class RLConfig(Section):
     rewards: list[str] = ["numeric"]
-    """Reward functions for method grpo/rloo, summed: exact, numeric (the number after '####' or the last
+    """Reward functions for method grpo/rloo/online_dpo, summed: exact, numeric (the number after '####' or the last
     number, against the row's answer), format (the answer ends in '#### N'), regex:<pattern>, length:<tokens>,
     a tunelab reward-model run directory, or module:function."""
 
@@ -41,7 +41,8 @@ class RLConfig(Section):
     """Weight of each reward function; empty weighs them equally."""
 
     num_generations: int = Field(4, ge=2)
-    """Completions sampled per prompt; each is scored against the others from the same prompt."""
+    """Completions sampled per prompt; each is scored against the others from the same prompt (online_dpo: always
+    two)."""
 
     max_completion_tokens: int = Field(128, gt=0)
     """Longest sampled completion."""

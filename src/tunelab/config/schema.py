@@ -31,7 +31,8 @@ class TunelabConfig(Section):
     output_dir: str = "runs"
     """Directory that holds run directories."""
 
-    method: Literal["sft", "reward", "dpo", "kto", "orpo", "cpo", "simpo", "grpo", "rloo"] = "sft"
+    method: Literal["sft", "reward", "dpo", "kto", "orpo", "cpo", "simpo", "grpo", "rloo",
+                    "online_dpo"] = "sft"
     """sft (supervised fine-tuning); reward (a reward model from preference pairs); dpo (with
     preference.loss_type for IPO, hinge, ...), kto, orpo, cpo, simpo (preference pairs); grpo, rloo (online
     RL: sampled completions scored by rl.rewards)."""
@@ -94,7 +95,7 @@ def default(key: str) -> Any:
 RuleProblem = tuple[str, str]  # (dotted key, what is wrong and what to do)
 
 PAIR_METHODS = ("dpo", "kto", "orpo", "cpo", "simpo")
-RL_METHODS = ("grpo", "rloo")
+RL_METHODS = ("grpo", "rloo", "online_dpo")  # trained on their own sampled answers to prompts
 REFERENCE_FREE = ("orpo", "cpo", "simpo")  # preference methods without a reference model
 GENERATION_MONITORS = ("token_f1", "rouge_l", "exact_match", "numeric_accuracy")  # task metrics of generated answers
 
@@ -116,13 +117,15 @@ ONLY_FOR: dict[str, tuple[tuple[str, ...], str]] = {
     "train.early_stopping": (("sft",), "preference and RL runs train for their set steps"),
     "eval.during_training": (("sft",), "preference runs log their own held-out metrics; RL scores after training"),
     "eval.max_new_tokens": (("sft",), "RL answers are as long as rl.max_completion_tokens"),
-    "eval.limit": (("sft", "grpo", "rloo"), "preference runs score every held-out pair"),
-    "preference.beta": (PAIR_METHODS, "it weighs the preference loss"),
+    "eval.limit": (("sft", *RL_METHODS), "preference runs score every held-out pair"),
+    "preference.beta": ((*PAIR_METHODS, "online_dpo"), "it weighs the preference loss"),
     "preference.loss_type": (("dpo",), "it picks DPO's loss variant"),
     "preference.label_smoothing": (("dpo",), "it is DPO's (cDPO, robust DPO) label noise"),
     "preference.simpo_gamma": (("simpo",), "it is SimPO's reward margin"),
     "preference.max_prompt_tokens": (("orpo", "cpo", "simpo"), "DPO and KTO keep the end of long prompts"),
     "rl": (RL_METHODS, "it configures online RL"),
+    "rl.num_generations": (("grpo", "rloo"), "online DPO samples two answers per prompt and prefers the better"),
+    "rl.kl_beta": (("grpo", "rloo"), "online DPO's pull towards the starting model is preference.beta"),
 }
 
 
@@ -149,13 +152,15 @@ def _changed(value: Any, default: Any) -> list[str]:
 
 
 def unused_by_method(cfg: TunelabConfig) -> list[RuleProblem]:
-    out = []
+    out: list[RuleProblem] = []
     for key, (methods, why) in ONLY_FOR.items():
         if cfg.method in methods:
             continue
         value, default = _field(cfg, key)
         for sub in _changed(value, default):
             full = f"{key}.{sub}" if sub else key
+            if any(k == full for k, _ in out):  # already said under its section (rl, then rl.kl_beta)
+                continue
             users = ", ".join(methods)
             out.append((full, f"{full} is not used by method {cfg.method} ({why}); it applies to method "
                         f"{users}. Remove it, or change method"))

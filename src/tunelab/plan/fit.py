@@ -117,14 +117,14 @@ def quick_bound_mib(cfg: TunelabConfig, n_params: int, lengths: list[int]) -> fl
     weights = 4 * n_params
     if cfg.peft.method == "full":
         weights *= 4  # + gradients + two Adam moments
-        if cfg.method in ("dpo", "kto") or (cfg.method in RL_METHODS and cfg.rl.kl_beta):
+        if cfg.method in ("dpo", "kto", "online_dpo") or (cfg.method in RL_METHODS and cfg.rl.kl_beta):
             weights += 4 * n_params  # the frozen reference
     hp = auto.hyperparams(cfg, n_params=n_params, lengths=lengths or [cfg.model.max_length])
     longest = max(lengths or [cfg.model.max_length]) or cfg.model.max_length
     if cfg.method == "sft":
         tokens = max(cfg.train.max_batch_tokens or hp.batch_size * longest, longest)
     elif cfg.method in RL_METHODS:
-        tokens = hp.batch_size * cfg.rl.num_generations * cfg.model.max_length
+        tokens = hp.batch_size * auto.generations(cfg) * cfg.model.max_length
     else:
         tokens = hp.batch_size * cfg.model.max_length * (2 if cfg.method in PAIR_METHODS or cfg.method == "reward"
                                                          else 1)

@@ -12,7 +12,7 @@ from ..runs import RunResult
 from .lifecycle import BeforeOpen, Recipe, execute, validate
 
 RECIPES = {"sft": "sft", "reward": "reward", "dpo": "dpo", "kto": "dpo", "orpo": "dpo", "cpo": "dpo", "simpo": "dpo",
-           "grpo": "grpo", "rloo": "grpo"}
+           "grpo": "grpo", "rloo": "grpo", "online_dpo": "grpo"}
 
 
 def recipe_for(cfg: TunelabConfig) -> Recipe:

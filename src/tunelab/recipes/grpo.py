@@ -1,7 +1,8 @@
-"""Online RL through TRL: GRPO and RLOO. Each prompt is answered num_generations times by the model being
-trained, the answers are scored by rl.rewards, and each answer is pushed up or down by how it scored against
-the others from the same prompt (GRPO: group mean and std; RLOO: the mean of the others). The KL reference is
-the starting model: with LoRA/DoRA the same weights with the adapter switched off. With rl.grader (OpenAI's grader
+"""Online RL through TRL: GRPO, RLOO and online DPO. Each prompt is answered num_generations times by the model
+being trained, the answers are scored by rl.rewards, and each answer is pushed up or down by how it scored against
+the others from the same prompt (GRPO: group mean and std; RLOO: the mean of the others; online DPO: two answers,
+the better-scored one trained as preferred with DPO's loss, preference.beta). The KL reference is the starting
+model: with LoRA/DoRA the same weights with the adapter switched off. With rl.grader (OpenAI's grader
 object) the grader is the reward, reading each row's other fields as its item, and held-out prompts are scored by
 the grader's mean reward instead of the numeric one.
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import distributed, graders, rewards
-from ..config import TunelabConfig
+from ..config import ConfigError, TunelabConfig
 from ..data.records import DataError, Problem
 from ..data.split import sample_limit, split_validation
 from ..data.templates import for_template, render_chat
@@ -117,6 +118,8 @@ def _dataset(rows: list[Any], with_items: bool, tokenizer: Any) -> Any:
 
 
 def _trainer_class(cfg: TunelabConfig) -> tuple[Any, Any]:
+    if cfg.method == "online_dpo":
+        return _online_dpo()
     if cfg.method == "rloo":
         from trl import RLOOConfig, RLOOTrainer
 
@@ -124,6 +127,35 @@ def _trainer_class(cfg: TunelabConfig) -> tuple[Any, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     return GRPOTrainer, GRPOConfig
+
+
+def _online_dpo() -> tuple[Any, Any]:
+    """TRL's online DPO trainer (in trl.experimental), its two headline metrics logged under GRPO's names so that
+    progress, the summary and the report read one set: objective/scores -> reward, objective/kl -> kl."""
+    try:
+        from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+    except ImportError as exc:  # experimental in TRL: moved or gone in another version
+        raise ConfigError(f"method: online_dpo needs trl.experimental.online_dpo, which this TRL lacks ({exc}); "
+                          "install the TRL version tunelab pins, or use method: grpo") from None
+
+    class Trainer(OnlineDPOTrainer):  # type: ignore[misc]
+        def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+            for theirs, ours in (("objective/scores", "reward"), ("objective/kl", "kl")):
+                if theirs in logs:
+                    logs[ours] = logs.pop(theirs)
+            super().log(logs, *args, **kwargs)
+
+    return Trainer, OnlineDPOConfig
+
+
+def _method_args(cfg: TunelabConfig) -> dict[str, Any]:
+    """The trainer config's own settings: online DPO samples two answers and weighs its loss by preference.beta."""
+    rl = cfg.rl
+    if cfg.method == "online_dpo":
+        return dict(max_new_tokens=rl.max_completion_tokens, max_length=cfg.model.max_length,
+                    temperature=rl.temperature, beta=[cfg.preference.beta], reward_weights=rl.reward_weights)
+    return dict(num_generations=rl.num_generations, max_completion_length=rl.max_completion_tokens,
+                temperature=rl.temperature, beta=rl.kl_beta, reward_weights=rl.reward_weights, log_completions=False)
 
 
 def _score(model: Any, tokenizer: Any, rows: list[Any], cfg: TunelabConfig,
@@ -221,11 +253,13 @@ def train(session: Session, prepared: Prepared) -> Any:
 
     # LoRA/DoRA: TRL wraps the model itself, so its KL reference is this model with the adapter switched off.
     # Full: the policy is every weight, so the reference is a frozen copy of where it started.
+    # Online DPO: TRL copies the reference itself when there is no adapter.
     lora = cfg.peft.method != "full"
-    ref = None if lora or cfg.rl.kl_beta == 0 else copy.deepcopy(model).eval().requires_grad_(False)
+    ref = (None if lora or cfg.rl.kl_beta == 0 or cfg.method == "online_dpo"
+           else copy.deepcopy(model).eval().requires_grad_(False))
     if not lora:
         model = wrap_model(model, cfg, "CAUSAL_LM")
-    G = cfg.rl.num_generations
+    G = auto.generations(cfg)
     hp = session.hyperparams(n_params=n_params, lengths=[0] * len(data.train))
     prompts_per_step = hp.batch_size
     per_process = prompts_per_step // distributed.world_size() * G  # each process samples answers to its prompts
@@ -233,9 +267,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     kwargs.update(per_device_train_batch_size=per_process, per_device_eval_batch_size=per_process,
                   max_steps=hp.total_steps)  # counted in prompts, not in sampled answers: steps are exact
     trainer_cls, config_cls = _trainer_class(cfg)
-    args = config_cls(**kwargs, bf16=session.bf16, num_generations=G,
-                      max_completion_length=cfg.rl.max_completion_tokens, temperature=cfg.rl.temperature,
-                      beta=cfg.rl.kl_beta, reward_weights=cfg.rl.reward_weights, log_completions=False)
+    args = config_cls(**kwargs, bf16=session.bf16, **_method_args(cfg))
     trainer = quiet(trainer_cls(model=model, reward_funcs=data.reward_funcs, args=args,
                                 train_dataset=_dataset(data.train, grader is not None, tokenizer),
                                 processing_class=tokenizer,

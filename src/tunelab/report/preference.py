@@ -1,4 +1,4 @@
-"""Report facts of preference and online-RL runs (method reward, dpo and its relatives, grpo/rloo).
+"""Report facts of preference and online-RL runs (method reward, dpo and its relatives, grpo/rloo/online_dpo).
 
 What a person wants to know from such a run is not a task score but: does the reward model rank the preferred
 answer first more often than a coin toss, did DPO move the model toward the preferred answers on pairs it never
@@ -213,7 +213,7 @@ def _online(run: Run, method: str) -> dict[str, Any]:
             rows.append((f"reward '{k.removeprefix('reward_last_')}', last step", f"{val:.3f}"))
     trend = (f" The mean training reward went from {first:.3f} at the first logged step to {last:.3f} at the last."
              if first is not None and last is not None else "") + failures
-    name = method.upper()
+    name = "Online DPO" if method == "online_dpo" else method.upper()
     v: dict[str, Any]
     if tuned is None:
         scored_by = "by the grader" if scale.graded else "with reference answers"
@@ -255,8 +255,11 @@ def _online(run: Run, method: str) -> dict[str, Any]:
                                     ("answer length (tokens)", {"mean": "completions/mean_length"}),
                                     ("share of answers the grader failed on", {"grader": "grader/error_rate"})]),
             "examples": _rl_examples(scored),
-            "explain": f"{name} samples several answers per training prompt and makes the ones that score above the "
-                       f"others more likely; the KL term keeps the model near where it started. {held_out}"}
+            "explain": (f"{name} samples two answers per training prompt and trains the better-scored one as preferred "
+                        "over the other (DPO's loss); beta keeps the model near where it started. "
+                        if method == "online_dpo" else
+                        f"{name} samples several answers per training prompt and makes the ones that score above the "
+                        "others more likely; the KL term keeps the model near where it started. ") + held_out}
 
 
 def _rl_examples(rows: list[dict[str, Any]]) -> list[dict[str, Any]] | None:

@@ -83,6 +83,11 @@ def batch_size(lengths: list[int], token_budget: int = 4096, cap: int = 32) -> i
     return 2 ** int(math.log2(bs))
 
 
+def generations(cfg: TunelabConfig) -> int:
+    """Answers sampled per prompt: online DPO always samples two (the better one is preferred)."""
+    return 2 if cfg.method == "online_dpo" else cfg.rl.num_generations
+
+
 def rl_prompts_per_step(num_generations: int) -> int:
     return max(1, COMPLETIONS_PER_STEP // num_generations)
 
@@ -97,7 +102,7 @@ def hyperparams(cfg: TunelabConfig, *, n_params: int, lengths: list[int], head: 
     if t.batch_size != "auto":
         bs = int(t.batch_size)
     elif cfg.method in RL_METHODS:
-        bs = rl_prompts_per_step(cfg.rl.num_generations)
+        bs = rl_prompts_per_step(generations(cfg))
     else:
         bs = batch_size(lengths)
     bs = _split_between_processes(bs, auto=t.batch_size == "auto", rl=cfg.method in RL_METHODS)
