@@ -94,11 +94,17 @@ def test_online_rl_trains_an_adapter(varied_model: Path, tmp_path: Path, method:
 
 def test_online_dpo_trains_on_its_own_answer_pairs(varied_model: Path, tmp_path: Path) -> None:
     """method online_dpo: two sampled answers per prompt, the better-scored one trained as preferred (DPO loss,
-    preference.beta); logged under GRPO's names, summarised, reported and loadable as the others."""
-    write_prompts(tmp_path / "data" / "train.jsonl")
+    preference.beta); logged under GRPO's names, summarised, reported and loadable as the others. Its reward
+    needs no reference answer and the prompts have none: held-out prompts are scored by that reward, base vs
+    tuned, with the win rate."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").write_text("".join(
+        json.dumps({"messages": [{"role": "user", "content": PROBLEMS[i % len(PROBLEMS)][0]}]}) + "\n"
+        for i in range(12)))
     cfg_path = write_config(tmp_path, varied_model, "online_dpo")
     cfg = yaml.safe_load(cfg_path.read_text())
     del cfg["rl"]["num_generations"]  # online DPO always samples two
+    cfg["rl"]["rewards"] = ["my_rewards:variety"]
     cfg["preference"] = {"beta": 0.2}
     cfg_path.write_text(yaml.safe_dump(cfg))
     r = tunelab_cli("train", cfg_path, cwd=tmp_path, timeout=300)
@@ -106,7 +112,11 @@ def test_online_dpo_trains_on_its_own_answer_pairs(varied_model: Path, tmp_path:
     run = tmp_path / "runs" / "online_dpo"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 3 and summary["method"] == "online_dpo"
-    assert 0.0 <= summary["base_reward"] <= 1.0 and 0.0 <= summary["tuned_reward"] <= 1.0
+    assert summary["eval_metric"] == "mean_reward" and summary["eval_rows"] == 3
+    assert summary["base_reward"] >= 0.0 and summary["tuned_reward"] >= 0.0 and 0.0 <= summary["win_rate"] <= 1.0
+    preds = json.loads((run / "predictions.json").read_text())
+    assert all({"reward", "base_reward", "predicted", "base_predicted"} <= set(p) and "correct" not in p
+               for p in preds)
     assert math.isfinite(summary["reward_first"]) and math.isfinite(summary["reward_last"])
     rewarded = [m for m in metrics(run) if m.get("reward") is not None]
     assert len(rewarded) == 3 and all("kl" in m and "rewards/margins" in m for m in rewarded)
@@ -115,6 +125,7 @@ def test_online_dpo_trains_on_its_own_answer_pairs(varied_model: Path, tmp_path:
     assert any(bool(v.abs().sum() > 0) for k, v in weights.items() if "lora_B" in k)
     rep = json.loads((run / "report.json").read_text())
     assert rep["preference"]["kind"] == "online_rl" and rep["preference"]["method"] == "online_dpo"
+    assert rep["verdict"]["metric"] == "mean_reward" and "win rate" in json.dumps(rep["preference"]["rows"])
 
     # GRPO's group size and KL weight are not online DPO's: said before any run exists
     cfg["name"], cfg["rl"]["num_generations"], cfg["rl"]["kl_beta"] = "refused", 4 + 2, 0.5

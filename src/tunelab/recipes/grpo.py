@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -159,8 +160,8 @@ def _method_args(cfg: TunelabConfig) -> dict[str, Any]:
 
 
 def _score(model: Any, tokenizer: Any, rows: list[Any], cfg: TunelabConfig,
-           grader: graders.GraderReward | None) -> tuple[list[float], list[str]]:
-    """Each greedy answer's reward: the grader's, else `numeric` (right or wrong on '#### N' style answers)."""
+           judge: Judge) -> tuple[list[float], list[str]]:
+    """Each greedy answer to a held-out prompt, and its score by `judge`."""
     from ..eval.scoring import generate_answers
 
     was_training = model.training
@@ -169,13 +170,33 @@ def _score(model: Any, tokenizer: Any, rows: list[Any], cfg: TunelabConfig,
                                cfg.rl.max_completion_tokens, cfg.eval.batch_size)
     if was_training:
         model.train()
-    return _rewards_of(answers, rows, grader), answers
+    return judge(answers, rows), answers
 
 
-def _rewards_of(answers: list[str], rows: list[Any], grader: graders.GraderReward | None) -> list[float]:
-    if grader is not None:
-        return [r.reward for r in grader.grade(answers, [r.item for r in rows])]
-    return rewards.numeric([], answers, answer=[r.answer for r in rows])
+Judge = Callable[[list[str], list[Any]], list[float]]
+
+
+def _judge(cfg: TunelabConfig, data: Prompts, tokenizer: Any) -> tuple[Judge, str]:
+    """How held-out answers are scored, and its name: a grader's reward; `numeric` where the rows have reference
+    answers; else, when no reward needs one (a reward model, say), the training rewards, weighted as in training."""
+    if cfg.rl.grader is not None:
+        grader = data.reward_funcs[0]
+        return (lambda answers, rows: [r.reward for r in grader.grade(answers, [r.item for r in rows])],
+                "grader_mean_reward")
+    if not rewards.needs_answer(cfg.rl.rewards) and all(r.answer is None for r in data.val):
+        weights = cfg.rl.reward_weights or [1.0] * len(data.reward_funcs)
+
+        def judged(answers: list[str], rows: list[Any]) -> list[float]:
+            prompts = [for_template(tokenizer, messages(r.prompt)) for r in rows]
+            completions = [[{"role": "assistant", "content": a}] for a in answers]
+            total = [0.0] * len(answers)
+            for w, f in zip(weights, data.reward_funcs, strict=True):
+                got = f(prompts=prompts, completions=completions, answer=[r.answer for r in rows])
+                total = [t + w * float(x or 0.0) for t, x in zip(total, got, strict=True)]
+            return total
+
+        return judged, "mean_reward"
+    return lambda answers, rows: rewards.numeric([], answers, answer=[r.answer for r in rows]), "numeric_accuracy"
 
 
 def _mean(xs: list[float]) -> float:
@@ -227,25 +248,31 @@ def train(session: Session, prepared: Prepared) -> Any:
     model = starting_model(session.start.base, **auto.loading(cfg))
     n_params = sum(p.numel() for p in model.parameters())
     grader = data.reward_funcs[0] if cfg.rl.grader is not None else None
-    # a grader scores every held-out prompt (it reads the row's item); numeric needs a reference answer
-    scorable = data.val if grader is not None else [r for r in data.val if r.answer is not None]
+    judge, eval_metric = _judge(cfg, data, tokenizer)
+    on_scale = eval_metric != "numeric_accuracy"  # a mean reward on the rewards' own scale, not a share right
+    # a grader (it reads the row's item) or rewards that need no reference score every held-out prompt;
+    # numeric needs a reference answer
+    scorable = data.val if on_scale else [r for r in data.val if r.answer is not None]
     scored = scorable[: auto.scored_rows(cfg, classification=False)]
-    metric = f"grader {grader.grader.name!r} mean reward" if grader is not None else "numeric reward"
+    metric = (f"grader {grader.grader.name!r} mean reward" if grader is not None
+              else "mean reward" if on_scale else "numeric reward")
     summary = session.summary
     summary.update(method=cfg.method, task="chat", base_model=cfg.model.base, train_prompts=len(data.train),
                    validation_prompts=len(data.val), eval_rows=len(scored),
                    rewards=[grader.__name__] if grader is not None else list(cfg.rl.rewards),
                    precision=session.precision)
+    if on_scale:
+        summary["eval_metric"] = eval_metric
     if grader is not None:  # base_reward / tuned_reward are the grader's mean reward, not a share answered right
-        summary.update(eval_metric="grader_mean_reward", grader=grader.grader.name, grader_type=grader.grader.type,
+        summary.update(grader=grader.grader.name, grader_type=grader.grader.type,
                        pass_threshold=graders.pass_threshold(grader.grader))
     if scored and not session.resume and session.main:
         t0 = time.perf_counter()
         session.phase("scoring base model")
-        base_scores, base_answers = _score(model, tokenizer, scored, cfg, grader)
+        base_scores, base_answers = _score(model, tokenizer, scored, cfg, judge)
         summary["base_reward"] = _mean(base_scores)
         run.write_base_predictions(base_answers)  # kept for the paired comparison, also on --resume
-        console.print(f"base model {metric}: [bold]{_shown(summary['base_reward'], grader)}[/] on {len(scored)} "
+        console.print(f"base model {metric}: [bold]{_shown(summary['base_reward'], on_scale)}[/] on {len(scored)} "
                       f"validation prompts ({time.perf_counter() - t0:.0f} s)")
         if grader is not None and grader.failed:  # seen before training, not only in metrics.jsonl
             console.print(f"[yellow]The grader failed on {grader.failed} of {grader.graded} base answers (scored 0); "
@@ -264,6 +291,9 @@ def train(session: Session, prepared: Prepared) -> Any:
     prompts_per_step = hp.batch_size
     per_process = prompts_per_step // distributed.world_size() * G  # each process samples answers to its prompts
     kwargs = trl_kwargs(cfg, hp, run.checkpoints, has_val=False)
+    # the prompts carry no input_ids for the trainer to count (a warning every step): GRPO and RLOO count the
+    # tokens they sample and score themselves; online DPO's tokens go uncounted
+    kwargs["include_num_input_tokens_seen"] = "no"
     kwargs.update(per_device_train_batch_size=per_process, per_device_eval_batch_size=per_process,
                   max_steps=hp.total_steps)  # counted in prompts, not in sampled answers: steps are exact
     trainer_cls, config_cls = _trainer_class(cfg)
@@ -296,29 +326,37 @@ def train(session: Session, prepared: Prepared) -> Any:
         merged = lora and hasattr(trainer.model, "merge_adapter")
         if merged:  # saved already: fold the adapter in for scoring, unmerged LoRA generates far slower on a CPU
             trainer.model.merge_adapter()
-        tuned_scores, answers = _score(trainer.model, tokenizer, scored, cfg, grader)
+        tuned_scores, answers = _score(trainer.model, tokenizer, scored, cfg, judge)
         if merged:
             trainer.model.unmerge_adapter()
         summary["tuned_reward"] = _mean(tuned_scores)
         base_answers = _base_answers(run, len(scored))
-        base_scores = _rewards_of(base_answers, scored, grader) if base_answers else None
+        base_scores = judge(base_answers, scored) if base_answers else None
+        if base_scores and eval_metric == "mean_reward":  # no threshold says right: which answer scored higher
+            summary["win_rate"] = _mean([1.0 if t > b else 0.5 if t == b else 0.0
+                                         for t, b in zip(tuned_scores, base_scores, strict=True)])
         # each answer marked right or wrong now, so the report needs no scoring code of its own; a grader's
-        # answer is right at its pass threshold, and its reward is kept beside
+        # answer is right at its pass threshold, and its reward is kept beside; a reward's mean has no right
         passed = graders.pass_threshold(grader.grader) if grader is not None else 1.0
-        graded = grader is not None
-        run.write_predictions([
-            {"where": r.where, "prompt": _last_user(r.prompt), "answer": r.answer, "predicted": a,
-             "correct": tuned_scores[i] >= passed} | ({"reward": tuned_scores[i]} if graded else {})
-            | ({"base_predicted": base_answers[i], "base_correct": base_scores[i] >= passed}
-               | ({"base_reward": base_scores[i]} if graded else {})
-               if base_answers and base_scores else {})
-            for i, (r, a) in enumerate(zip(scored, answers, strict=True))])
-        console.print(f"{metric}: base {_shown(summary.get('base_reward', float('nan')), grader)} -> tuned "
-                      f"[bold]{_shown(summary['tuned_reward'], grader)}[/] on {len(scored)} validation prompts "
+        marked = eval_metric != "mean_reward"
+
+        def row(i: int, r: Any, a: str) -> dict[str, Any]:
+            out = {"where": r.where, "prompt": _last_user(r.prompt), "answer": r.answer, "predicted": a}
+            out |= {"correct": tuned_scores[i] >= passed} if marked else {}
+            out |= {"reward": tuned_scores[i]} if on_scale else {}
+            if base_answers and base_scores:
+                out |= {"base_predicted": base_answers[i]} | ({"base_correct": base_scores[i] >= passed}
+                                                              if marked else {})
+                out |= {"base_reward": base_scores[i]} if on_scale else {}
+            return out
+
+        run.write_predictions([row(i, r, a) for i, (r, a) in enumerate(zip(scored, answers, strict=True))])
+        console.print(f"{metric}: base {_shown(summary.get('base_reward', float('nan')), on_scale)} -> tuned "
+                      f"[bold]{_shown(summary['tuned_reward'], on_scale)}[/] on {len(scored)} validation prompts "
                       f"({time.perf_counter() - t0:.0f} s)")
     return trainer.model
 
 
-def _shown(value: float, grader: Any) -> str:
-    """numeric's mean is a share answered right; a grader's is a reward on its own scale."""
-    return f"{value:.3f}" if grader is not None else f"{value:.1%}"
+def _shown(value: float, on_scale: bool) -> str:
+    """numeric's mean is a share answered right; a grader's or the rewards' is a reward on its own scale."""
+    return f"{value:.3f}" if on_scale else f"{value:.1%}"

@@ -158,13 +158,16 @@ class _Scale:
     or a grader's mean reward, a number on the grader's own scale."""
 
     def __init__(self, s: dict[str, Any]) -> None:
-        self.graded = s.get("eval_metric") == "grader_mean_reward"
+        self.graded = s.get("eval_metric") in ("grader_mean_reward", "mean_reward")
+        self.judged = s.get("eval_metric") == "mean_reward"  # the training rewards: no threshold marks right
         kind = f" ({s['grader_type']})" if s.get("grader_type") else ""
-        self.grader = f"grader '{s.get('grader') or '?'}'{kind}" if self.graded else ""
+        self.grader = (f"the training rewards ({', '.join(map(str, s.get('rewards') or []))})" if self.judged
+                       else f"grader '{s.get('grader') or '?'}'{kind}" if self.graded else "")
         threshold = num(s.get("pass_threshold"))
         self.threshold = 0.5 if threshold is None else threshold  # where training marked a grader's answer right
         if self.graded:
-            self.metric, self.what = "grader_mean_reward", f"mean reward of greedy answers by {self.grader}"
+            self.metric = str(s["eval_metric"])
+            self.what = f"mean reward of greedy answers by {self.grader}"
         else:
             self.metric, self.what = "numeric_accuracy", "final-number accuracy of greedy answers"
 
@@ -195,6 +198,8 @@ def _online(run: Run, method: str) -> dict[str, Any]:
              else scale.value(tuned) if tuned is not None else "–")
     rows = [("held-out mean reward, base → tuned" if scale.graded else "held-out accuracy, base → tuned", shown),
             ("held-out prompts scored", str(n or "–")),
+            *([("held-out win rate over the base (ties count half)", _p(s["win_rate"]))]
+              if num(s.get("win_rate")) is not None else []),
             ("training reward, first → last logged step", f"{first:.3f} → {last:.3f}" if first is not None and
              last is not None else "–"),
             ("KL to the starting model, last step",
@@ -246,7 +251,10 @@ def _online(run: Run, method: str) -> dict[str, Any]:
     reward_keys = {"total": "reward"} | {
         k.split("/")[1]: k for k in dict.fromkeys(key for row in run.metrics or [] for key in row)
         if k.startswith("rewards/") and k.endswith("/mean")}
-    held_out = (f"Held-out score: the mean reward {scale.grader} gives greedy answers to validation prompts (on the "
+    held_out = (f"Held-out score: the mean reward {scale.grader} give greedy answers to validation prompts (on "
+                "their own scale), and the share of prompts whose tuned answer scored above the base's (win rate)."
+                if scale.judged else
+                f"Held-out score: the mean reward {scale.grader} gives greedy answers to validation prompts (on the "
                 f"grader's own scale); an answer counts as right (✓) at {scale.threshold:g} or more." if scale.graded
                 else "Held-out accuracy: greedy answers to validation prompts whose final number matches the "
                 "reference.")
