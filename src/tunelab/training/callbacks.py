@@ -50,7 +50,8 @@ class MetricsLogger(TrainerCallback):
 
 
 class RichProgress(TrainerCallback):
-    """One progress bar: step, loss, real tokens/s, ETA."""
+    """One progress bar: step, loss, validation loss (online RL: the mean reward of the sampled answers), real
+    tokens/s, ETA."""
 
     def __init__(self, counter: TokenCounter, console: Console | None = None) -> None:
         self.counter, self.console = counter, console or Console(stderr=True)
@@ -58,30 +59,36 @@ class RichProgress(TrainerCallback):
         self.task: Any = None
         self.loss = float("nan")
         self.val = float("nan")
+        self.reward: float | None = None
+
+    def _second(self) -> str:
+        return f"reward {self.reward:.3f}" if self.reward is not None else f"val {self.val:.4f}"
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         self.progress = Progress(
             TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("val {task.fields[val]:.4f}"),
+            TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[second]}"),
             TextColumn("{task.fields[tps]:.0f} tok/s"), TimeElapsedColumn(), TextColumn("ETA"),
             TimeRemainingColumn(), console=self.console, transient=False,
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
-                                           loss=self.loss, val=self.val, tps=0.0)
+                                           loss=self.loss, second=self._second(), tps=0.0)
         self._t0, self._tok0 = time.perf_counter(), self.counter.tokens
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.progress is not None:
             tps = (self.counter.tokens - self._tok0) / max(time.perf_counter() - self._t0, 1e-9)
-            self.progress.update(self.task, completed=state.global_step, loss=self.loss, val=self.val, tps=tps)
+            self.progress.update(self.task, completed=state.global_step, loss=self.loss, second=self._second(),
+                                 tps=tps)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any) -> None:
         logs = logs or {}
         self.loss = float(logs.get("loss", self.loss))
         self.val = float(logs.get("eval_loss", self.val))
+        self.reward = float(logs["reward"]) if isinstance(logs.get("reward"), int | float) else self.reward
         if self.progress is not None:
-            self.progress.update(self.task, loss=self.loss, val=self.val)
+            self.progress.update(self.task, loss=self.loss, second=self._second())
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
         if self.progress is not None:
