@@ -81,6 +81,7 @@ def test_online_rl_trains_an_adapter(varied_model: Path, tmp_path: Path, method:
     assert "Report:" in r.stderr and (run / "report.html").is_file()
     rep = json.loads((run / "report.json").read_text())
     assert rep["preference"]["kind"] == "online_rl" and "preference_curves" in rep["charts"]
+    assert "validation_loss" not in rep["missing"]  # RL scores held-out prompts after training, with no loss
     assert rep["verdict"]["metric"] == "numeric_accuracy" and rep["verdict"]["base"] == summary["base_reward"]
     preds = json.loads((run / "predictions.json").read_text())
     assert len(preds) == 3 and all({"prompt", "answer", "predicted", "base_predicted"} <= set(p) for p in preds)

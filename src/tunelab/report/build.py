@@ -197,6 +197,8 @@ def _preference_missing(pref: dict[str, Any], metrics: dict[str, Any], missing: 
     if pref["kind"] == "reward":
         for key in ("examples", "example_base", "probes"):
             missing.pop(key, None)
+    if pref["kind"] == "online_rl":  # scored on held-out prompts after training; there is no validation loss
+        missing.pop("validation_loss", None)
 
 
 def _with_probes(v: dict[str, Any], probes: dict[str, Any] | None) -> dict[str, Any]:
