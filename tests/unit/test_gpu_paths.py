@@ -237,3 +237,18 @@ def test_liger_true_without_the_package_or_gpu_says_why(monkeypatch: pytest.Monk
     monkeypatch.setattr("tunelab.device.device", lambda: "cpu")
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         auto.liger(cfg)
+
+
+@pytest.mark.parametrize("setting", ["auto", "true"])
+def test_trl_configs_checkpoint_only_as_tunelab_decides(tmp_path: Path, setting: str) -> None:
+    """TRL's configs default to gradient checkpointing on: tunelab says its choice either way (on where checkpointing
+    was left on, online DPO sampled without a KV cache, 35x slower)."""
+    from trl import DPOConfig, GRPOConfig
+
+    from tunelab.training.trl_common import trl_kwargs
+
+    cfg = load_config(None, ["data.train=x.jsonl", f"train.gradient_checkpointing={setting}"])
+    hp = auto.hyperparams(cfg, n_params=1, lengths=[8])
+    for config_cls in (DPOConfig, GRPOConfig):
+        args = config_cls(**trl_kwargs(cfg, hp, tmp_path, has_val=False))
+        assert args.gradient_checkpointing is (setting == "true")

@@ -289,7 +289,8 @@ def train(session: Session, prepared: Prepared) -> Any:
     G = auto.generations(cfg)
     hp = session.hyperparams(n_params=n_params, lengths=[0] * len(data.train))
     prompts_per_step = hp.batch_size
-    per_process = prompts_per_step // distributed.world_size() * G  # each process samples answers to its prompts
+    # each process samples answers to its prompts; GRPO and RLOO count their batch in answers, online DPO in prompts
+    per_process = prompts_per_step // distributed.world_size() * (1 if cfg.method == "online_dpo" else G)
     kwargs = trl_kwargs(cfg, hp, run.checkpoints, has_val=False)
     # the prompts carry no input_ids for the trainer to count (a warning every step): GRPO and RLOO count the
     # tokens they sample and score themselves; online DPO's tokens go uncounted
