@@ -232,3 +232,29 @@ def test_grader_run_without_base_or_marks(tmp_path: Path) -> None:
     assert v["kind"] == "no_comparison" and v["metric"] == "grader_mean_reward"
     assert "mean reward of greedy answers by grader 'judge' (score_model) 0.750 on 4 held-out prompts" in v["text"]
     assert all(r["tuned_ok"] is None for r in rep["examples"]["rows"])
+
+
+def test_online_dpo_scored_by_its_reward_model_reports_the_win_rate(tmp_path: Path) -> None:
+    """Rewards that need no reference (a reward model): the held-out mean reward base vs tuned, with the win rate;
+    no answer is marked right or wrong, as no threshold says what right is."""
+    preds = [{"prompt": f"p{i}", "answer": None, "predicted": f"t{i}", "base_predicted": f"b{i}",
+              "reward": 0.5 + (i % 4) / 10, "base_reward": 0.1 + (i % 3) / 10} for i in range(40)]
+    summary = {"eval_rows": 40, "eval_metric": "mean_reward", "rewards": ["runs/hh-reward"],
+               "base_reward": sum(p["base_reward"] for p in preds) / 40,
+               "tuned_reward": sum(p["reward"] for p in preds) / 40,
+               "win_rate": 0.95, "reward_first": -0.3, "reward_last": 0.1}
+    _, facts = report(pref_run(tmp_path, "online_dpo", summary, rows(40, reward=0.1, kl=0.5), preds))
+    v = facts["verdict"]
+    assert v["kind"] == "better" and v["metric"] == "mean_reward" and v["ci95"][0] > 0
+    assert "Online DPO helped" in v["text"] and "the training rewards (runs/hh-reward)" in v["text"]
+    shown = dict(facts["preference"]["rows"])
+    assert shown["scored by"] == "the training rewards (runs/hh-reward)" and shown[
+        "held-out win rate over the base (ties count half)"] == "95%"
+    assert all(r["tuned_ok"] is None for r in facts["examples"]["rows"])
+
+
+def test_online_dpo_without_held_out_prompts_says_what_would_score_them(tmp_path: Path) -> None:
+    run = pref_run(tmp_path, "online_dpo", {"eval_rows": 0, "eval_metric": "mean_reward", "rewards": ["rm"],
+                                            "reward_first": -0.3, "reward_last": 0.1}, rows(40, reward=0.1))
+    v = report(run)[1]["verdict"]
+    assert v["kind"] == "no_metrics" and "scored by the training rewards" in v["text"]

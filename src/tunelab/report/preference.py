@@ -206,7 +206,7 @@ def _online(run: Run, method: str) -> dict[str, Any]:
              f"{s['kl_last']:.4f}" if num(s.get("kl_last")) is not None else "–")]
     failures = ""
     if scale.graded:
-        rows.insert(1, ("grader", scale.grader))
+        rows.insert(1, ("scored by" if scale.judged else "grader", scale.grader))
         if isinstance(s.get("grader_graded"), int):
             rows.append(("training answers the grader failed on (scored 0)",
                          f"{s.get('grader_failed') or 0} of {s['grader_graded']}"))
@@ -221,7 +221,8 @@ def _online(run: Run, method: str) -> dict[str, Any]:
     name = "Online DPO" if method == "online_dpo" else method.upper()
     v: dict[str, Any]
     if tuned is None:
-        scored_by = "by the grader" if scale.graded else "with reference answers"
+        scored_by = ("by the training rewards" if scale.judged else "by the grader" if scale.graded
+                     else "with reference answers")
         v = {"kind": "no_metrics", "text": f"No held-out prompts were scored {scored_by}.{trend} Give "
              "data.validation (or data.val_fraction > 0)" + ("" if scale.graded else " with answers") +
              " to see whether the model improved on prompts it did not train on."}
