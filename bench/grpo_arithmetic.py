@@ -19,9 +19,8 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any
 
-from quality_common import machine, save
+from quality_common import machine, save, write_jsonl
 
 from tunelab.config import load_config
 from tunelab.eval.metrics import bootstrap_diff
@@ -37,10 +36,6 @@ def problems(n: int, seed: int, avoid: set[str] = frozenset()) -> list[dict[str,
             seen.add(q)
             rows.append({"question": q, "answer": str(a + b)})
     return rows
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def main() -> None:

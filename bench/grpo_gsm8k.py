@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quality_common import SHARED, machine, save
+from quality_common import SHARED, machine, save, write_jsonl
 
 from tunelab.config import load_config
 from tunelab.recipes.dispatch import run
@@ -34,10 +34,6 @@ def split(rows: list[dict[str, Any]], n_test: int, seed: int) -> tuple[list[dict
     random.Random(seed).shuffle(idx)
     test = set(idx[:n_test])
     return [r for i, r in enumerate(rows) if i not in test], [rows[i] for i in sorted(test)]
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def main() -> None:

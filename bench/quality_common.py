@@ -28,6 +28,10 @@ def write_csv(path: Path, rows: list[Row]) -> None:
         w.writerows(rows)
 
 
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def holdout(rows: list[Row], fraction: float, seed: int) -> tuple[list[Row], list[Row]]:
     """A seeded random `fraction` of the rows held out for scoring; the rest for training."""
     idx = list(range(len(rows)))
