@@ -35,7 +35,8 @@ class TunelabConfig(Section):
                     "online_dpo"] = "sft"
     """sft (supervised fine-tuning); reward (a reward model from preference pairs); dpo (with
     preference.loss_type for IPO, hinge, ...), kto, orpo, cpo, simpo (preference pairs); grpo, rloo (online
-    RL: sampled completions scored by rl.rewards)."""
+    RL: sampled completions scored by rl.rewards); online_dpo (two sampled completions per prompt scored by
+    rl.rewards, the better one preferred)."""
 
     task: Literal["chat", "classification", "completion"] = "chat"
     """chat: assistant replies; classification: text -> label; completion: prompt/completion or raw text."""
