@@ -219,6 +219,46 @@ def test_int8_base_serves_adapters_unmerged_and_batches_without_changing_answers
     assert len(set(alone)) > 4
 
 
+def test_llama_cpp_engine_answers_as_torch_does(chatty: Path, adapters: dict[str, Path], server: Any,
+                                                tmp_path: Path) -> None:
+    """--engine llama.cpp with an f32 GGUF: the torch server's greedy answers, streamed, adapter unmerged; the engine
+    and the GGUF's type in /v1/models; concurrent clients wait their turn and get their one-at-a-time answers."""
+    from tunelab.serve.llama_engine import available
+
+    if (why := available()) is not None:
+        pytest.skip(f"llama.cpp engine not tested: {why}")
+    torch_url, _ = server
+    jobs = [(["base", "support"][i % 2], p) for i, p in enumerate(PROMPTS[:6])]
+    want = [chat(client(torch_url), m, p).choices[0].message.content for m, p in jobs]
+    app = build(str(chatty), name="base", adapters=[("support", str(adapters["support"]))], data=str(tmp_path),
+                engine_kind="llama.cpp", dtype="f32")
+    with BackgroundServer(app) as url:
+        cards = client(url).models.list().data
+        assert {c.id: (c.model_extra["engine"], c.model_extra["dtype"]) for c in cards} == \
+            {"base": ("llama.cpp", "f32"), "support": ("llama.cpp", "f32")}
+        alone = [chat(client(url), m, p).choices[0].message.content for m, p in jobs]
+        streamed = "".join(chunk.choices[0].delta.content or "" for chunk in
+                           chat(client(url), "support", PROMPTS[1], stream=True) if chunk.choices)
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            together = list(pool.map(lambda job: chat(client(url), *job).choices[0].message.content, jobs))
+    assert alone == want and together == want
+    assert streamed == want[1]
+
+
+def test_llama_cpp_engine_refused_with_what_to_do(chatty: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.helpers import tunelab_cli
+    from tunelab.models.load import ModelError
+
+    r = tunelab_cli("serve", "--model", chatty, "--engine", "llama.cpp", "--dtype", "int8", cwd=tmp_path)
+    assert r.returncode == 2 and "with --engine llama.cpp expected auto, f32, f16, bf16, q8_0" in r.stderr
+    r = tunelab_cli("serve", "--model", chatty, "--engine", "vllm", cwd=tmp_path)
+    assert r.returncode == 2 and "expected torch or llama.cpp" in r.stderr
+    monkeypatch.setattr("tunelab.serve.llama_engine.available", lambda: "llama-cpp-python is not installed: pip ...")
+    with pytest.raises(ModelError, match="llama-cpp-python is not installed"):
+        build(str(chatty), engine_kind="llama.cpp", data=str(tmp_path))
+
+
 def test_errors_come_back_in_openai_shape(server: Any) -> None:
     url, _ = server
     c = client(url)

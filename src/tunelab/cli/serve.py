@@ -35,9 +35,14 @@ def serve_cmd(
     db: str | None = typer.Option(None, "--db", help=DB_HELP),
     log_content: bool = typer.Option(False, "--log-content", help="Also store prompt and completion text "
                                      "(needed by `tunelab feedback export`)."),
-    dtype: str = typer.Option("fp32", "--dtype", help="fp32 (answers match evaluation), bf16 (faster on CPUs "
-                              "with fast bf16) or int8 (the base's weights int8, adapters fp32: fastest for few "
-                              "clients on a CPU); answers can differ from fp32's in bf16 and int8."),
+    engine: str = typer.Option("torch", "--engine", help="torch (batches concurrent requests: the most tokens/s "
+                               "under many clients) or llama.cpp (one sequence at a time on a GGUF file, adapters "
+                               "unmerged: the fastest single stream on a CPU; needs llama-cpp-python)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="torch: fp32 (default; answers match evaluation), bf16 "
+                                     "(faster on CPUs with fast bf16) or int8 (the base's weights int8, adapters "
+                                     "fp32: fastest for few clients). llama.cpp: auto (default: the model's own GGUF "
+                                     "file, e.g. the default model's Q4_1, else f16), f32, f16, bf16 or q8_0. "
+                                     "Answers can differ from fp32's in all but fp32, f32 and f16."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences generated together."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests allowed to wait; more get 429."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens for chat requests."),
@@ -57,8 +62,13 @@ def serve_cmd(
     from ..serve.server import build, serve
     from ..serve.state import ServeSettings
 
-    if dtype not in ("fp32", "bf16", "fp16", "int8"):
-        raise typer.BadParameter(f"{dtype!r}: expected fp32, bf16, fp16 or int8", param_hint="--dtype")
+    dtypes = {"torch": ("fp32", "bf16", "fp16", "int8"), "llama.cpp": ("auto", "f32", "f16", "bf16", "q8_0")}
+    if engine not in dtypes:
+        raise typer.BadParameter(f"{engine!r}: expected torch or llama.cpp", param_hint="--engine")
+    dtype = dtype or dtypes[engine][0]
+    if dtype not in dtypes[engine]:
+        raise typer.BadParameter(f"{dtype!r}: with --engine {engine} expected {', '.join(dtypes[engine])}",
+                                 param_hint="--dtype")
     pairs = []
     for spec in adapter:
         adapter_name, sep, ref = spec.partition("=")
@@ -78,11 +88,12 @@ def serve_cmd(
     with user_errors():
         try:
             app = build(model, adapters=pairs, name=name, data=data, db_url=db, dtype=dtype, max_batch=max_batch,
-                        max_queue=max_queue, settings=settings, strict_adapters=strict_adapters)
+                        max_queue=max_queue, settings=settings, strict_adapters=strict_adapters, engine_kind=engine)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     state = app.state.tunelab
     console.print(f"[bold]tunelab serve[/]: models {', '.join(state.engine.model_names)} on http://{host}:{port}/v1"
+                  f" ({state.engine.name}, {state.base.dtype})"
                   f"  ({'API keys required' if keys else 'no API key'}; request log: {state.store.engine.url})")
     if host not in ("127.0.0.1", "localhost", "::1") and not keys:
         console.print("[yellow]warning:[/] listening beyond this machine without --api-key")

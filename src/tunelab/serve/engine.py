@@ -126,6 +126,8 @@ class _Row:
 class Engine:
     """Owns the model; `submit` from any thread, results arrive on the request's asyncio queue."""
 
+    name = "torch"  # the engine, as /v1/models shows it
+
     def __init__(self, model: Any, tokenizer: Any, *, base_name: str, max_batch: int = 16, max_queue: int = 64,
                  max_context: int | None = None, batch_wait_s: float = 0.005) -> None:
         self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
@@ -153,6 +155,9 @@ class Engine:
         self._avg_request_s = 2.0
         # called with the seconds from a request's cancel() to its rows leaving the batch (for /metrics)
         self.on_release: Callable[[float], None] | None = None
+        self._open()
+
+    def _open(self) -> None:
         _check_cache(self._owned(self._probe_cache))  # refused at start, not at the first request
 
     def _probe_cache(self) -> Any:
@@ -393,18 +398,24 @@ class Engine:
             if running and any(self._solo(a) for a in {*running, req.adapter}) and set(running) != {req.adapter}:
                 break  # a DoRA adapter's rows can't share a forward pass with other adapters' rows
             self._waiting.popleft()
-            if req.cancelled:
-                continue
-            for p_i, prompt in enumerate(req.prompts):
-                for j in range(req.n):
-                    gen = None
-                    if req.sampling.temperature > 0:
-                        gen = torch.Generator(device="cpu")
-                        if req.sampling.seed is not None:
-                            gen.manual_seed((req.sampling.seed + j) % 2**63)
-                        else:
-                            gen.seed()
-                    rows.append(_Row(req, p_i * req.n + j, prompt, gen, pos=len(prompt)))
+            if not req.cancelled:
+                rows.extend(self._rows_of(req))
+        return rows
+
+    @staticmethod
+    def _rows_of(req: GenRequest) -> list[_Row]:
+        """A request's rows (n for each prompt), each with its own sampling generator."""
+        rows = []
+        for p_i, prompt in enumerate(req.prompts):
+            for j in range(req.n):
+                gen = None
+                if req.sampling.temperature > 0:
+                    gen = torch.Generator(device="cpu")
+                    if req.sampling.seed is not None:
+                        gen.manual_seed((req.sampling.seed + j) % 2**63)
+                    else:
+                        gen.seed()
+                rows.append(_Row(req, p_i * req.n + j, prompt, gen, pos=len(prompt)))
         return rows
 
     def _forward(self, rows: list[_Row], **kwargs: Any) -> Any:

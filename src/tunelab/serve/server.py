@@ -21,15 +21,23 @@ log = logging.getLogger("tunelab.serve")
 
 def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = None, name: str | None = None,
           data: str | None = None, db_url: str | None = None, dtype: str = "fp32", max_batch: int = 16,
-          max_queue: int = 64, settings: ServeSettings | None = None, strict_adapters: bool = False) -> Any:
+          max_queue: int = 64, settings: ServeSettings | None = None, strict_adapters: bool = False,
+          engine_kind: str = "torch") -> Any:
     """The FastAPI app, with the base model loaded and the adapters added. An adapter that fails to load is left
-    out (state.adapter_errors says why), or with `strict_adapters` refuses the start."""
+    out (state.adapter_errors says why), or with `strict_adapters` refuses the start. `engine_kind` "llama.cpp"
+    decodes with llama.cpp (`dtype`: auto, f32, f16, bf16 or q8_0: the GGUF the base is served from)."""
     from ..models.load import ModelError
     from ..models.registry import DEFAULT_MODEL
 
-    base = on_fresh_thread(load_base, model, name=name, dtype=dtype)  # no torch thread pool left on this thread
+    if engine_kind == "llama.cpp":
+        from .llama_engine import available
+
+        if (why := available()) is not None:
+            raise ModelError(why)
+    torch_dtype = dtype if engine_kind == "torch" else "fp32"  # llama.cpp's engine keeps the fp32 base beside it
+    base = on_fresh_thread(load_base, model, name=name, dtype=torch_dtype)  # no torch pool left on this thread
     store = Store(database_url(data_dir(data), db_url), busy_timeout_s=request_log.BUSY_S)
-    engine = Engine(base.model, base.tokenizer, base_name=base.name, max_batch=max_batch, max_queue=max_queue)
+    engine = _engine(engine_kind, base, model, dtype, max_batch=max_batch, max_queue=max_queue)
     state = State(base, engine, store, settings or ServeSettings())
     state.base_ref = model or DEFAULT_MODEL
     state.sessions = Sessions(state.settings.projects(), load_secret(data_dir(data)))
@@ -49,6 +57,21 @@ def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = 
             log.error("%s; serving the other models without it (POST /v1/adapters loads it once fixed; "
                       "--strict-adapters refuses to start instead)", message)
     return create_app(state)
+
+
+def _engine(kind: str, base: Any, ref: str | None, dtype: str, *, max_batch: int, max_queue: int) -> Engine:
+    if kind == "torch":
+        return Engine(base.model, base.tokenizer, base_name=base.name, max_batch=max_batch, max_queue=max_queue)
+    import tempfile
+    from pathlib import Path
+
+    from .llama_engine import LlamaCppEngine, base_gguf, file_type
+
+    workdir = Path(tempfile.mkdtemp(prefix="tunelab-llama-"))
+    path = on_fresh_thread(base_gguf, ref, base.model, base.tokenizer, dtype, workdir, base.name)
+    base.dtype = file_type(path)
+    return LlamaCppEngine(base.model, base.tokenizer, path, base_name=base.name, max_batch=max_batch,
+                          max_queue=max_queue, workdir=workdir)
 
 
 class BackgroundServer:

@@ -125,7 +125,8 @@ class State:
 
     def model_card(self, name: str) -> dict[str, Any]:
         card = {"id": name, "object": "model", "created": self.started, "owned_by": self.owners.get(name, "tunelab"),
-                "dtype": self.base.dtype}  # the base's weights as served: answers differ from fp32's in bf16 and int8
+                # the base's weights as served: answers differ from fp32's in bf16, int8 and llama.cpp's quantized files
+                "dtype": self.base.dtype, "engine": self.engine.name}
         if name in self.engine.adapters:
             card["parent"] = self.base.name
             card["source"] = self.engine.adapters[name].get("source")
