@@ -3,8 +3,12 @@ unmerged) with 1, 4 and 16 concurrent clients against plain `model.generate` one
 same customer-support prompts, in one run; llama.cpp (llama-cpp-python) one stream at a time beside them
 when it is installed, on the model exported to GGUF by `tunelab export` and on the shipped Q4_1 file.
 
-    python bench/serve_throughput.py [--prompts 16] [--new-tokens 64] [--clients 1,4,16] [--dtypes fp32,int8]
+    python bench/serve_throughput.py [--prompts 16] [--new-tokens 64] [--clients 1,4,16]
+                                     [--dtypes fp32,int8,llama.cpp:auto,llama.cpp:q8_0,llama.cpp:f16]
                                      [--bf16] [--json PATH]
+
+`--dtypes`: one server each, `DTYPE` for the torch engine, `llama.cpp:DTYPE` for `--engine llama.cpp` (left out when
+llama-cpp-python is not installed).
 
 Tokens/s = generated tokens of all requests / wall time of the whole wave. Latency and time to first
 token (TTFT) are per request, as a client sees them (streaming, with usage in the last chunk).
@@ -84,13 +88,15 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, work: Path, adapter: Path, dtype: str, max_batch: int) -> None:
+    def __init__(self, work: Path, adapter: Path, spec: str, max_batch: int) -> None:
+        """`spec`: DTYPE (the torch engine) or ENGINE:DTYPE."""
+        engine, _, dtype = spec.rpartition(":")
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tunelab.cli.main", "serve", "--model", DEFAULT_MODEL, "--adapter",
-             f"{ADAPTER}={adapter}", "--port", str(self.port), "--data", str(work / f"serve-{dtype}"),
-             "--dtype", dtype, "--max-batch", str(max_batch)],
+             f"{ADAPTER}={adapter}", "--port", str(self.port), "--data", str(work / f"serve-{spec}"),
+             "--engine", engine or "torch", "--dtype", dtype, "--max-batch", str(max_batch)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
     def __enter__(self) -> Server:
@@ -198,7 +204,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32, help="requests per wave (1 client sends a quarter)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--clients", default="1,4,16")
-    ap.add_argument("--dtypes", default="fp32,int8", help="serve --dtype values, each a server of its own")
+    ap.add_argument("--dtypes", default="fp32,int8,llama.cpp:auto,llama.cpp:q8_0,llama.cpp:f16",
+                    help="servers, one each: DTYPE (torch engine) or llama.cpp:DTYPE (--engine llama.cpp)")
     ap.add_argument("--bf16", action="store_true", help="also serve with bf16 weights at the largest client count")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -217,7 +224,12 @@ def main() -> None:
         result["sequential_generate"] = {k: v for k, v in seq.items() if k != "answers"}
         print(f"  {seq['tok_s']} tok/s", flush=True)
         waves = []
-        for dtype in args.dtypes.split(","):
+        specs = args.dtypes.split(",")
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            specs = [s for s in specs if not s.startswith("llama.cpp:")]
+        for dtype in specs:
             with Server(work, adapter, dtype, max(clients)) as server:
                 for c in clients:
                     w = wave(server.url, single if c == 1 else chats, c, args.new_tokens)
@@ -258,7 +270,7 @@ def main() -> None:
                                                / best["tok_s"], 2),
                         "single_stream": round(next(w["tok_s"] for w in waves if w["dtype"] == dtype
                                                     and w["clients"] == 1) / best["tok_s"], 2)}
-                for dtype in args.dtypes.split(",")}
+                for dtype in specs}
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

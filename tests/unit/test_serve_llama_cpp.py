@@ -119,3 +119,19 @@ def test_adapters_llama_cpp_cant_apply_are_refused(engine: LlamaCppEngine, tiny:
     assert cfg["modules_to_save"]
     assert engine.model_names == ["base"]
     assert ask(engine, PROMPTS[0])  # still serving
+
+
+def test_a_cancelled_request_leaves_at_once_and_the_next_is_served(engine: LlamaCppEngine) -> None:
+    async def run() -> tuple[GenRequest, str]:
+        long = GenRequest("m", None, [PROMPTS[1]], Sampling(temperature=0.0, max_tokens=400))
+        queue = long.bind(asyncio.get_running_loop())
+        engine.submit(long)
+        while (await queue.get()).kind != "text":
+            pass
+        long.cancel()
+        return long, await asyncio.to_thread(ask, engine, PROMPTS[2])
+
+    long, answer = asyncio.run(run())
+    assert long.completion_tokens < 400 and not long.finish_reasons
+    assert answer == ask(engine, PROMPTS[2])
+    assert engine.active_rows == 0 and engine.queue_depth == 0
