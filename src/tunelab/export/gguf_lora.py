@@ -35,15 +35,13 @@ def _load_weights(adapter_dir: Path) -> dict[str, Any]:
 
 
 def _scaling(cfg: dict[str, Any], module: str) -> float:
-    """PEFT's scaling for one module: its rank and alpha (per-module patterns first), rsLoRA or not."""
-    def pick(pattern: dict[str, Any], default: Any) -> Any:
-        for key, value in (pattern or {}).items():
-            if re.search(rf"(^|\.){re.escape(key)}$", module) or re.fullmatch(key, module):
-                return value
-        return default
+    """PEFT's scaling for one module: its rank and alpha (per-module patterns, matched as PEFT matches them), rsLoRA
+    or not."""
+    from peft.utils.other import get_pattern_key
 
-    r = pick(cfg.get("rank_pattern") or {}, cfg["r"])
-    alpha = pick(cfg.get("alpha_pattern") or {}, cfg.get("lora_alpha", r))
+    ranks, alphas = cfg.get("rank_pattern") or {}, cfg.get("alpha_pattern") or {}
+    r = ranks.get(get_pattern_key(ranks.keys(), module), cfg["r"])
+    alpha = alphas.get(get_pattern_key(alphas.keys(), module), cfg.get("lora_alpha", r))
     return float(alpha) / (r ** 0.5 if cfg.get("use_rslora") else r)
 
 
