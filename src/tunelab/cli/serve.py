@@ -42,7 +42,7 @@ def serve_cmd(
                                      "(faster on CPUs with fast bf16) or int8 (the base's weights int8, adapters "
                                      "fp32: fastest for few clients). llama.cpp: auto (default: the model's own GGUF "
                                      "file, e.g. the default model's Q4_1, else f16), f32, f16, bf16 or q8_0. "
-                                     "Answers can differ from fp32's in all but fp32, f32 and f16."),
+                                     "Answers can differ from fp32's, least with f32 and f16."),
     max_batch: int = typer.Option(16, "--max-batch", min=1, help="Sequences generated together."),
     max_queue: int = typer.Option(64, "--max-queue", min=1, help="Requests allowed to wait; more get 429."),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Default max_tokens for chat requests."),

@@ -52,7 +52,9 @@ def check_lora(adapter_dir: Path) -> dict[str, Any]:
         raise ExportError(f"{adapter_dir}: a {cfg.get('peft_type')} adapter; llama.cpp runs LoRA adapters only: "
                           f"serve it with --engine torch")
     unsupported = [what for what, on in (("DoRA", cfg.get("use_dora")), ("LoRA biases", cfg.get("lora_bias")),
-                                         ("modules trained in full (modules_to_save)", cfg.get("modules_to_save")))
+                                         ("modules trained in full (modules_to_save)", cfg.get("modules_to_save")),
+                                         ("activated LoRA", cfg.get("alora_invocation_tokens")),
+                                         ("QALoRA", cfg.get("use_qalora")))
                    if on]
     if unsupported:
         raise ExportError(f"{adapter_dir}: the adapter has {', '.join(unsupported)}, which llama.cpp's runtime "
@@ -91,6 +93,9 @@ def write_lora_gguf(adapter_dir: Path, model_config: Any, path: Path) -> Path:
             raise ExportError(f"{adapter_dir}: {module} has lora_{'A' if 'A' not in ab else 'B'} missing: the "
                               f"adapter file is damaged; copy it again")
         name = name_map.get_name(module)
+        if name == "output" and getattr(model_config, "tie_word_embeddings", False):
+            raise ExportError(f"{adapter_dir}: a LoRA on {module!r}, the output layer this base shares with its "
+                              f"embeddings; llama.cpp can't apply it: serve the adapter with --engine torch")
         if name is None or name == "token_embd":
             raise ExportError(f"{adapter_dir}: a LoRA on {module!r}, which llama.cpp's {arch} LoRA can't take: "
                               f"serve the adapter with --engine torch")

@@ -128,6 +128,11 @@ class Engine:
 
     name = "torch"  # the engine, as /v1/models shows it
 
+    @property
+    def rows_at_once(self) -> int:
+        """Sequences decoded together (what a queue's wait is estimated from)."""
+        return self.max_batch
+
     def __init__(self, model: Any, tokenizer: Any, *, base_name: str, max_batch: int = 16, max_queue: int = 64,
                  max_context: int | None = None, batch_wait_s: float = 0.005) -> None:
         self.model, self.tokenizer, self.base_name = model, tokenizer, base_name
@@ -182,6 +187,8 @@ class Engine:
         """`fn(*args)` run on the engine's thread (or, before it starts, on a thread of its own), waited for."""
         if threading.current_thread() is self._thread:
             return fn(*args)
+        if self._stop:  # stopped: what the model held may be freed already
+            raise RuntimeError("the server is shutting down")
         if self._thread is None or not self._thread.is_alive():
             return on_fresh_thread(fn, *args)
         done: concurrent.futures.Future[T] = concurrent.futures.Future()
@@ -329,7 +336,7 @@ class Engine:
             if len(self._waiting) >= self.max_queue:  # requests whose clients left make room first
                 self._waiting = deque(r for r in self._waiting if not r.cancelled)
             if len(self._waiting) >= self.max_queue:
-                batches_ahead = math.ceil((len(self._waiting) + len(self._rows)) / max(self.max_batch, 1))
+                batches_ahead = math.ceil((len(self._waiting) + len(self._rows)) / max(self.rows_at_once, 1))
                 raise QueueFull(max(1, math.ceil(batches_ahead * self._avg_request_s)))
             req._open_rows = len(req.prompts) * req.n
             self._waiting.append(req)

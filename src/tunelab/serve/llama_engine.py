@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ def available() -> str | None:
         import llama_cpp  # noqa: F401
     except ImportError:
         return ("--engine llama.cpp needs llama-cpp-python, which is not installed: pip install llama-cpp-python "
-                "(a native build of a few minutes; docs/serve.md says which build flags to use)")
+                "(a native build of a few minutes; docs/install.md says which build flags to use)")
     except OSError as exc:  # the package is there but its shared library doesn't load
         return f"llama-cpp-python is installed but its library doesn't load ({exc}); reinstall it"
     return None
@@ -77,6 +78,8 @@ class LlamaCppEngine(Engine):
     """The torch engine's queue and streaming around llama.cpp's forward pass, one sequence at a time."""
 
     name = "llama.cpp"
+    rows_at_once = 1  # type: ignore[assignment]  # one sequence at a time
+    MAX_CONTEXT = 8192  # llama.cpp allocates the KV cache for all of it up front: a 128k-context model would take GBs
 
     def __init__(self, model: Any, tokenizer: Any, gguf_path: Path, *, base_name: str, max_queue: int = 64,
                  max_batch: int = 16, threads: int | None = None, workdir: Path | None = None) -> None:
@@ -87,6 +90,7 @@ class LlamaCppEngine(Engine):
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tunelab-llama-"))
         self._llm: Any = None
         self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora_p
+        self._files: dict[str, str] = {}  # adapter name -> its LoRA GGUF in workdir
         self._active: str | None = None  # the adapter set on the context (None: the base)
         self._current: _Row | None = None  # the row whose tokens the context holds
         super().__init__(model, tokenizer, base_name=base_name, max_batch=max_batch, max_queue=max_queue,
@@ -101,7 +105,8 @@ class LlamaCppEngine(Engine):
         from ..models.load import ModelError
 
         try:
-            self._llm = Llama(model_path=str(self.gguf_path), n_ctx=self.max_context, n_threads=self.threads,
+            self._llm = Llama(model_path=str(self.gguf_path), n_ctx=min(self.max_context, self.MAX_CONTEXT),
+                              n_threads=self.threads,
                               n_threads_batch=self.threads, n_batch=512, logits_all=False, verbose=False)
         except ValueError as exc:
             raise ModelError(f"llama.cpp can't load {self.gguf_path}: {exc}") from None
@@ -113,9 +118,12 @@ class LlamaCppEngine(Engine):
 
     def stop(self) -> None:
         super().stop()
+        if self._thread is not None and self._thread.is_alive():
+            return  # still inside a long llama.cpp call: freeing its memory under it would crash the process
         if self._llm is not None:
             import llama_cpp
 
+            self._set_adapter(None)
             for lora in self._loras.values():
                 llama_cpp.llama_adapter_lora_free(lora)
             self._loras.clear()
@@ -134,7 +142,7 @@ class LlamaCppEngine(Engine):
                 raise ValueError(f"a model named {name!r} is already loaded")
             if name in self._removing:
                 raise ValueError(f"{name!r} is still finishing requests after its removal; add it again shortly")
-            file = self.workdir / f"lora-{len(list(self.workdir.glob('lora-*')))}.gguf"
+            file = self.workdir / f"lora-{uuid.uuid4().hex}.gguf"
             try:
                 write_lora_gguf(path, self.model.config, file)
                 lora = llama_cpp.llama_adapter_lora_init(self._llm.model, str(file).encode())
@@ -145,7 +153,8 @@ class LlamaCppEngine(Engine):
                 file.unlink(missing_ok=True)
                 raise ValueError(f"{path}: llama.cpp refused the adapter (made for another base model?)")
             self._loras[name] = lora
-            self.adapters[name] = info | {"solo": False, "gguf": str(file)}
+            self._files[name] = str(file)
+            self.adapters[name] = info | {"solo": False}
 
     def _drop_removed(self) -> None:
         import llama_cpp
@@ -162,6 +171,7 @@ class LlamaCppEngine(Engine):
                 lora = self._loras.pop(name, None)
                 if lora is not None:
                     llama_cpp.llama_adapter_lora_free(lora)
+                Path(self._files.pop(name, "")).unlink(missing_ok=True)
         with self._cv:
             self._removing -= ready
 
@@ -197,9 +207,9 @@ class LlamaCppEngine(Engine):
                 return
             try:
                 logits = self._next_logits(row)
-            except Exception as exc:  # this row fails; the context starts afresh for the next
+            except Exception as exc:  # the request fails (all its rows); the context starts afresh for the next
                 self._current, self._llm.n_tokens = None, 0
-                self._fail([row], exc)
+                self._fail(self._rows, exc)
                 self._retire()
                 return
             self._take([row], logits[None])

@@ -20,24 +20,37 @@ log = logging.getLogger("tunelab.serve")
 
 
 def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = None, name: str | None = None,
-          data: str | None = None, db_url: str | None = None, dtype: str = "fp32", max_batch: int = 16,
+          data: str | None = None, db_url: str | None = None, dtype: str | None = None, max_batch: int = 16,
           max_queue: int = 64, settings: ServeSettings | None = None, strict_adapters: bool = False,
           engine_kind: str = "torch") -> Any:
     """The FastAPI app, with the base model loaded and the adapters added. An adapter that fails to load is left
     out (state.adapter_errors says why), or with `strict_adapters` refuses the start. `engine_kind` "llama.cpp"
-    decodes with llama.cpp (`dtype`: auto, f32, f16, bf16 or q8_0: the GGUF the base is served from)."""
+    decodes with llama.cpp (`dtype`: auto, f32, f16, bf16 or q8_0: the GGUF the base is served from); `dtype` None:
+    the engine's default (fp32 for torch, auto for llama.cpp)."""
     from ..models.load import ModelError
-    from ..models.registry import DEFAULT_MODEL
 
     if engine_kind == "llama.cpp":
         from .llama_engine import available
 
         if (why := available()) is not None:
             raise ModelError(why)
+    dtype = dtype or ("fp32" if engine_kind == "torch" else "auto")
     torch_dtype = dtype if engine_kind == "torch" else "fp32"  # llama.cpp's engine keeps the fp32 base beside it
     base = on_fresh_thread(load_base, model, name=name, dtype=torch_dtype)  # no torch pool left on this thread
-    store = Store(database_url(data_dir(data), db_url), busy_timeout_s=request_log.BUSY_S)
     engine = _engine(engine_kind, base, model, dtype, max_batch=max_batch, max_queue=max_queue)
+    try:
+        return _app(base, engine, model, data, db_url, settings, adapters, strict_adapters)
+    except BaseException:
+        engine.stop()  # llama.cpp's engine: its files and memory
+        raise
+
+
+def _app(base: Any, engine: Engine, model: str | None, data: str | None, db_url: str | None,
+         settings: ServeSettings | None, adapters: list[tuple[str, str]] | None, strict_adapters: bool) -> Any:
+    from ..models.load import ModelError
+    from ..models.registry import DEFAULT_MODEL
+
+    store = Store(database_url(data_dir(data), db_url), busy_timeout_s=request_log.BUSY_S)
     state = State(base, engine, store, settings or ServeSettings())
     state.base_ref = model or DEFAULT_MODEL
     state.sessions = Sessions(state.settings.projects(), load_secret(data_dir(data)))
@@ -62,16 +75,21 @@ def build(model: str | None = None, *, adapters: list[tuple[str, str]] | None = 
 def _engine(kind: str, base: Any, ref: str | None, dtype: str, *, max_batch: int, max_queue: int) -> Engine:
     if kind == "torch":
         return Engine(base.model, base.tokenizer, base_name=base.name, max_batch=max_batch, max_queue=max_queue)
+    import shutil
     import tempfile
     from pathlib import Path
 
     from .llama_engine import LlamaCppEngine, base_gguf, file_type
 
     workdir = Path(tempfile.mkdtemp(prefix="tunelab-llama-"))
-    path = on_fresh_thread(base_gguf, ref, base.model, base.tokenizer, dtype, workdir, base.name)
-    base.dtype = file_type(path)
-    return LlamaCppEngine(base.model, base.tokenizer, path, base_name=base.name, max_batch=max_batch,
-                          max_queue=max_queue, workdir=workdir)
+    try:
+        path = on_fresh_thread(base_gguf, ref, base.model, base.tokenizer, dtype, workdir, base.name)
+        base.dtype = file_type(path)
+        return LlamaCppEngine(base.model, base.tokenizer, path, base_name=base.name, max_batch=max_batch,
+                              max_queue=max_queue, workdir=workdir)
+    except BaseException:
+        shutil.rmtree(workdir, ignore_errors=True)  # a written base GGUF can take GBs
+        raise
 
 
 class BackgroundServer:
