@@ -324,7 +324,9 @@ def test_probes_in_the_verdict_and_their_sections(tmp_path: Path) -> None:
     run = fake_run(tmp_path)
     html_path, json_path = write_report(run)
     facts = json.loads(json_path.read_text())
-    assert "tunelab probe" in facts["missing"]["probes"] and "tunelab probe" in html_path.read_text()
+    shown = html_path.read_text()
+    assert "tunelab probe" in facts["missing"]["probes"] and shown.count(facts["missing"]["probes"][:60]) == 1
+    assert "<h2>Forgetting, bias and fairness</h2>" in shown and "<h2>Bias and fairness</h2>" not in shown
 
     flips = {"templates": 4, "inputs": 48, "groups": ["anglo_american", "arabic"],
              "base": {"flip_rate": 0.0, "flipped_templates": 0}, "tuned": {"flip_rate": 0.25, "flipped_templates": 1},

@@ -354,8 +354,11 @@ def render_html(f: dict[str, Any], imgs: dict[str, bytes], sections: dict[str, s
                     ["true label", "predicted", "rows"]))
     if not pref or pref["kind"] != "reward":  # a reward model writes no answers: nothing to show or probe
         parts.append("<h2>Examples: base vs tuned</h2>" + _examples_html(f))
-        parts.append("<h2>Forgetting</h2>" + _forgetting_html(f, imgs))
-        parts.append("<h2>Bias and fairness</h2>" + _bias_html(f, imgs))
+        if f.get("probes") is None:  # neither was measured: one note, not the same one twice
+            parts.append("<h2>Forgetting, bias and fairness</h2>" + _note(f["missing"]["probes"]))
+        else:
+            parts.append("<h2>Forgetting</h2>" + _forgetting_html(f, imgs))
+            parts.append("<h2>Bias and fairness</h2>" + _bias_html(f, imgs))
 
     parts.append("<h2>Loss</h2>")
     if "loss_curve" in imgs:
