@@ -3,7 +3,8 @@
 
 Structure must match exactly: the chat template, the special and stop tokens, the token ids of every rendered
 prompt, and for a GGUF the Ollama Modelfile's TEMPLATE (rendered) and stop parameters. Lossless exports (hf f32,
-the adapter, gguf f32) must give the same greedy answers with logits within LOSSLESS_TOL; lossy ones (f16, bf16,
+the adapter, gguf f32) must give the same greedy answers with logits within LOSSLESS_TOL (LLAMA_CPP_TOL in llama.cpp
+itself, when llama-cpp-python is installed); lossy ones (f16, bf16,
 q8_0) are measured and refused below FLOORS. Answers are compared teacher-forced: the exported model reads the
 trained model's greedy answer and must pick the same token at each position, which is exactly "the same greedy
 answer" when every position agrees, and costs one forward pass per prompt.
@@ -27,7 +28,9 @@ MAX_NEW_TOKENS = 16  # short answers: enough to see a divergence, cheap on a CPU
 N_PROMPTS = 3
 MAX_PROMPT_CHARS = 1500
 LOSSLESS_TOL = 1e-3  # max |logit difference| for lossless formats: f32 merge rounding is ~1e-5
-TIE = 2 * LOSSLESS_TOL  # two tokens whose trained logits are this close: either pick agrees
+# llama.cpp runs an f32 file through kernels of its own (GELU from an f16 table, another summation order): measured up
+# to ~2e-3 off on the test models with an f32 KV cache, while a damaged or foreign weight is off by far more
+LLAMA_CPP_TOL = 1e-2
 FLOORS = {"f16": 0.9, "bf16": 0.75, "q8_0": 0.75}  # least share of greedy answer tokens agreeing
 FIXED_PROMPTS = ("What is the capital of France?", "Write one short sentence about the sea.",
                  "How do I reset my password?")
@@ -72,6 +75,7 @@ class Target:
     specials: dict[str, Any] = field(default_factory=dict)  # compared key by key with the training tokenizer's
     stops: set[int] | None = None
     stops_exact: bool = True  # False: the training stops need only be among these (a GGUF stores one eos)
+    tolerance: float = LOSSLESS_TOL  # lossless targets: max |logit difference|; twice it, a tie either pick settles
 
 
 # --- what the run trained on ---------------------------------------------------------------------------
@@ -263,8 +267,10 @@ def llama_cpp_target(file: Path, precision: str, n_ctx: int) -> Target | str:
 
     version = getattr(llama_cpp, "__version__", "?")
     try:
+        # the KV cache in f32 (llama.cpp's default is f16, ~1e-2 off in the logits): an f32 export is checked exactly
         llm = llama_cpp.Llama(model_path=str(file), n_ctx=n_ctx, logits_all=True, verbose=False,
-                              n_threads=max(1, torch.get_num_threads()))
+                              n_threads=max(1, torch.get_num_threads()), type_k=getattr(llama_cpp, "GGML_TYPE_F32", 0),
+                              type_v=getattr(llama_cpp, "GGML_TYPE_F32", 0))
     except Exception as exc:  # noqa: BLE001 - whatever llama.cpp says: the file does not run there
         raise ExportError(f"llama.cpp (llama-cpp-python {version}) can't load {file.name}: {exc}. An older "
                           f"llama.cpp may not know the architecture: upgrade llama-cpp-python, or export "
@@ -279,9 +285,13 @@ def llama_cpp_target(file: Path, precision: str, n_ctx: int) -> Target | str:
         return torch.from_numpy(np.asarray(llm.eval_logits, dtype=np.float32))
 
     meta = getattr(llm, "metadata", None) or {}
-    specials = {"bos_token_id": _id(llm.token_bos()), "eos_token_id": _id(llm.token_eos())}
+    specials = {"eos_token_id": _id(llm.token_eos())}
+    # llama.cpp names a BOS id for every vocabulary (qwen2's default, say): it matters only where the file adds it
+    adds_bos = getattr(getattr(llm, "_model", None), "add_bos_token", lambda: True)
+    if adds_bos():
+        specials["bos_token_id"] = _id(llm.token_bos())
     return Target(f"llama.cpp (llama-cpp-python {version})", precision, precision == "f32", tokenize, logits,
-                  chat_template=meta.get("tokenizer.chat_template"), specials=specials)
+                  chat_template=meta.get("tokenizer.chat_template"), specials=specials, tolerance=LLAMA_CPP_TOL)
 
 
 def _id(i: int) -> int | None:
@@ -353,7 +363,7 @@ def compare(ref: Reference, t: Target) -> dict[str, Any]:
         expected = c.logits.argmax(-1) if ref.head else torch.tensor(c.answer)
         choice = got.argmax(-1)
         gap = c.logits.gather(1, expected[:, None]) - c.logits.gather(1, choice[:, None])
-        ok = (choice == expected) | (gap[:, 0].abs() <= TIE)
+        ok = (choice == expected) | (gap[:, 0].abs() <= 2 * t.tolerance)
         agree, total = agree + int(ok.sum()), total + len(ok)
         if bool(ok.all()):
             identical += 1
@@ -364,6 +374,7 @@ def compare(ref: Reference, t: Target) -> dict[str, Any]:
                      f"{dec(c.answer[:k + 1]) if not ref.head else int(expected[k])!r}, export "
                      f"{dec([*c.answer[:k], int(choice[k])]) if not ref.head else int(choice[k])!r}")
     return {"target": t.name, "precision": t.precision, "lossless": t.lossless,
+            **({"tolerance": t.tolerance} if t.lossless else {}),
             "max_logit_diff": float(f"{worst:.4g}"), "token_agreement": round(agree / max(total, 1), 4),
             "tokens_agreeing": f"{agree}/{total}", "answers_identical": f"{identical}/{len(ref.cases)}",
             **({"first_difference": first} if first else {})}
@@ -381,11 +392,11 @@ def judge(result: dict[str, Any]) -> None:
     name, precision = result["target"], result["precision"]
     first = f"; first difference: {result['first_difference']}" if "first_difference" in result else ""
     if result["lossless"]:
-        result["tolerance"] = LOSSLESS_TOL
-        if result["max_logit_diff"] > LOSSLESS_TOL or result["token_agreement"] < 1.0:
+        tolerance = result.setdefault("tolerance", LOSSLESS_TOL)
+        if result["max_logit_diff"] > tolerance or result["token_agreement"] < 1.0:
             raise ExportError(
                 f"{name}: the {precision} export does not compute what the trained model computes: max |logit "
-                f"difference| {result['max_logit_diff']:.3g} (tolerance {LOSSLESS_TOL:g}), greedy answer tokens "
+                f"difference| {result['max_logit_diff']:.3g} (tolerance {tolerance:g}), greedy answer tokens "
                 f"agreeing {result['tokens_agreeing']}{first}. The written weights are not the trained ones "
                 f"(damaged on the way to disk, or from another model); nothing was kept. Export again")
         return
