@@ -219,10 +219,7 @@ class Engine:
         from peft import PeftModel
 
         with self._model_lock:
-            if name in self.adapters or name == self.base_name:
-                raise ValueError(f"a model named {name!r} is already loaded")
-            if name in self._removing:
-                raise ValueError(f"{name!r} is still finishing requests after its removal; add it again shortly")
+            self._check_new_name(name)
             if hasattr(torch.nn.ModuleDict, name):  # peft keeps each adapter's layers under its name
                 raise ValueError(f"{name!r} can't name an adapter: torch's modules use that name for themselves; "
                                  f"choose another")
@@ -260,6 +257,18 @@ class Engine:
             # peft can't mix DoRA adapters with others in one forward pass: they get batches of their own
             self.adapters[name] = info | {"solo": bool(getattr(config, "use_dora", False))}
 
+    def _check_new_name(self, name: str) -> None:
+        if name in self.adapters or name == self.base_name:
+            raise ValueError(f"a model named {name!r} is already loaded")
+        if name in self._removing:
+            raise ValueError(f"{name!r} is still finishing requests after its removal; add it again shortly")
+
+    def _removable(self) -> set[str]:
+        """Removed adapters that no running or waiting request uses any more."""
+        with self._cv:
+            in_use = {r.req.adapter for r in self._rows} | {q.adapter for q in self._waiting}
+            return self._removing - in_use
+
     def _roll_back(self, before: Any, name: str) -> None:
         from peft import PeftModel
 
@@ -290,9 +299,7 @@ class Engine:
 
     def _drop_removed(self) -> None:
         """Unload removed adapters that no running or waiting request uses (engine thread only)."""
-        with self._cv:
-            in_use = {r.req.adapter for r in self._rows} | {q.adapter for q in self._waiting}
-            ready = self._removing - in_use
+        ready = self._removable()
         if not ready:
             return
         with self._model_lock:  # not under _cv: submitting requests must never wait for an unload

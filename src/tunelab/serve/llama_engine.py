@@ -138,10 +138,7 @@ class LlamaCppEngine(Engine):
         from ..export.gguf_lora import write_lora_gguf
 
         with self._model_lock:
-            if name in self.adapters or name == self.base_name:
-                raise ValueError(f"a model named {name!r} is already loaded")
-            if name in self._removing:
-                raise ValueError(f"{name!r} is still finishing requests after its removal; add it again shortly")
+            self._check_new_name(name)
             file = self.workdir / f"lora-{uuid.uuid4().hex}.gguf"
             try:
                 write_lora_gguf(path, self.model.config, file)
@@ -159,9 +156,7 @@ class LlamaCppEngine(Engine):
     def _drop_removed(self) -> None:
         import llama_cpp
 
-        with self._cv:
-            in_use = {r.req.adapter for r in self._rows} | {q.adapter for q in self._waiting}
-            ready = self._removing - in_use
+        ready = self._removable()
         if not ready:
             return
         with self._model_lock:
