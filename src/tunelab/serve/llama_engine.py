@@ -100,14 +100,18 @@ class LlamaCppEngine(Engine):
         self._owned(self._load)
 
     def _load(self) -> None:
+        import llama_cpp
         from llama_cpp import Llama
 
         from ..models.load import ModelError
 
+        # an f32 file is asked for exact answers: its KV cache in f32 too (llama.cpp's default f16 moves logits ~1e-2)
+        kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} \
+            if file_type(self.gguf_path) == "f32" else {}
         try:
             self._llm = Llama(model_path=str(self.gguf_path), n_ctx=min(self.max_context, self.MAX_CONTEXT),
-                              n_threads=self.threads,
-                              n_threads_batch=self.threads, n_batch=512, logits_all=False, verbose=False)
+                              n_threads=self.threads, n_threads_batch=self.threads, n_batch=512, logits_all=False,
+                              verbose=False, **kv)
         except ValueError as exc:
             raise ModelError(f"llama.cpp can't load {self.gguf_path}: {exc}") from None
         vocab = self.model.get_input_embeddings().weight.shape[0]
