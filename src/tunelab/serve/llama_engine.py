@@ -89,8 +89,8 @@ class LlamaCppEngine(Engine):
         self.threads = threads or torch.get_num_threads()
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tunelab-llama-"))
         self._llm: Any = None
-        self._loras: dict[str, Any] = {}  # adapter name -> llama_adapter_lora_p
-        self._files: dict[str, str] = {}  # adapter name -> its LoRA GGUF in workdir
+        self.file_type = file_type(gguf_path)  # q4_1, f16, ...: what /v1/models shows as the base's dtype
+        self._loras: dict[str, tuple[Any, Path]] = {}  # adapter name -> (llama_adapter_lora_p, its GGUF in workdir)
         self._active: str | None = None  # the adapter set on the context (None: the base)
         self._current: _Row | None = None  # the row whose tokens the context holds
         super().__init__(model, tokenizer, base_name=base_name, max_batch=max_batch, max_queue=max_queue,
@@ -107,7 +107,7 @@ class LlamaCppEngine(Engine):
 
         # an f32 file is asked for exact answers: its KV cache in f32 too (llama.cpp's default f16 moves logits ~1e-2)
         kv = {"type_k": llama_cpp.GGML_TYPE_F32, "type_v": llama_cpp.GGML_TYPE_F32} \
-            if file_type(self.gguf_path) == "f32" else {}
+            if self.file_type == "f32" else {}
         try:
             self._llm = Llama(model_path=str(self.gguf_path), n_ctx=min(self.max_context, self.MAX_CONTEXT),
                               n_threads=self.threads, n_threads_batch=self.threads, n_batch=512, logits_all=False,
@@ -128,7 +128,7 @@ class LlamaCppEngine(Engine):
             import llama_cpp
 
             self._set_adapter(None)
-            for lora in self._loras.values():
+            for lora, _ in self._loras.values():
                 llama_cpp.llama_adapter_lora_free(lora)
             self._loras.clear()
             self._llm.close()
@@ -153,8 +153,7 @@ class LlamaCppEngine(Engine):
             if not lora:
                 file.unlink(missing_ok=True)
                 raise ValueError(f"{path}: llama.cpp refused the adapter (made for another base model?)")
-            self._loras[name] = lora
-            self._files[name] = str(file)
+            self._loras[name] = (lora, file)
             self.adapters[name] = info | {"solo": False}
 
     def _drop_removed(self) -> None:
@@ -167,10 +166,10 @@ class LlamaCppEngine(Engine):
             for name in ready:
                 if self._active == name:
                     self._set_adapter(None)
-                lora = self._loras.pop(name, None)
-                if lora is not None:
+                if name in self._loras:
+                    lora, file = self._loras.pop(name)
                     llama_cpp.llama_adapter_lora_free(lora)
-                Path(self._files.pop(name, "")).unlink(missing_ok=True)
+                    file.unlink(missing_ok=True)
         with self._cv:
             self._removing -= ready
 
@@ -185,7 +184,7 @@ class LlamaCppEngine(Engine):
         if name is None:
             failed = llama_cpp.llama_set_adapters_lora(self._llm.ctx, None, 0, None)
         else:
-            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._loras[name])
+            adapters = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._loras[name][0])
             failed = llama_cpp.llama_set_adapters_lora(self._llm.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
         if failed:
             raise RuntimeError(f"llama.cpp could not switch to adapter {name or self.base_name!r}")
@@ -227,12 +226,8 @@ class LlamaCppEngine(Engine):
         llm = self._llm
         if row is not self._current:  # a new row: its prompt, after the prefix the context already holds
             self._set_adapter(row.req.adapter)
-            held = llm.input_ids[:llm.n_tokens]
-            prefix = 0
-            for a, b in zip(held, row.prompt[:-1], strict=False):  # at least one token is fed: it gives logits
-                if a != b:
-                    break
-                prefix += 1
+            # at least one prompt token is fed: it gives the logits
+            prefix = llm.longest_token_prefix(llm.input_ids[:llm.n_tokens].tolist(), row.prompt[:-1])
             llm.n_tokens = prefix
             self._current = row
             llm.eval(row.prompt[prefix:])

@@ -79,14 +79,15 @@ def _engine(kind: str, base: Any, ref: str | None, dtype: str, *, max_batch: int
     import tempfile
     from pathlib import Path
 
-    from .llama_engine import LlamaCppEngine, base_gguf, file_type
+    from .llama_engine import LlamaCppEngine, base_gguf
 
     workdir = Path(tempfile.mkdtemp(prefix="tunelab-llama-"))
     try:
         path = on_fresh_thread(base_gguf, ref, base.model, base.tokenizer, dtype, workdir, base.name)
-        base.dtype = file_type(path)
-        return LlamaCppEngine(base.model, base.tokenizer, path, base_name=base.name, max_batch=max_batch,
-                              max_queue=max_queue, workdir=workdir)
+        engine = LlamaCppEngine(base.model, base.tokenizer, path, base_name=base.name, max_batch=max_batch,
+                                max_queue=max_queue, workdir=workdir)
+        base.dtype = engine.file_type
+        return engine
     except BaseException:
         shutil.rmtree(workdir, ignore_errors=True)  # a written base GGUF can take GBs
         raise
