@@ -7,7 +7,9 @@ Arms, each in its own process (so peak memory is its own), one after the other o
   trl_padding_free  TRL tuned the other way: no gradient checkpointing, bf16, padding-free batches (correct
                here: transformers turns the packed position ids into a block-diagonal mask)
                The ratio "vs TRL best" is against the faster of these two.
-  tunelab      tunelab's recipe with its defaults
+  tunelab      tunelab's recipe with its defaults (this run is too short for `auto` to compile: eager layers)
+  tunelab_compiled  the same with train.compile=true, inductor's cache as the machine has it (a second run)
+  tunelab_compiled_cold  the same with an empty inductor cache (a first run on a machine: compilation included)
 Optimisation settings that change the result rather than the speed are the same for all (learning rate and
 schedule, epochs, batches of 8 rows as TRL's default, LoRA r16/alpha 32 on all linear layers), so that
 validation loss after the same tokens compares like with like (tunelab's own `auto` batch size would take
@@ -169,7 +171,8 @@ def arm_tunelab(work: Path, extra: list[str]) -> dict[str, Any]:
 
 def child(arm: str, work: Path, out: Path, extra: list[str]) -> None:
     torch.manual_seed(0)
-    res = arm_tunelab(work, extra) if arm.startswith("tunelab") else arm_trl(work, arm.removeprefix("trl_"))
+    compiled = ["train.compile=true"] if arm.startswith("tunelab_compiled") else []
+    res = arm_tunelab(work, extra + compiled) if arm.startswith("tunelab") else arm_trl(work, arm.removeprefix("trl_"))
     out.write_text(json.dumps(res))
 
 
@@ -213,7 +216,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="32 + 32 rows: a few minutes")
     ap.add_argument("--rows", type=int, default=96, help="rows from each source (banking77, customer support)")
-    ap.add_argument("--arms", default="trl_default,trl_best,trl_padding_free,tunelab")
+    ap.add_argument("--arms", default="trl_default,trl_best,trl_padding_free,tunelab,tunelab_compiled_cold,"
+                    "tunelab_compiled")
     ap.add_argument("--tunelab-extra", default="", help="extra tunelab overrides for the tunelab arm, ';'-separated")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--work", type=Path, help="reuse a work directory: its data and the arms measured there")
@@ -246,8 +250,11 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--child", arm, str(work), str(out)]
         if a.tunelab_extra:
             cmd += ["--tunelab-extra", a.tunelab_extra]
+        env = dict(os.environ)
+        if arm.endswith("_cold"):
+            env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-cold-")
         if not out.exists():
-            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            proc = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
             if proc.returncode:  # one arm failing must not lose the others' figures
                 print(f"{arm}: failed\n{proc.stderr[-2000:]}", flush=True)
                 results[arm] = {"failed": proc.stderr[-2000:]}
@@ -274,28 +281,32 @@ def main() -> None:
 def summarise(results: dict[str, Any], peak: dict[str, float], flops: dict[str, float]) -> dict[str, Any]:
     out: dict[str, Any] = {"peak_gflops_fp32": round(peak["fp32"], 1), "peak_gflops_bf16": round(peak["bf16"], 1)}
     ok = {k: v for k, v in results.items() if "failed" not in v}
-    t, d = ok.get("tunelab"), ok.get("trl_default")
+    d = ok.get("trl_default")
     tuned = [k for k in ("trl_best", "trl_padding_free") if k in ok]  # TRL's best: the fastest tuned setting
     best_arm = max(tuned, key=lambda k: ok[k]["tok_s"]) if tuned else None
     b = ok.get(best_arm) if best_arm else None
     if best_arm:
         out["trl_best_arm"] = best_arm
-    for name, r in (("tunelab", t), ("trl_default", d), ("trl_best", b)):  # trl_best: the fastest of the two
+    for name, r in (("trl_default", d), ("trl_best", b)):  # trl_best: the fastest of the two
         if r:
             out[f"{name}_tok_s"] = round(r["tok_s"], 1)
-    if t and d:
-        out["ratio_vs_trl_default"] = round(t["tok_s"] / d["tok_s"], 2)
-        out["peak_rss_ratio_vs_trl_default"] = round(t["peak_rss_mib"] / d["peak_rss_mib"], 2)
-        out["val_loss_rel_diff_vs_trl_default"] = round((t["val_loss"] - d["val_loss"]) / d["val_loss"], 4)
-    if t and b:
-        out["ratio_vs_trl_best"] = round(t["tok_s"] / b["tok_s"], 2)
-        out["val_loss_rel_diff_vs_trl_best"] = round((t["val_loss"] - b["val_loss"]) / b["val_loss"], 4)
-    if t:
+    for arm in ("tunelab", "tunelab_compiled", "tunelab_compiled_cold"):
+        t, p = ok.get(arm), "" if arm == "tunelab" else arm.removeprefix("tunelab_") + "_"
+        if not t:
+            continue
+        out[f"{arm}_tok_s"] = round(t["tok_s"], 1)
+        if d:
+            out[f"{p}ratio_vs_trl_default"] = round(t["tok_s"] / d["tok_s"], 2)
+            out[f"{p}peak_rss_ratio_vs_trl_default"] = round(t["peak_rss_mib"] / d["peak_rss_mib"], 2)
+            out[f"{p}val_loss_rel_diff_vs_trl_default"] = round((t["val_loss"] - d["val_loss"]) / d["val_loss"], 4)
+        if b:
+            out[f"{p}ratio_vs_trl_best"] = round(t["tok_s"] / b["tok_s"], 2)
+            out[f"{p}val_loss_rel_diff_vs_trl_best"] = round((t["val_loss"] - b["val_loss"]) / b["val_loss"], 4)
         achieved = t["tok_s"] * flops["lora_required"] / 1e9
-        out["tunelab_gflops"] = round(achieved, 1)
-        out["mfu_bf16"] = round(achieved / peak["bf16"], 3)
-        out["mfu_fp32"] = round(achieved / peak["fp32"], 3)
-        out["mfu_bf16_conventional_6n"] = round(t["tok_s"] * flops["conventional_6n"] / 1e9 / peak["bf16"], 3)
+        out[f"{p}tunelab_gflops"] = round(achieved, 1)
+        out[f"{p}mfu_bf16"] = round(achieved / peak["bf16"], 3)
+        out[f"{p}mfu_fp32"] = round(achieved / peak["fp32"], 3)
+        out[f"{p}mfu_bf16_conventional_6n"] = round(t["tok_s"] * flops["conventional_6n"] / 1e9 / peak["bf16"], 3)
     return out
 
 

@@ -118,6 +118,60 @@ def test_packed_batch_equals_rows_run_alone(tiny_model: Path, tiny_tokenizer, ro
     assert causal_lm_loss(model, padded, n, label_only).item() == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("lengths", [[7], [3, 9], [4, 4, 4], [1, 2, 30, 5, 5], [12, 3, 40, 8, 22, 5, 17, 9]])
+def test_rows_attention_equals_attention_row_by_row(lengths: list[int]) -> None:
+    """The padded batches of row_layout (two, of at least two rows, repeating a row where short) give each row's
+    causal attention and gradients exactly as the row-by-row loop does, GQA included."""
+    import tunelab.training.packing as packing
+
+    torch.manual_seed(0)
+    cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    q, k, v = (torch.randn(1, h, sum(lengths), 8, requires_grad=True) for h in (6, 2, 2))
+    module = torch.nn.Module()
+    layout = packing.row_layout(cu)
+    assert layout is not None and len(layout["gather"]) == 2 and all(len(g) >= 2 for g in layout["gather"])
+    loop, _ = packing._varlen_attention(module, q, k, v, None, cu_seq_lens_q=cu)
+    batched, _ = packing._varlen_attention(module, q, k, v, None, cu_seq_lens_q=cu, **{packing.ROWS: layout})
+    assert batched.shape == loop.shape == (1, sum(lengths), 6, 8)
+    torch.testing.assert_close(batched, loop)
+    g = torch.randn_like(loop)
+    for a, b in zip(torch.autograd.grad(batched, (q, k, v), g), torch.autograd.grad(loop, (q, k, v), g), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_rows_too_long_for_matmul_attention_keep_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tunelab.training.packing as packing
+
+    monkeypatch.setattr(packing, "EAGER_MAX_LEN", 10)
+    assert packing.row_layout(torch.tensor([0, 5, 16])) is None
+    assert packing.row_layout(torch.tensor([0, 5, 15])) is not None
+
+
+def test_compiled_layers_serve_training_steps_only(tiny_model: Path, tiny_tokenizer, rows) -> None:  # noqa: ANN001
+    """Compiled layers give the eager loss and gradients; calls without gradients (evaluation, generation) run
+    the eager layers and compile nothing; undoing leaves the layers as they were."""
+    from torch._dynamo.utils import counters
+
+    from tunelab.training.compiled import compile_for_training
+
+    model = tiny_lora(tiny_model)
+    use_varlen_attention(model)
+    packed = PackCollator()(rows)
+    ref, g_ref = _grads(model, packed)
+    undo = compile_for_training(model)
+    got, g_got = _grads(model, packed)
+    assert got == pytest.approx(ref, rel=1e-5)
+    assert_grads_close(g_got, g_ref)
+    frames = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        assert causal_lm_loss(model, packed, None, True).item() == pytest.approx(ref, rel=1e-5)
+        model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
+    assert counters["stats"]["unique_graphs"] == frames
+    undo()
+    layers = model.get_base_model().get_decoder().layers
+    assert all("forward" not in layer.__dict__ for layer in layers)
+
+
 def test_plain_sdpa_packing_leaks_across_rows(tiny_model: Path, rows) -> None:  # noqa: ANN001
     """Why the per-row attention exists: the same packed row through plain sdpa with one causal mask gives
     a different loss, because later rows attend to earlier ones."""
@@ -134,7 +188,7 @@ def test_plain_sdpa_packing_leaks_across_rows(tiny_model: Path, rows) -> None:  
 # --- the switches in a real run ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("switch", ["train.packing=true", "train.loss_chunk_tokens=0",
-                                    "train.gradient_checkpointing=true"])
+                                    "train.gradient_checkpointing=true", "train.compile=true"])
 def test_speed_switches_train_the_same(tiny_model: Path, tmp_path: Path, switch: str) -> None:
     """A run with a speed path switched on/off logs the same loss and gradient norm at every step."""
     common = ("train.batch_size=2", "train.max_steps=3", "train.loss_chunk_tokens=3")

@@ -114,6 +114,7 @@ ONLY_FOR: dict[str, tuple[tuple[str, ...], str]] = {
     "train.loss_chunk_tokens": (("sft",), "TRL computes the preference and RL losses itself"),
     "train.max_batch_tokens": (("sft",), "TRL batches preference pairs and sampled answers itself"),
     "train.frozen_bf16": (("sft",), "TRL keeps the frozen weights as they are"),
+    "train.compile": (("sft",), "TRL runs the model's layers as they are"),
     "train.group_by_length": (("sft",), "TRL samples pairs and prompts its own way"),
     "train.early_stopping": (("sft",), "preference and RL runs train for their set steps"),
     "eval.during_training": (("sft",), "preference runs log their own held-out metrics; RL scores after training"),

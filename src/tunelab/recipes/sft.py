@@ -290,6 +290,7 @@ def train(session: Session, prepared: Prepared) -> Any:
 
     from ..training import frozen
     from ..training.collate import PadCollator
+    from ..training.compiled import compile_for_training
     from ..training.packing import PackCollator, use_varlen_attention
 
     cfg, tokenizer, bf16 = session.cfg, session.tokenizer, session.bf16
@@ -325,6 +326,10 @@ def train(session: Session, prepared: Prepared) -> Any:
     if packed:
         use_varlen_attention(model)
     kept = frozen.to_bf16(model) if bf16 and cfg.train.frozen_bf16 and cfg.peft.method == "lora" else {}
+    if hp.compile:
+        session.console.print("Compiling the model's layers for training (torch.compile: the first steps wait for "
+                              "it, about a minute the first time on this machine)")
+    uncompile = compile_for_training(model) if hp.compile else None
     early = ([EarlyStoppingCallback(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta)]
              if cfg.train.early_stopping.patience and val_ex else [])
     scorable = bool(task.labels and val_ex) or _generation_rows(val_ex)
@@ -342,6 +347,8 @@ def train(session: Session, prepared: Prepared) -> Any:
     try:
         session.fit(trainer)
     finally:
+        if uncompile:
+            uncompile()
         frozen.restore_fp32(trainer.model, kept)
 
     session.save(trainer.model, labels=task.labels if task.head else None)

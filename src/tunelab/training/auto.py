@@ -33,6 +33,7 @@ class Hyperparams:
     warmup_steps: int
     order: str | None = None  # how rows are drawn, when not the method's own way (a rehearsal: "sequential")
     gradient_checkpointing: bool | None = None  # train.gradient_checkpointing as resolved (recorded in resolved.json)
+    compile: bool | None = None  # train.compile as resolved (supervised runs)
 
     def to_dict(self) -> dict[str, float | int]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -108,8 +109,10 @@ def hyperparams(cfg: TunelabConfig, *, n_params: int, lengths: list[int], head: 
     bs = _split_between_processes(bs, auto=t.batch_size == "auto", rl=cfg.method in RL_METHODS)
     per_epoch = max(1, math.ceil(len(lengths) / (bs * t.grad_accum)))
     total = t.max_steps or per_epoch * ep
+    tokens = total * bs * t.grad_accum * sum(lengths) // max(len(lengths), 1)
     return Hyperparams(ep, lr, bs, per_epoch, total, math.ceil(t.warmup_ratio * total),
-                       gradient_checkpointing=gradient_checkpointing(cfg))
+                       gradient_checkpointing=gradient_checkpointing(cfg),
+                       compile=compile_layers(cfg, tokens=tokens, head=head) if cfg.method == "sft" else None)
 
 
 def _split_between_processes(bs: int, *, auto: bool, rl: bool) -> int:
@@ -153,6 +156,22 @@ def gradient_checkpointing(cfg: TunelabConfig, need_mib: float | None = None, li
     if setting != "auto":
         return bool(setting)
     return need_mib is not None and limit_mib is not None and need_mib * MEMORY_MARGIN > limit_mib
+
+
+COMPILE_MIN_TOKENS = 100_000  # compiling costs ~1-1.5 min cold and saves ~40% of eager time: paid back by then
+
+
+def compile_layers(cfg: TunelabConfig, *, tokens: int, head: bool) -> bool:
+    """train.compile: auto compiles where it was measured to pay: LoRA on packed rows (whose attention keeps one
+    graph for every batch), one process on a CPU, no gradient checkpointing, and a run long enough (tokens: the
+    tokens it will train on) to earn the compilation back."""
+    from ..device import device
+
+    setting = cfg.train.compile
+    if setting != "auto":
+        return bool(setting)
+    return (device() == "cpu" and cfg.train.packing and not head and cfg.peft.method == "lora"
+            and world_size() == 1 and not gradient_checkpointing(cfg) and tokens >= COMPILE_MIN_TOKENS)
 
 
 def liger(cfg: TunelabConfig) -> bool:

@@ -26,18 +26,66 @@ EAGER_MAX_LEN = 512  # rows up to this long: plain matmul attention, measured ~1
 
 def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       scaling: float | None) -> torch.Tensor:
-    """Causal attention of one short row by matmuls: [1, heads, T, d] -> [1, T, heads, d]. On a CPU, sdpa's
-    flash kernel spends most of its backward pass on bookkeeping at these lengths; for long rows its
-    memory saving matters more (this keeps [heads, T, T] probabilities for the backward pass)."""
+    """Causal attention of short rows of one length by matmuls: [rows, heads, T, d] -> [rows, T, heads, d]. On a
+    CPU, sdpa's flash kernel spends most of its backward pass on bookkeeping at these lengths; for long rows its
+    memory saving matters more (this keeps [rows, heads, T, T] probabilities for the backward pass)."""
     from transformers.integrations.sdpa_attention import repeat_kv
 
     n_rep = query.shape[1] // key.shape[1]
     key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-    t = query.shape[2]
+    t = query.shape[-2]
     scores = (query @ key.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
     scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=query.device).triu(1), float("-inf"))
     probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
     return (probs @ value).transpose(1, 2)
+
+
+ROWS = "tunelab_rows"  # the decoder's kwarg carrying row_layout's tensors to every layer's attention
+
+
+def row_layout(cu: torch.Tensor) -> dict[str, Any] | None:
+    """Index tensors that lay a packed row's rows out as padded batches and back, computed once per forward pass
+    (not in every layer). The rows, shortest first, go into two batches split where the padded attention is
+    smallest, so that short rows do not pay for the longest. Always two batches of at least two rows (a batch
+    short of rows repeats one, whose copy nothing reads): a compiled layer then meets one shape of graph and
+    no size-1 dimension, and compiles once. `gather`: per batch [rows, longest] each slot's packed position (a
+    row's pad slots repeat its last token, which causal masking keeps out of its real tokens' attention);
+    `scatter` [T]: each packed token's slot in the batches laid end to end. None when a row is too long for
+    matmul attention (those rows go through sdpa)."""
+    lengths = (cu[1:] - cu[:-1]).tolist()
+    if max(lengths) > EAGER_MAX_LEN:
+        return None
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    n = len(order)
+    split = min(range(1, n), key=lambda k: k * lengths[order[k - 1]] ** 2 + (n - k) * lengths[order[-1]] ** 2,
+                default=1)
+    gather, scatter, offset, placed = [], torch.empty(int(cu[-1]), dtype=torch.long), 0, set()
+    for group in (order[:split], order[split:] or order):
+        group = group if len(group) > 1 else group * 2
+        longest = lengths[group[-1]]
+        starts, lens = cu[group], torch.tensor([lengths[r] for r in group])
+        slots = torch.arange(longest)
+        gather.append((starts[:, None] + torch.minimum(slots, lens[:, None] - 1)).to(cu.device))
+        for i, r in enumerate(group):
+            if r not in placed:
+                placed.add(r)
+                scatter[int(cu[r]):int(cu[r + 1])] = torch.arange(lengths[r]) + offset + i * longest
+        offset += len(group) * longest
+    return {"gather": gather, "scatter": scatter.to(cu.device)}
+
+
+def _rows_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: dict[str, Any],
+                    scaling: float | None) -> torch.Tensor:
+    """Causal attention of every row of a packed row at once, in row_layout's padded batches: [1, heads, T, d] ->
+    [1, T, heads, d]. No per-row Python loop, and every shape comes from tensors, so a compiled decoder layer keeps
+    attention in its graph whatever the batch's row lengths."""
+    outs = []
+    for gather in rows["gather"]:
+        def padded(x: torch.Tensor, gather: torch.Tensor = gather) -> torch.Tensor:  # -> [rows, h, longest, d]
+            return x[0].index_select(1, gather.reshape(-1)).unflatten(1, gather.shape).transpose(0, 1)
+
+        outs.append(_causal_attention(padded(query), padded(key), padded(value), scaling).flatten(0, 1))
+    return torch.cat(outs).index_select(0, rows["scatter"]).unsqueeze(0)
 
 
 def _varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -50,6 +98,9 @@ def _varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value
     if cu is None:  # an ordinary batch (evaluation, generation): plain sdpa
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
+    rows = kwargs.get(ROWS)
+    if rows is not None and not (dropout and module.training):
+        return _rows_attention(query, key, value, rows, scaling), None
     bounds = cu.tolist()
     parts = []
     for a, b in zip(bounds[:-1], bounds[1:], strict=True):
@@ -94,10 +145,14 @@ def available_packed_attention() -> str:
 def _packed_kwargs(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict]:
     """Before the decoder runs a packed batch (cu_seq_lens_q from PackCollator): no padding mask, so that
     transformers builds the mask from the rows' reset positions (FlexAttention: a document block mask), and
-    flash-attn's varlen boundaries and longest row given once instead of found again in every layer."""
+    flash-attn's varlen boundaries and longest row given once instead of found again in every layer; the per-row
+    attention here gets the rows' padded layout, also once."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
         return args, kwargs
+    if module.config._attn_implementation == VARLEN:  # the mask goes unused: rows are kept apart by row_layout
+        rows = row_layout(cu)
+        return args, kwargs if rows is None else dict(kwargs, **{ROWS: rows})
     kwargs = dict(kwargs, attention_mask=None)
     if module.config._attn_implementation == FLASH:
         longest = int((cu[1:] - cu[:-1]).max())
@@ -116,7 +171,7 @@ def use_varlen_attention(model: Any, implementation: str | None = None) -> str:
         register_varlen_attention()
     lm.set_attn_implementation(impl)
     decoder = lm.get_decoder()
-    if impl != VARLEN and not getattr(decoder, "_tunelab_packed_hook", False):
+    if not getattr(decoder, "_tunelab_packed_hook", False):
         decoder.register_forward_pre_hook(_packed_kwargs, with_kwargs=True)
         decoder._tunelab_packed_hook = True
     return impl

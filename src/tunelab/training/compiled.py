@@ -1,0 +1,44 @@
+"""Decoder layers compiled (torch.compile, inductor) for training steps, eager everywhere else.
+
+On a CPU an eager LoRA step spends most of its time outside the matmuls: RMSNorm, rotary embeddings, SiLU x up,
+LoRA's scaling, residual adds and autocast's casts, each a pass over memory (bench/profile_lora_step.py).
+Compiled, each layer's chains of such ops become a few fused loops, in the backward pass too. With packed rows the
+attention keeps every shape in tensors (packing.row_layout), so one graph with dynamic sizes serves every batch:
+two compilations in all (the first layer's input needs no gradient, the others' do), about 30-45 s each the first
+time on a machine, seconds once inductor's cache has them.
+
+Only steps that build a backward graph use the compiled layers: evaluation and generation (no gradients, a KV
+cache) stay eager, so they neither trigger recompilation nor depend on it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def _layers(model: Any) -> Any:
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return lm.get_decoder().layers
+
+
+def compile_for_training(model: Any) -> Callable[[], None]:
+    """Compile each decoder layer of a (possibly peft-wrapped) causal LM for gradient-building calls; returns
+    what puts the eager layers back."""
+    layers = list(_layers(model))
+    for layer in layers:
+        eager = layer.forward
+        compiled = torch.compile(eager, dynamic=True)
+
+        def forward(*args: Any, _eager: Any = eager, _compiled: Any = compiled, **kwargs: Any) -> Any:
+            return (_compiled if torch.is_grad_enabled() else _eager)(*args, **kwargs)
+
+        layer.forward = forward  # an instance attribute: hooks, state_dict and saved adapters are unchanged
+
+    def undo() -> None:
+        for layer in layers:
+            layer.__dict__.pop("forward", None)
+
+    return undo
