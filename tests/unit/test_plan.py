@@ -117,11 +117,13 @@ def test_trials_of_any_length_report_at_the_same_share_of_their_training() -> No
 
 
 def test_the_quick_bound_grows_with_the_batch_and_full_tuning() -> None:
-    lora = load_config(None, ["data.train=x.jsonl"])
+    lora = load_config(None, ["data.train=x.jsonl", "train.max_batch_tokens=512"])
     small = fit.quick_bound_mib(lora, 135_000_000, [100] * 64)
     assert fit.quick_bound_mib(fit.apply(lora, {"train.max_batch_tokens": None}), 135_000_000, [400] * 64) > small
     assert fit.quick_bound_mib(fit.apply(lora, {"peft.method": "full"}), 135_000_000, [100] * 64) > small + 1500
     assert small < 0.5 * 16_000  # a 135M LoRA run never needs a rehearsal on a 16 GB machine
+    defaults = load_config(None, ["data.train=x.jsonl"])  # compiled layers (auto), in pieces of 1,024 tokens
+    assert small < fit.quick_bound_mib(defaults, 135_000_000, [100] * 640) < 0.5 * 16_000
 
 
 def test_init_tells_what_the_rows_are(tmp_path: Path) -> None:

@@ -264,3 +264,37 @@ def test_frozen_bf16_trains_the_same_and_restores_fp32(tiny_model: Path, tmp_pat
         w = dict(model.named_modules())[name].weight
         assert w.dtype == torch.float32
         assert torch.equal(w, base[name.removeprefix("base_model.model.").removesuffix(".base_layer") + ".weight"])
+
+
+# --- compiled layers: when auto compiles ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("overrides", "rows", "expected"), [
+    ([], 64, False),  # too few tokens to earn the compilation back
+    ([], 640, True),
+    (["peft.method=full"], 640, False),
+    (["peft.method=dora"], 640, False),
+    (["train.packing=false"], 640, False),
+    (["train.gradient_checkpointing=true"], 640, False),
+    (["train.compile=true"], 64, True),
+    (["train.compile=false"], 640, False),
+])
+def test_auto_compiles_long_packed_lora_runs(overrides: list[str], rows: int, expected: bool,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from tunelab.config import load_config
+    from tunelab.training import auto
+
+    monkeypatch.setattr("tunelab.device.device", lambda: "cpu")  # auto compiles on CPUs only
+
+    cfg = load_config(None, ["data.train=x.jsonl", "train.epochs=1", *overrides])
+    hp = auto.hyperparams(cfg, n_params=135_000_000, lengths=[100] * rows)
+    assert hp.compile is expected and hp.to_dict()["compile"] is expected  # recorded in resolved.json
+    assert auto.max_batch_tokens(cfg, expected) == (1024 if expected else 512)
+    assert auto.max_batch_tokens(load_config(None, ["train.max_batch_tokens=64"]), expected) == 64
+
+
+def test_auto_never_compiles_for_a_classification_head() -> None:
+    from tunelab.config import load_config
+    from tunelab.training import auto
+
+    cfg = load_config(None, ["data.train=x.jsonl", "train.epochs=1"])
+    assert auto.hyperparams(cfg, n_params=135_000_000, lengths=[100] * 640, head=True).compile is False

@@ -49,7 +49,7 @@ def ladder(cfg: TunelabConfig, batch_size: int) -> list[Rung]:
         so_far.update(overrides)
         out.append(Rung(change, dict(so_far)))
 
-    if cfg.method == "sft" and t.max_batch_tokens and t.max_batch_tokens > 128:
+    if cfg.method == "sft" and t.max_batch_tokens and (t.max_batch_tokens == "auto" or t.max_batch_tokens > 128):
         add(f"smaller micro-batches (train.max_batch_tokens {t.max_batch_tokens} -> 128)",
             **{"train.max_batch_tokens": 128})
     elif cfg.method == "sft" and not t.max_batch_tokens:
@@ -122,7 +122,7 @@ def quick_bound_mib(cfg: TunelabConfig, n_params: int, lengths: list[int]) -> fl
     hp = auto.hyperparams(cfg, n_params=n_params, lengths=lengths or [cfg.model.max_length])
     longest = max(lengths or [cfg.model.max_length]) or cfg.model.max_length
     if cfg.method == "sft":
-        tokens = max(cfg.train.max_batch_tokens or hp.batch_size * longest, longest)
+        tokens = max(auto.max_batch_tokens(cfg, bool(hp.compile)) or hp.batch_size * longest, longest)
     elif cfg.method in RL_METHODS:
         tokens = hp.batch_size * auto.generations(cfg) * cfg.model.max_length
     else:

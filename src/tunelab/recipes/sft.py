@@ -340,7 +340,7 @@ def train(session: Session, prepared: Prepared) -> Any:
         data_collator=PackCollator() if packed else PadCollator(tokenizer.pad_token_id),
         callbacks=session.callbacks(*early), bf16=bf16, token_level=not task.head,
         label_only_logits=cfg.train.label_only_logits, loss_chunk=cfg.train.loss_chunk_tokens,
-        max_batch_tokens=cfg.train.max_batch_tokens,
+        max_batch_tokens=auto.max_batch_tokens(cfg, bool(hp.compile)),
         task_metric=_task_metric(tokenizer, task, val_ex, cfg, bf16) if during else None,
     )
     trainer.remove_callback(PrinterCallback)  # progress and metrics.jsonl replace its raw dict prints

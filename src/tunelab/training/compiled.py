@@ -19,15 +19,24 @@ from typing import Any
 import torch
 
 
-def _layers(model: Any) -> Any:
+def _decoder(model: Any) -> Any:
     lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return lm.get_decoder().layers
+    return lm.get_decoder()
 
 
 def compile_for_training(model: Any) -> Callable[[], None]:
     """Compile each decoder layer of a (possibly peft-wrapped) causal LM for gradient-building calls; returns
     what puts the eager layers back."""
-    layers = list(_layers(model))
+    import torch.fx.experimental._config as fx_config
+
+    from .packing import ROWS
+
+    # sizes that happen to be equal at the first trace (two attention batches of as many rows) would otherwise
+    # share a symbol, and the first batch where they differ would compile again
+    fx_config.use_duck_shape = False
+    decoder = _decoder(model)
+    layers = list(decoder.layers)
+    setattr(decoder, ROWS, True)  # packed rows' attention in padded batches: shapes a compiled graph can follow
     for layer in layers:
         eager = layer.forward
         compiled = torch.compile(eager, dynamic=True)
@@ -38,6 +47,7 @@ def compile_for_training(model: Any) -> Callable[[], None]:
         layer.forward = forward  # an instance attribute: hooks, state_dict and saved adapters are unchanged
 
     def undo() -> None:
+        setattr(decoder, ROWS, False)
         for layer in layers:
             layer.__dict__.pop("forward", None)
 

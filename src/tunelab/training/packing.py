@@ -146,12 +146,13 @@ def _packed_kwargs(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
     """Before the decoder runs a packed batch (cu_seq_lens_q from PackCollator): no padding mask, so that
     transformers builds the mask from the rows' reset positions (FlexAttention: a document block mask), and
     flash-attn's varlen boundaries and longest row given once instead of found again in every layer; the per-row
-    attention here gets the rows' padded layout, also once."""
+    attention here gets the rows' padded layout, also once, when the layers are compiled (training.compiled)."""
     cu = kwargs.get("cu_seq_lens_q")
     if cu is None:
         return args, kwargs
     if module.config._attn_implementation == VARLEN:  # the mask goes unused: rows are kept apart by row_layout
-        rows = row_layout(cu)
+        # eager, the row-by-row loop measured faster (no padding); compiled layers need every shape in tensors
+        rows = row_layout(cu) if getattr(module, ROWS, False) else None
         return args, kwargs if rows is None else dict(kwargs, **{ROWS: rows})
     kwargs = dict(kwargs, attention_mask=None)
     if module.config._attn_implementation == FLASH:
