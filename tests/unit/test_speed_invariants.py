@@ -298,3 +298,17 @@ def test_auto_never_compiles_for_a_classification_head() -> None:
 
     cfg = load_config(None, ["data.train=x.jsonl", "train.epochs=1"])
     assert auto.hyperparams(cfg, n_params=135_000_000, lengths=[100] * 640, head=True).compile is False
+
+
+def test_compiling_without_a_cxx_compiler(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile builds CPU kernels with a C++ compiler: auto trains uncompiled without one, true says what
+    to install."""
+    from tunelab.config import ConfigError, load_config
+    from tunelab.training import auto
+
+    monkeypatch.setattr("tunelab.device.device", lambda: "cpu")
+    monkeypatch.setattr("tunelab.training.compiled.cxx_compiler", lambda: None)
+    cfg = load_config(None, ["data.train=x.jsonl", "train.epochs=1"])
+    assert auto.hyperparams(cfg, n_params=135_000_000, lengths=[100] * 640).compile is False
+    with pytest.raises(ConfigError, match=r"train.compile=true needs a C\+\+ compiler.*apt-get install g\+\+"):
+        auto.hyperparams(load_config(None, ["data.train=x.jsonl", "train.compile=true"]), n_params=1, lengths=[9])

@@ -166,12 +166,18 @@ def compile_layers(cfg: TunelabConfig, *, tokens: int, head: bool) -> bool:
     graph for every batch), one process on a CPU, no gradient checkpointing, and a run long enough (tokens: the
     tokens it will train on) to earn the compilation back."""
     from ..device import device
+    from .compiled import cxx_compiler
 
     setting = cfg.train.compile
+    if setting is True and not cxx_compiler():
+        raise ConfigError("train.compile=true needs a C++ compiler, which torch.compile builds its CPU kernels with, "
+                          "and none was found (g++, c++, clang++ or $CXX): install one (e.g. apt-get install g++), "
+                          "or set train.compile: auto (it trains uncompiled where there is none)")
     if setting != "auto":
         return bool(setting)
     return (device() == "cpu" and cfg.train.packing and not head and cfg.peft.method == "lora"
-            and world_size() == 1 and not gradient_checkpointing(cfg) and tokens >= COMPILE_MIN_TOKENS)
+            and world_size() == 1 and not gradient_checkpointing(cfg) and tokens >= COMPILE_MIN_TOKENS
+            and cxx_compiler() is not None)
 
 
 def max_batch_tokens(cfg: TunelabConfig, compiled: bool) -> int | None:

@@ -13,10 +13,17 @@ cache) stay eager, so they neither trigger recompilation nor depend on it.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from typing import Any
 
 import torch
+
+
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would build CPU kernels with ($CXX, else the first of g++, c++, clang++), or None."""
+    return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("g++", "c++", "clang++"))), None)
 
 
 def _decoder(model: Any) -> Any:
@@ -34,6 +41,8 @@ def compile_for_training(model: Any) -> Callable[[], None]:
     # sizes that happen to be equal at the first trace (two attention batches of as many rows) would otherwise
     # share a symbol, and the first batch where they differ would compile again
     fx_config.use_duck_shape = False
+    # a layer the compiler fails on runs eager (with a warning) rather than ending the run
+    torch._dynamo.config.suppress_errors = True
     decoder = _decoder(model)
     layers = list(decoder.layers)
     setattr(decoder, ROWS, True)  # packed rows' attention in padded batches: shapes a compiled graph can follow
