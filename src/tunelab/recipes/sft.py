@@ -326,10 +326,11 @@ def train(session: Session, prepared: Prepared) -> Any:
     if packed:
         use_varlen_attention(model)
     kept = frozen.to_bf16(model) if bf16 and cfg.train.frozen_bf16 and cfg.peft.method == "lora" else {}
+    uncompile = None
     if hp.compile:
         session.console.print("Compiling the model's layers for training (torch.compile: the first steps wait for "
                               "it, about a minute the first time on this machine)")
-    uncompile = compile_for_training(model) if hp.compile else None
+        uncompile = compile_for_training(model)
     early = ([EarlyStoppingCallback(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta)]
              if cfg.train.early_stopping.patience and val_ex else [])
     scorable = bool(task.labels and val_ex) or _generation_rows(val_ex)

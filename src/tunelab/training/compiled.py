@@ -4,8 +4,8 @@ On a CPU an eager LoRA step spends most of its time outside the matmuls: RMSNorm
 LoRA's scaling, residual adds and autocast's casts, each a pass over memory (bench/profile_lora_step.py).
 Compiled, each layer's chains of such ops become a few fused loops, in the backward pass too. With packed rows the
 attention keeps every shape in tensors (packing.row_layout), so one graph with dynamic sizes serves every batch:
-two compilations in all (the first layer's input needs no gradient, the others' do), about 30-45 s each the first
-time on a machine, seconds once inductor's cache has them.
+two compilations in all (the first layer's input needs no gradient, the others' do), about a minute together the
+first time on a machine, seconds once inductor's cache has them.
 
 Only steps that build a backward graph use the compiled layers: evaluation and generation (no gradients, a KV
 cache) stay eager, so they neither trigger recompilation nor depend on it.
