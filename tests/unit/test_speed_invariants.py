@@ -312,3 +312,22 @@ def test_compiling_without_a_cxx_compiler(monkeypatch: pytest.MonkeyPatch) -> No
     assert auto.hyperparams(cfg, n_params=135_000_000, lengths=[100] * 640).compile is False
     with pytest.raises(ConfigError, match=r"train.compile=true needs a C\+\+ compiler.*apt-get install g\+\+"):
         auto.hyperparams(load_config(None, ["data.train=x.jsonl", "train.compile=true"]), n_params=1, lengths=[9])
+
+
+@pytest.mark.parametrize(("set_before", "expected"), [(None, "128"), ("512", "512")])
+def test_a_run_bounds_onednn_primitive_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             set_before: str | None, expected: str) -> None:
+    """Packed batches bring new matmul shapes at every step; oneDNN's cache of them is bounded for a run (a value
+    the user set stays)."""
+    import os
+
+    from tunelab.config import load_config
+    from tunelab.recipes.dispatch import run
+
+    if set_before is None:
+        monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", set_before)
+    with pytest.raises(Exception):  # noqa: B017, PT011 (no data: the run stops before training, the setting is made)
+        run(load_config(None, [f"data.train={tmp_path / 'missing.jsonl'}", f"output_dir={tmp_path}"]))
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == expected
