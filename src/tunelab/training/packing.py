@@ -52,6 +52,7 @@ def row_layout(cu: torch.Tensor) -> dict[str, Any] | None:
     row's pad slots repeat its last token, which causal masking keeps out of its real tokens' attention);
     `scatter` [T]: each packed token's slot in the batches laid end to end. None when a row is too long for
     matmul attention (those rows go through sdpa)."""
+    device, cu = cu.device, cu.cpu()  # index arithmetic on the CPU, the results moved once
     lengths = (cu[1:] - cu[:-1]).tolist()
     if max(lengths) > EAGER_MAX_LEN:
         return None
@@ -65,13 +66,13 @@ def row_layout(cu: torch.Tensor) -> dict[str, Any] | None:
         longest = lengths[group[-1]]
         starts, lens = cu[group], torch.tensor([lengths[r] for r in group])
         slots = torch.arange(longest)
-        gather.append((starts[:, None] + torch.minimum(slots, lens[:, None] - 1)).to(cu.device))
+        gather.append((starts[:, None] + torch.minimum(slots, lens[:, None] - 1)).to(device))
         for i, r in enumerate(group):
             if r not in placed:
                 placed.add(r)
                 scatter[int(cu[r]):int(cu[r + 1])] = torch.arange(lengths[r]) + offset + i * longest
         offset += len(group) * longest
-    return {"gather": gather, "scatter": scatter.to(cu.device)}
+    return {"gather": gather, "scatter": scatter.to(device)}
 
 
 def _rows_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: dict[str, Any],
