@@ -139,6 +139,25 @@ def test_rows_attention_equals_attention_row_by_row(lengths: list[int]) -> None:
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize(("heads", "groups"), [(6, 2), (4, 4), (9, 3), (8, 1)])
+def test_matmul_attention_equals_sdpa(heads: int, groups: int) -> None:
+    """The matmul attention (query heads grouped per shared key/value head, one longer query each) gives sdpa's
+    causal grouped-query attention and its gradients, with or without an explicit scale."""
+    import torch.nn.functional as F
+
+    from tunelab.training.packing import _causal_attention
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, h, 11, 8, dtype=torch.float64, requires_grad=True) for h in (heads, groups, groups))
+    for scaling in (None, 0.3):
+        got = _causal_attention(q, k, v, scaling)
+        ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True, scale=scaling).transpose(1, 2)
+        torch.testing.assert_close(got, ref)
+        g = torch.randn_like(ref)
+        for a, b in zip(torch.autograd.grad(got, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g), strict=True):
+            torch.testing.assert_close(a, b)
+
+
 def test_rows_too_long_for_matmul_attention_keep_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     import tunelab.training.packing as packing
 

@@ -28,16 +28,20 @@ def _causal_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tenso
                       scaling: float | None) -> torch.Tensor:
     """Causal attention of short rows of one length by matmuls: [rows, heads, T, d] -> [rows, T, heads, d]. On a
     CPU, sdpa's flash kernel spends most of its backward pass on bookkeeping at these lengths; for long rows its
-    memory saving matters more (this keeps [rows, heads, T, T] probabilities for the backward pass)."""
-    from transformers.integrations.sdpa_attention import repeat_kv
+    memory saving matters more (this keeps [rows, heads, T, T] probabilities for the backward pass).
 
-    n_rep = query.shape[1] // key.shape[1]
-    key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-    t = query.shape[-2]
-    scores = (query @ key.transpose(-1, -2)) * (scaling if scaling is not None else query.shape[-1] ** -0.5)
-    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool, device=query.device).triu(1), float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(value.dtype)
-    return (probs @ value).transpose(1, 2)
+    The query heads that share a key/value head (grouped-query attention) go into one matmul as one longer query
+    instead of repeating the keys and values for each (1.2-1.3x faster forward and backward, bench/attention_cpu.py),
+    and softmax reads the bf16 scores and computes in fp32 without a separate fp32 copy."""
+    rows, heads, t, d = query.shape
+    groups = key.shape[1]
+    query = query.reshape(rows, groups, heads // groups * t, d)  # q head j reads kv head j // (heads // groups)
+    scores = (query @ key.transpose(-1, -2)) * (scaling if scaling is not None else d ** -0.5)
+    position = torch.arange(t, device=query.device)
+    future = position.repeat(heads // groups)[:, None] < position[None, :]
+    at_least_fp32 = torch.promote_types(scores.dtype, torch.float32)
+    probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1, dtype=at_least_fp32).to(value.dtype)
+    return (probs @ value).reshape(rows, heads, t, d).transpose(1, 2)
 
 
 ROWS = "tunelab_rows"  # the decoder's kwarg carrying row_layout's tensors to every layer's attention
