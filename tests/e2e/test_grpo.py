@@ -122,6 +122,10 @@ def test_online_dpo_trains_on_its_own_answer_pairs(varied_model: Path, tmp_path:
     rewarded = [m for m in metrics(run) if m.get("reward") is not None]
     assert len(rewarded) == 3 and all("kl" in m and "rewards/margins" in m for m in rewarded)
     assert all(m["beta"] == 0.2 for m in rewarded)
+    # the policy's pass counts each step's prompts and sampled answers: tokens/s is measured, not 0
+    seen = [m["tokens_seen"] for m in metrics(run) if m.get("tokens_seen") is not None]
+    assert seen and seen[-1] > 0 and seen == sorted(seen)
+    assert summary["tokens_seen"] == seen[-1] and summary["tokens_per_s"] > 0
     weights = load_file(run / "adapter" / "adapter_model.safetensors")
     assert any(bool(v.abs().sum() > 0) for k, v in weights.items() if "lora_B" in k)
     rep = json.loads((run / "report.json").read_text())

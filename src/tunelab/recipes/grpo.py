@@ -133,6 +133,8 @@ def _trainer_class(cfg: TunelabConfig) -> tuple[Any, Any]:
 def _online_dpo() -> tuple[Any, Any]:
     """TRL's online DPO trainer (in trl.experimental), its two headline metrics logged under GRPO's names so that
     progress, the summary and the report read one set: objective/scores -> reward, objective/kl -> kl."""
+    import torch
+
     try:
         from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
     except ImportError as exc:  # experimental in TRL: moved or gone in another version
@@ -140,6 +142,16 @@ def _online_dpo() -> tuple[Any, Any]:
                           "install the TRL version tunelab pins, or use method: grpo") from None
 
     class Trainer(OnlineDPOTrainer):  # type: ignore[misc]
+        def _forward(self, model: Any, prompt_ids: Any, prompt_mask: Any, completion_ids: Any, completion_mask: Any,
+                     *args: Any, **kwargs: Any) -> Any:
+            # the policy's forward pass (the one with gradients; the reference's runs without) sees every prompt
+            # and sampled answer of the step once: count their tokens as GRPO's trainer counts its own, summed
+            # over processes, so that tokens/s and the progress read them
+            if torch.is_grad_enabled() and self.model.training:
+                seen = (prompt_mask.sum() + completion_mask.sum()).reshape(1)
+                self.state.num_input_tokens_seen += int(self.accelerator.gather(seen).sum().item())
+            return super()._forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, *args, **kwargs)
+
         def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
             for theirs, ours in (("objective/scores", "reward"), ("objective/kl", "kl")):
                 if theirs in logs:
@@ -293,7 +305,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     per_process = prompts_per_step // distributed.world_size() * (1 if cfg.method == "online_dpo" else G)
     kwargs = trl_kwargs(cfg, hp, run.checkpoints, has_val=False)
     # the prompts carry no input_ids for the trainer to count (a warning every step): GRPO and RLOO count the
-    # tokens they sample and score themselves; online DPO's tokens go uncounted
+    # tokens they sample and score themselves, online DPO's policy pass counts them (_online_dpo)
     kwargs["include_num_input_tokens_seen"] = "no"
     kwargs.update(per_device_train_batch_size=per_process, per_device_eval_batch_size=per_process,
                   max_steps=hp.total_steps)  # counted in prompts, not in sampled answers: steps are exact
