@@ -177,11 +177,13 @@ def test_compiled_layers_serve_training_steps_only(tiny_model: Path, tiny_tokeni
     use_varlen_attention(model)
     packed = PackCollator()(rows)
     ref, g_ref = _grads(model, packed)
+    before = counters["stats"]["unique_graphs"]
     undo = compile_for_training(model)
     got, g_got = _grads(model, packed)
     assert got == pytest.approx(ref, rel=1e-5)
     assert_grads_close(g_got, g_ref)
     frames = counters["stats"]["unique_graphs"]
+    assert frames - before == 1  # one graph for every layer, the first one's included (its input needs a gradient)
     with torch.no_grad():
         assert causal_lm_loss(model, packed, None, True).item() == pytest.approx(ref, rel=1e-5)
         model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=3, do_sample=False)
@@ -189,6 +191,7 @@ def test_compiled_layers_serve_training_steps_only(tiny_model: Path, tiny_tokeni
     undo()
     layers = model.get_base_model().get_decoder().layers
     assert all("forward" not in layer.__dict__ for layer in layers)
+    assert not hasattr(model.get_base_model(), "_require_grads_hook")
 
 
 def test_plain_sdpa_packing_leaks_across_rows(tiny_model: Path, rows) -> None:  # noqa: ANN001

@@ -104,9 +104,9 @@ class TrainConfig(Section):
     compile: bool | Literal["auto"] = "auto"
     """Compile the model's decoder layers for training steps (torch.compile): their chains of small ops (norms,
     rotary embeddings, activations, LoRA's scaling, casts) run as fused loops, 1.5-1.6x faster steps measured on
-    a CPU (docs/benchmarks.md), after a one-off compilation of about a minute (seconds once cached on the machine).
+    a CPU (docs/benchmarks.md), after a one-off compilation of about 40 s (seconds once cached on the machine).
     Evaluation and generation stay uncompiled. auto: on for LoRA runs with packed rows in one process on a CPU
-    when the run trains on enough tokens (40,000 or more) to earn the compilation back; resolved.json records
+    when the run trains on enough tokens (30,000 or more) to earn the compilation back; resolved.json records
     what it chose."""
 
     gradient_checkpointing: bool | Literal["auto"] = "auto"

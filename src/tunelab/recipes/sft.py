@@ -329,7 +329,7 @@ def train(session: Session, prepared: Prepared) -> Any:
     uncompile = None
     if hp.compile:
         session.console.print("Compiling the model's layers for training (torch.compile: the first steps wait for "
-                              "it, about a minute the first time on this machine)")
+                              "it, about 40 s the first time on this machine)")
         uncompile = compile_for_training(model)
     early = ([EarlyStoppingCallback(cfg.train.early_stopping.patience, cfg.train.early_stopping.min_delta)]
              if cfg.train.early_stopping.patience and val_ex else [])

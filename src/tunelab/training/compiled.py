@@ -3,9 +3,9 @@
 On a CPU an eager LoRA step spends most of its time outside the matmuls: RMSNorm, rotary embeddings, SiLU x up,
 LoRA's scaling, residual adds and autocast's casts, each a pass over memory (bench/profile_lora_step.py).
 Compiled, each layer's chains of such ops become a few fused loops, in the backward pass too. With packed rows the
-attention keeps every shape in tensors (packing.row_layout), so one graph with dynamic sizes serves every batch:
-two compilations in all (the first layer's input needs no gradient, the others' do), about a minute together the
-first time on a machine, seconds once inductor's cache has them.
+attention keeps every shape in tensors (packing.row_layout), so one graph with dynamic sizes serves every batch and
+every layer: one compilation in all, about half a minute the first time on a machine, seconds once inductor's cache
+has it.
 
 Only steps that build a backward graph use the compiled layers: evaluation and generation (no gradients, a KV
 cache) stay eager, so they neither trigger recompilation nor depend on it.
@@ -26,9 +26,8 @@ def cxx_compiler() -> str | None:
     return os.environ.get("CXX") or next(filter(None, map(shutil.which, ("g++", "c++", "clang++"))), None)
 
 
-def _decoder(model: Any) -> Any:
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return lm.get_decoder()
+def _language_model(model: Any) -> Any:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def compile_for_training(model: Any) -> Callable[[], None]:
@@ -43,8 +42,15 @@ def compile_for_training(model: Any) -> Callable[[], None]:
     fx_config.use_duck_shape = False
     # a layer the compiler fails on runs eager (with a warning) rather than ending the run
     torch._dynamo.config.suppress_errors = True
-    decoder = _decoder(model)
+    lm = _language_model(model)
+    decoder = lm.get_decoder()
     layers = list(decoder.layers)
+    # the embeddings' output made to need a gradient, as gradient checkpointing does: the first layer's input then
+    # looks like every other layer's, and one graph serves them all (two compilations otherwise, the first layer's
+    # input needing none), for one layer's input gradient computed and dropped
+    hooked = not hasattr(lm, "_require_grads_hook")
+    if hooked:
+        lm.enable_input_require_grads()
     setattr(decoder, ROWS, True)  # packed rows' attention in padded batches: shapes a compiled graph can follow
     for layer in layers:
         eager = layer.forward
@@ -56,6 +62,8 @@ def compile_for_training(model: Any) -> Callable[[], None]:
         layer.forward = forward  # an instance attribute: hooks, state_dict and saved adapters are unchanged
 
     def undo() -> None:
+        if hooked:
+            lm.disable_input_require_grads()
         setattr(decoder, ROWS, False)
         for layer in layers:
             layer.__dict__.pop("forward", None)
