@@ -4,8 +4,7 @@ On a CPU an eager LoRA step spends most of its time outside the matmuls: RMSNorm
 LoRA's scaling, residual adds and autocast's casts, each a pass over memory (bench/profile_lora_step.py).
 Compiled, each layer's chains of such ops become a few fused loops, in the backward pass too. With packed rows the
 attention keeps every shape in tensors (packing.row_layout), so one graph with dynamic sizes serves every batch and
-every layer: one compilation in all, about half a minute the first time on a machine, seconds once inductor's cache
-has it.
+every layer: one compilation in all, about 40 s the first time on a machine, seconds once inductor's cache has it.
 
 Only steps that build a backward graph use the compiled layers: evaluation and generation (no gradients, a KV
 cache) stay eager, so they neither trigger recompilation nor depend on it.
