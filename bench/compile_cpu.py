@@ -46,6 +46,16 @@ def batches(n: int, vocab: int) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def train_step(model: Any, opt: torch.optim.Optimizer, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One LoRA step as `tunelab train` runs it on a CPU: bf16 autocast, the chunked LM-head loss, AdamW."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = causal_lm_loss(model, inputs, None, True, chunk=512)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def arm(name: str, steps: int) -> dict[str, Any]:
     torch.manual_seed(0)
     model = lora_model(torch.float32, to_bf16)
@@ -60,11 +70,7 @@ def arm(name: str, steps: int) -> dict[str, Any]:
     times, tokens = [], []
     for inputs in batches(steps, model.config.vocab_size):
         t0 = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = causal_lm_loss(model, inputs, None, True, chunk=512)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        loss = train_step(model, opt, inputs)
         times.append(time.perf_counter() - t0)
         tokens.append(inputs["input_ids"].shape[1])
     return {"first_step_s": times[0], "steady_tok_s": sum(tokens[1:]) / sum(times[1:]),

@@ -128,7 +128,7 @@ def compiled_kind(name: str, shapes: list[Any]) -> str:
 
 def compiled_profile(steps: int) -> None:
     import torch._inductor.config as inductor_config
-    from compile_cpu import batches
+    from compile_cpu import batches, train_step
 
     from tunelab.training.compiled import compile_for_training
     from tunelab.training.packing import use_varlen_attention
@@ -141,22 +141,15 @@ def compiled_profile(steps: int) -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     data = batches(steps + 5, model.config.vocab_size)
 
-    def step(inputs: dict[str, torch.Tensor]) -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = causal_lm_loss(model, inputs, None, True, chunk=512)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-
     for inputs in data[:3]:  # compilation and warm-up
-        step(inputs)
+        train_step(model, opt, inputs)
     t0, tokens = time.perf_counter(), sum(b["input_ids"].shape[1] for b in data[3:5])
     for inputs in data[3:5]:
-        step(inputs)
+        train_step(model, opt, inputs)
     rate = tokens / (time.perf_counter() - t0)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for inputs in data[5:]:
-            step(inputs)
+            train_step(model, opt, inputs)
     tokens = sum(b["input_ids"].shape[1] for b in data[5:]) / steps
     seconds: collections.Counter[str] = collections.Counter()
     for e in prof.key_averages(group_by_input_shape=True):
